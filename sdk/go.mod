@@ -1,0 +1,3 @@
+module github.com/anka-net/anka/sdk
+
+go 1.26
