@@ -1,0 +1,326 @@
+package vm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/anka-net/anka/core/errs"
+	"github.com/anka-net/anka/core/runtime"
+)
+
+// MACPool hands out the dynamic MACs VMs carry on the network.
+type MACPool interface {
+	Acquire(owner string) (net.HardwareAddr, error)
+	Lookup(owner string) (net.HardwareAddr, bool, error)
+	Release(owner string) error
+}
+
+// Manager runs the lifecycle: it owns the order of store writes, runtime
+// calls and hooks so every transition is legal and leaves no half state.
+type Manager struct {
+	Store   *Store
+	Runtime runtime.Runtime
+	Hooks   Hooks
+	MACs    MACPool
+	// KnownType accepts a network type name or says why not.
+	KnownType func(string) error
+	// SharedNet is the shared network, for checking static addresses.
+	SharedNet netip.Prefix
+	Gateway   netip.Addr
+	// PortBase is where automatic host ports start (portfwd_base).
+	PortBase int
+	// Bindable reports whether a host port can be bound now; nil means
+	// every port is taken to be free.
+	Bindable func(proto, ip string, port int) bool
+}
+
+// Status is a VM with its live state.
+type Status struct {
+	*VM
+	PID        int
+	DynamicMAC string
+}
+
+// effectiveState maps the runtime's view onto the recorded one: a process
+// that died means stopped, whatever vm.yaml says.
+func (m *Manager) effectiveState(ctx context.Context, v *VM) (State, int, error) {
+	info, err := m.Runtime.Info(ctx, m.Store.Dir(v.Name))
+	if err != nil {
+		return v.State, 0, err
+	}
+	switch info.State {
+	case runtime.Running:
+		return Running, info.PID, nil
+	case runtime.Paused:
+		return Suspended, info.PID, nil
+	default:
+		return Stopped, 0, nil
+	}
+}
+
+// Get returns a VM with its live state, without changing anything.
+func (m *Manager) Get(ctx context.Context, name string) (*Status, error) {
+	v, err := m.Store.Get(name)
+	if err != nil {
+		return nil, err
+	}
+	return m.status(ctx, v)
+}
+
+func (m *Manager) status(ctx context.Context, v *VM) (*Status, error) {
+	st, pid, err := m.effectiveState(ctx, v)
+	if err != nil {
+		return nil, err
+	}
+	v.State = st
+	s := &Status{VM: v, PID: pid}
+	if v.NetworkCard != nil && m.MACs != nil {
+		if mac, ok, err := m.MACs.Lookup(v.UUID); err == nil && ok {
+			s.DynamicMAC = mac.String()
+		}
+	}
+	return s, nil
+}
+
+// List returns every VM with its live state, and the errors of VMs whose
+// definition could not be read.
+func (m *Manager) List(ctx context.Context) ([]*Status, []error, error) {
+	vms, bad, err := m.Store.List()
+	if err != nil {
+		return nil, nil, err
+	}
+	out := make([]*Status, 0, len(vms))
+	for _, v := range vms {
+		s, err := m.status(ctx, v)
+		if err != nil {
+			bad = append(bad, fmt.Errorf("%s: %w", v.Name, err))
+			continue
+		}
+		out = append(out, s)
+	}
+	return out, bad, nil
+}
+
+// Create validates and stores a new, stopped VM with card 0 of type shared.
+func (m *Manager) Create(ctx context.Context, v *VM) error {
+	if err := ValidateName("VM", v.Name); err != nil {
+		return err
+	}
+	r := &v.Runtime
+	switch {
+	case r.Kernel == "" && r.Disk == "":
+		return errs.Invalidf("a VM needs --kernel PATH (with --initrd, --append) or --disk PATH")
+	case r.Kernel != "" && r.Disk != "":
+		return errs.Invalidf("give either --kernel or --disk, not both")
+	case r.Kernel == "" && (r.Initrd != "" || r.Append != ""):
+		return errs.Invalidf("--initrd and --append need --kernel")
+	case r.CPU < 1 || r.CPU > 64:
+		return errs.Invalidf("--cpu %d is out of range: use 1 to 64", r.CPU)
+	}
+	v.State = Stopped
+	v.Created = time.Now().UTC().Truncate(time.Second)
+	return m.Store.Create(v)
+}
+
+// reconcile brings vm.yaml in line with a VM process that died on its own,
+// and runs the stop hook once for it. The caller holds the VM lock.
+func (m *Manager) reconcile(ctx context.Context, name string) (*VM, error) {
+	var died *VM
+	v, err := m.Store.UpdateLocked(name, func(v *VM) error {
+		st, _, err := m.effectiveState(ctx, v)
+		if err != nil {
+			return err
+		}
+		if st == Stopped && v.State != Stopped {
+			v.State = Stopped
+			died = v
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if died != nil {
+		if err := m.Hooks.AfterStop(ctx, died); err != nil {
+			return nil, fmt.Errorf("VM %s stopped on its own; releasing its network failed: %w", name, err)
+		}
+	}
+	return v, nil
+}
+
+// Start boots a stopped VM or resumes a suspended one.
+func (m *Manager) Start(ctx context.Context, name string) (*Status, error) {
+	l, err := m.Store.LockVM(name)
+	if err != nil {
+		return nil, err
+	}
+	defer l.Unlock()
+	v, err := m.reconcile(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	switch v.State {
+	case Running:
+		return nil, errs.Statef("VM %s is already running", name)
+	case Suspended:
+		return m.resumeLocked(ctx, v)
+	}
+	dyn := ""
+	if v.NetworkCard != nil {
+		if m.KnownType != nil {
+			if err := m.KnownType(v.NetworkCard.Type); err != nil {
+				return nil, err
+			}
+		}
+		mac, err := m.MACs.Acquire(v.UUID)
+		if err != nil {
+			return nil, err
+		}
+		dyn = mac.String()
+	}
+	nic, err := m.Hooks.BeforeStart(ctx, v, dyn)
+	if err != nil {
+		return nil, err
+	}
+	if nic != nil && nic.MAC == nil {
+		guestMAC := dyn
+		if v.NetworkCard.MAC != "" {
+			guestMAC = v.NetworkCard.MAC
+		}
+		nic.MAC, _ = net.ParseMAC(guestMAC)
+	}
+	spec := &runtime.Spec{
+		Name: v.Name, UUID: v.UUID, Dir: m.Store.Dir(name),
+		Kernel: v.Runtime.Kernel, Initrd: v.Runtime.Initrd, Append: v.Runtime.Append, Disk: v.Runtime.Disk,
+		CPUs: v.Runtime.CPU, MemoryMiB: v.Runtime.RAMMiB, NIC: nic,
+	}
+	if err := m.Runtime.Start(ctx, spec); err != nil {
+		if herr := m.Hooks.AfterStop(ctx, v); herr != nil {
+			err = errors.Join(err, herr)
+		}
+		return nil, err
+	}
+	v, err = m.Store.UpdateLocked(name, func(v *VM) error { v.State = Running; return nil })
+	if err != nil {
+		return nil, err
+	}
+	if err := m.Hooks.AfterStart(ctx, v); err != nil {
+		return nil, fmt.Errorf("VM %s started, but: %w", name, err)
+	}
+	return m.status(ctx, v)
+}
+
+func (m *Manager) resumeLocked(ctx context.Context, v *VM) (*Status, error) {
+	if err := m.Runtime.Resume(ctx, m.Store.Dir(v.Name)); err != nil {
+		return nil, err
+	}
+	v, err := m.Store.UpdateLocked(v.Name, func(v *VM) error { v.State = Running; return nil })
+	if err != nil {
+		return nil, err
+	}
+	if err := m.Hooks.AfterResume(ctx, v); err != nil {
+		return nil, fmt.Errorf("VM %s resumed, but: %w", v.Name, err)
+	}
+	return m.status(ctx, v)
+}
+
+// Suspend pauses a running VM; its network port and address are kept.
+func (m *Manager) Suspend(ctx context.Context, name string) (*Status, error) {
+	l, err := m.Store.LockVM(name)
+	if err != nil {
+		return nil, err
+	}
+	defer l.Unlock()
+	v, err := m.reconcile(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	if v.State != Running {
+		return nil, errs.Statef("VM %s is %s: only a running VM can be suspended", name, v.State)
+	}
+	if err := m.Hooks.BeforeSuspend(ctx, v); err != nil {
+		return nil, err
+	}
+	if err := m.Runtime.Suspend(ctx, m.Store.Dir(name)); err != nil {
+		return nil, err
+	}
+	v, err = m.Store.UpdateLocked(name, func(v *VM) error { v.State = Suspended; return nil })
+	if err != nil {
+		return nil, err
+	}
+	return m.status(ctx, v)
+}
+
+// Stop shuts a running or suspended VM down: gracefully (ACPI power
+// button, then kill after timeout) or at once with force.
+func (m *Manager) Stop(ctx context.Context, name string, force bool, timeout time.Duration) (*Status, error) {
+	l, err := m.Store.LockVM(name)
+	if err != nil {
+		return nil, err
+	}
+	defer l.Unlock()
+	v, err := m.reconcile(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	if v.State == Stopped {
+		return nil, errs.Statef("VM %s is already stopped", name)
+	}
+	if err := m.stopLocked(ctx, v, force, timeout); err != nil {
+		return nil, err
+	}
+	return m.Get(ctx, name)
+}
+
+func (m *Manager) stopLocked(ctx context.Context, v *VM, force bool, timeout time.Duration) error {
+	// A paused guest cannot see the power button: stop it hard.
+	if v.State == Suspended {
+		force = true
+	}
+	if err := m.Runtime.Stop(ctx, m.Store.Dir(v.Name), force, timeout); err != nil {
+		return err
+	}
+	v, err := m.Store.UpdateLocked(v.Name, func(v *VM) error { v.State = Stopped; return nil })
+	if err != nil {
+		return err
+	}
+	return m.Hooks.AfterStop(ctx, v)
+}
+
+// Delete removes a VM; a running or suspended one needs force, which
+// stops it first. Its dynamic MAC goes back to the pool.
+func (m *Manager) Delete(ctx context.Context, name string, force bool) error {
+	all, err := m.Store.LockAll()
+	if err != nil {
+		return err
+	}
+	defer all.Unlock()
+	l, err := m.Store.LockVM(name)
+	if err != nil {
+		return err
+	}
+	defer l.Unlock()
+	v, err := m.reconcile(ctx, name)
+	if err != nil {
+		return err
+	}
+	if v.State != Stopped {
+		if !force {
+			return errs.Statef("VM %s is %s: stop it first, or delete it with --force", name, v.State)
+		}
+		if err := m.stopLocked(ctx, v, true, 0); err != nil {
+			return err
+		}
+	}
+	if err := m.Hooks.BeforeDelete(ctx, v); err != nil {
+		return err
+	}
+	if err := m.MACs.Release(v.UUID); err != nil {
+		return err
+	}
+	return m.Store.Remove(name)
+}
