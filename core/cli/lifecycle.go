@@ -1,0 +1,141 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/anka-net/anka/core/vm"
+)
+
+// LifecycleOptions are the inputs of start, stop, suspend and delete.
+type LifecycleOptions struct {
+	f       *Factory
+	out     *output
+	Name    string
+	Force   bool
+	All     bool
+	Timeout time.Duration
+}
+
+func lifecycleCmd(f *Factory, out *output, use, short string, runF func(*LifecycleOptions) error, run func(*cobra.Command, *LifecycleOptions) error) (*cobra.Command, *LifecycleOptions) {
+	opts := &LifecycleOptions{f: f, out: out}
+	cmd := &cobra.Command{
+		Use:   use + " NAME",
+		Short: short,
+		Args:  exactArgs("NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			opts.Name = args[0]
+			if runF != nil {
+				return runF(opts)
+			}
+			return run(cmd, opts)
+		},
+	}
+	return cmd, opts
+}
+
+// NewCmdStart builds `anka start NAME`; a suspended VM is resumed.
+func NewCmdStart(f *Factory, out *output, runF func(*LifecycleOptions) error) *cobra.Command {
+	cmd, _ := lifecycleCmd(f, out, "start", "Start a VM, or resume a suspended one", runF, func(cmd *cobra.Command, o *LifecycleOptions) error {
+		return transition(cmd, o, func(m *vm.Manager) (*vm.Status, error) { return m.Start(cmd.Context(), o.Name) })
+	})
+	return cmd
+}
+
+// NewCmdSuspend builds `anka suspend NAME`.
+func NewCmdSuspend(f *Factory, out *output, runF func(*LifecycleOptions) error) *cobra.Command {
+	cmd, _ := lifecycleCmd(f, out, "suspend", "Suspend a running VM (its network address is kept)", runF, func(cmd *cobra.Command, o *LifecycleOptions) error {
+		return transition(cmd, o, func(m *vm.Manager) (*vm.Status, error) { return m.Suspend(cmd.Context(), o.Name) })
+	})
+	return cmd
+}
+
+// NewCmdStop builds `anka stop NAME|--all [--force] [--timeout D]`.
+func NewCmdStop(f *Factory, out *output, runF func(*LifecycleOptions) error) *cobra.Command {
+	cmd, opts := lifecycleCmd(f, out, "stop", "Shut a VM down (ACPI power button, then kill after --timeout)", runF, func(cmd *cobra.Command, o *LifecycleOptions) error {
+		if o.All {
+			return stopAll(cmd, o)
+		}
+		return transition(cmd, o, func(m *vm.Manager) (*vm.Status, error) { return m.Stop(cmd.Context(), o.Name, o.Force, o.Timeout) })
+	})
+	cmd.Use = "stop NAME|--all"
+	cmd.Args = func(c *cobra.Command, args []string) error {
+		if opts.All != (len(args) == 0) || len(args) > 1 {
+			return invalidf("usage: anka stop NAME, or anka stop --all")
+		}
+		return nil
+	}
+	inner := cmd.RunE
+	cmd.RunE = func(c *cobra.Command, args []string) error {
+		if opts.All {
+			args = []string{""}
+		}
+		return inner(c, args)
+	}
+	cmd.Flags().BoolVarP(&opts.Force, "force", "f", false, "kill the VM at once instead of asking the guest to power off")
+	cmd.Flags().DurationVar(&opts.Timeout, "timeout", 30*time.Second, "how long the guest may take to power off before it is killed")
+	cmd.Flags().BoolVar(&opts.All, "all", false, "stop every running or suspended VM (used by the systemd unit at shutdown)")
+	return cmd
+}
+
+// stopAll stops every VM that runs, in turn, and reports each failure.
+func stopAll(cmd *cobra.Command, o *LifecycleOptions) error {
+	m, err := o.f.Manager()
+	if err != nil {
+		return err
+	}
+	vms, _, err := m.List(cmd.Context())
+	if err != nil {
+		return err
+	}
+	var stopped []string
+	var failed []error
+	for _, s := range vms {
+		if s.State == vm.Stopped {
+			continue
+		}
+		if _, err := m.Stop(cmd.Context(), s.Name, o.Force, o.Timeout); err != nil {
+			failed = append(failed, err)
+			continue
+		}
+		stopped = append(stopped, s.Name)
+	}
+	if len(failed) > 0 {
+		return errors.Join(failed...)
+	}
+	return o.out.ok(map[string][]string{"stopped": stopped}, func(w io.Writer) {
+		fmt.Fprintf(w, "stopped %d VM(s) %v\n", len(stopped), stopped)
+	})
+}
+
+// NewCmdDelete builds `anka delete NAME [--force]`.
+func NewCmdDelete(f *Factory, out *output, runF func(*LifecycleOptions) error) *cobra.Command {
+	cmd, opts := lifecycleCmd(f, out, "delete", "Delete a stopped VM (--force stops a running one first)", runF, func(cmd *cobra.Command, o *LifecycleOptions) error {
+		m, err := o.f.Manager()
+		if err != nil {
+			return err
+		}
+		if err := m.Delete(cmd.Context(), o.Name, o.Force); err != nil {
+			return err
+		}
+		return o.out.ok(map[string]string{"name": o.Name}, func(w io.Writer) { fmt.Fprintf(w, "deleted %s\n", o.Name) })
+	})
+	cmd.Flags().BoolVarP(&opts.Force, "force", "f", false, "stop a running or suspended VM before deleting it")
+	return cmd
+}
+
+func transition(cmd *cobra.Command, o *LifecycleOptions, do func(*vm.Manager) (*vm.Status, error)) error {
+	m, err := o.f.Manager()
+	if err != nil {
+		return err
+	}
+	st, err := do(m)
+	if err != nil {
+		return err
+	}
+	return o.out.ok(showBody(m, st), func(w io.Writer) { fmt.Fprintf(w, "%s is %s\n", st.Name, st.State) })
+}
