@@ -1,0 +1,81 @@
+# anka: every target installs what it needs on a fresh Debian machine.
+SHELL := /bin/bash
+export PATH := $(PATH):/usr/local/go/bin:$(HOME)/go/bin
+
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT  ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+LDFLAGS := -X github.com/anka-net/anka/core/cli.Version=$(VERSION) -X github.com/anka-net/anka/core/cli.Commit=$(COMMIT)
+PREFIX ?= /usr/local
+PLUGIN_DIR ?= $(PREFIX)/lib/anka/plugins
+GUEST_DIR := $(CURDIR)/build/guest
+PLUGINS := $(patsubst plugins/%/main.go,%,$(wildcard plugins/*/main.go))
+
+# Debian packages the build, the tests and the demo need.
+APT_PKGS := qemu-system-x86 busybox-static cpio iproute2 binutils
+PROTO_PKGS := protobuf-compiler
+
+.PHONY: all deps go-check build guest test test-unit test-e2e demo bench lint proto install clean
+
+all: build
+
+go-check:
+	@command -v go >/dev/null || { echo "Go is missing: install Go 1.26 into /usr/local/go (see README.md)"; exit 1; }
+
+# apt-get only when a package is missing, so the target is idempotent and
+# quick on a machine that has everything.
+deps:
+	@missing=$$(for p in $(APT_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing:" $$missing; \
+		[ "$$(id -u)" = 0 ] || { echo "installing packages needs root: run make as root (sudo make ...)"; exit 1; }; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+build: go-check
+	go build -ldflags '$(LDFLAGS)' -o bin/anka ./cmd/anka
+	@for p in $(PLUGINS); do echo "go build -o bin/anka-net-$$p ./plugins/$$p"; go build -ldflags '$(LDFLAGS)' -o bin/anka-net-$$p ./plugins/$$p || exit 1; done
+
+guest: deps
+	test/guest/build.sh $(GUEST_DIR)
+
+test: deps guest build lint
+	ANKA_GUEST_DIR=$(GUEST_DIR) ANKA_E2E=1 go test -count=1 -timeout 15m ./...
+	cd sdk && go test -count=1 ./...
+
+test-unit: go-check
+	go test -short ./... && cd sdk && go test -short ./...
+
+demo: deps guest build
+	test/demo.sh
+
+bench: go-check
+	go test -run '^$$' -bench . -benchmem ./... && cd sdk && go test -run '^$$' -bench . -benchmem ./...
+
+lint: go-check
+	@bad=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$bad" ]; then echo "not gofmt-formatted:"; echo "$$bad"; exit 1; fi
+	go vet ./...
+	cd sdk && go vet ./...
+
+# Regenerates the plugin protocol's Go code from sdk/proto/**/*.proto.
+proto: go-check
+	@missing=$$(for p in $(PROTO_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; fi
+	@files=$$(find sdk/proto -name '*.proto' 2>/dev/null); \
+	if [ -z "$$files" ]; then echo "no .proto files under sdk/proto yet: nothing to generate"; exit 0; fi; \
+	go install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.10 && \
+	go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.5.1 && \
+	cd sdk && protoc --proto_path=. --go_out=. --go_opt=paths=source_relative \
+		--go-grpc_out=. --go-grpc_opt=paths=source_relative $$(find proto -name '*.proto')
+
+install: build
+	[ "$$(id -u)" = 0 ] || { echo "make install writes to $(PREFIX): run it as root"; exit 1; }
+	install -D -m 0755 bin/anka $(DESTDIR)$(PREFIX)/bin/anka
+	install -d -m 0755 $(DESTDIR)$(PLUGIN_DIR)
+	@for p in $(PLUGINS); do install -m 0755 bin/anka-net-$$p $(DESTDIR)$(PLUGIN_DIR)/; done
+	install -D -m 0644 configs/anka.service $(DESTDIR)/etc/systemd/system/anka.service
+	install -D -m 0644 configs/config.example.yaml $(DESTDIR)/etc/anka/config.example.yaml
+	@command -v systemctl >/dev/null && [ -d /run/systemd/system ] && systemctl daemon-reload || true
+
+clean:
+	rm -rf bin build

@@ -1,0 +1,332 @@
+// Package e2e drives the real anka binary as a new user would: a fresh
+// state dir, config files of its own, and real QEMU guests.
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// env is one user's world: binary, state dir, config files.
+type env struct {
+	t     *testing.T
+	bin   string
+	dir   string
+	extra []string
+}
+
+var builtBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "anka-e2e-bin-")
+	if err != nil {
+		panic(err)
+	}
+	builtBin = filepath.Join(dir, "anka")
+	cmd := exec.Command("go", "build", "-o", builtBin, "github.com/anka-net/anka/cmd/anka")
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	if err := cmd.Run(); err != nil {
+		panic("building anka: " + err.Error())
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func newEnv(t *testing.T) *env {
+	dir := t.TempDir()
+	return &env{t: t, bin: builtBin, dir: dir}
+}
+
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+func (e *env) run(args ...string) result {
+	e.t.Helper()
+	cmd := exec.Command(e.bin, args...)
+	cmd.Env = append([]string{
+		"PATH=" + os.Getenv("PATH"),
+		"HOME=" + e.dir,
+		"ANKA_STATE_DIR=" + filepath.Join(e.dir, "state"),
+		"ANKA_CONFIG=" + filepath.Join(e.dir, "user.yaml"),
+		"ANKA_SYSTEM_CONFIG=" + filepath.Join(e.dir, "system.yaml"),
+		"ANKA_PLUGIN_DIR=" + filepath.Join(e.dir, "plugins"),
+	}, e.extra...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		e.t.Fatalf("running anka: %v", err)
+	}
+	return result{code, out.String(), errb.String()}
+}
+
+func (e *env) ok(args ...string) string {
+	e.t.Helper()
+	r := e.run(args...)
+	if r.code != 0 {
+		e.t.Fatalf("anka %s: exit %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), r.code, r.stdout, r.stderr)
+	}
+	return r.stdout
+}
+
+func (e *env) vmFile(name string) []byte {
+	b, _ := os.ReadFile(filepath.Join(e.dir, "state", "vms", name, "vm.yaml"))
+	return b
+}
+
+type envelope struct {
+	Status  string          `json:"status"`
+	Code    int             `json:"code"`
+	Message string          `json:"message"`
+	Body    json.RawMessage `json:"body"`
+}
+
+func (e *env) jsonOK(args ...string) json.RawMessage {
+	e.t.Helper()
+	out := e.ok(append([]string{"-j"}, args...)...)
+	var env envelope
+	if err := json.Unmarshal([]byte(out), &env); err != nil || env.Status != "OK" {
+		e.t.Fatalf("anka -j %v: not an OK envelope: %v\n%s", args, err, out)
+	}
+	return env.Body
+}
+
+func TestNewUser(t *testing.T) {
+	e := newEnv(t)
+	kernel := filepath.Join(e.dir, "vmlinuz")
+	os.WriteFile(kernel, []byte("not really a kernel"), 0o644)
+
+	e.ok("create", "vm1", "--kernel", kernel, "--ram", "256M")
+	var show struct {
+		Name, UUID, Status string
+		ConsoleLog         string `json:"console_log"`
+		RAM                string
+		NetworkCard        *struct{ Mode string } `json:"network_card"`
+	}
+	if err := json.Unmarshal(e.jsonOK("show", "vm1"), &show); err != nil {
+		t.Fatal(err)
+	}
+	if show.Name != "vm1" || show.UUID == "" || show.Status != "stopped" || show.RAM != "256M" ||
+		show.NetworkCard == nil || show.NetworkCard.Mode != "shared" || !strings.HasSuffix(show.ConsoleLog, "vms/vm1/console.log") {
+		t.Fatalf("show: %+v", show)
+	}
+	if out := e.ok("list"); !strings.Contains(out, "vm1") || !strings.Contains(out, "stopped") {
+		t.Fatalf("list: %s", out)
+	}
+
+	e.ok("modify", "vm1", "set", "network-card", "0", "-t", "static", "--ip", "192.168.64.50", "-m", "52:54:00:aa:bb:cc")
+	e.ok("modify", "vm1", "add", "port-forwarding", "ssh", "-g", "22")
+	net := e.ok("show", "vm1", "network")
+	for _, want := range []string{"static", "192.168.64.50", "52:54:00:aa:bb:cc", "ssh", "10000", "22"} {
+		if !strings.Contains(net, want) {
+			t.Errorf("show network lacks %q:\n%s", want, net)
+		}
+	}
+	if out := e.ok("show", "vm1"); !strings.Contains(out, "static 192.168.64.50") {
+		t.Errorf("show lacks Anka's network line:\n%s", out)
+	}
+
+	// Configuration: default, user file, env, flag.
+	if v := strings.TrimSpace(e.ok("config", "portfwd_base")); v != "10000" {
+		t.Fatalf("default portfwd_base %q", v)
+	}
+	e.ok("config", "portfwd_base", "20000")
+	if v := strings.TrimSpace(e.ok("config", "portfwd_base")); v != "20000" {
+		t.Fatalf("user portfwd_base %q", v)
+	}
+	if all := e.ok("config"); !strings.Contains(all, "portfwd_base") || !strings.Contains(all, "user") {
+		t.Fatalf("config listing:\n%s", all)
+	}
+	e.extra = []string{"ANKA_PORTFWD_BASE=30000"}
+	if v := strings.TrimSpace(e.ok("config", "portfwd_base")); v != "30000" {
+		t.Fatalf("env portfwd_base %q", v)
+	}
+	if v := strings.TrimSpace(e.ok("--portfwd-base", "40000", "config", "portfwd_base")); v != "40000" {
+		t.Fatalf("flag portfwd_base %q", v)
+	}
+	e.extra = nil
+	e.ok("modify", "vm1", "add", "port-forwarding", "web", "-g", "80")
+	if net := e.ok("show", "vm1", "network"); !strings.Contains(net, "20000") {
+		t.Errorf("auto port should start at the configured portfwd_base 20000:\n%s", net)
+	}
+	e.ok("config", "--unset", "portfwd_base")
+	if v := strings.TrimSpace(e.ok("config", "portfwd_base")); v != "10000" {
+		t.Fatalf("after unset %q", v)
+	}
+}
+
+func TestBadInputLeavesEverythingAsItWas(t *testing.T) {
+	e := newEnv(t)
+	kernel := filepath.Join(e.dir, "vmlinuz")
+	os.WriteFile(kernel, []byte("x"), 0o644)
+	e.ok("create", "vm1", "--kernel", kernel)
+	e.ok("modify", "vm1", "add", "port-forwarding", "ssh", "-g", "22")
+	e.ok("config", "start_address", "192.168.64.10")
+	userCfg, _ := os.ReadFile(filepath.Join(e.dir, "user.yaml"))
+	before := e.vmFile("vm1")
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"unknown type", []string{"modify", "vm1", "set", "network-card", "-t", "wifi"}, `"wifi"`},
+		{"malformed MAC", []string{"modify", "vm1", "set", "network-card", "-m", "zz:11"}, "zz:11"},
+		{"index 1", []string{"modify", "vm1", "set", "network-card", "1", "-t", "host"}, `"1"`},
+		{"unknown VM", []string{"show", "nope"}, `"nope"`},
+		{"unknown VM modify", []string{"modify", "nope", "set", "network-card", "-t", "host"}, `"nope"`},
+		{"duplicate rule", []string{"modify", "vm1", "add", "port-forwarding", "ssh", "-g", "2222"}, `"ssh"`},
+		{"name with slash", []string{"create", "a/b", "--kernel", kernel}, `"a/b"`},
+		{"static outside subnet", []string{"modify", "vm1", "set", "network-card", "-t", "static", "--ip", "10.1.2.3"}, "10.1.2.3"},
+		{"missing kernel", []string{"create", "vm2", "--kernel", "/nonexistent/vmlinuz"}, "/nonexistent/vmlinuz"},
+		{"guest port missing", []string{"modify", "vm1", "add", "port-forwarding", "web"}, "guest-port"},
+		{"bad protocol", []string{"modify", "vm1", "add", "port-forwarding", "web", "-g", "80", "-P", "sctp"}, "sctp"},
+		{"suspend stopped", []string{"suspend", "vm1"}, "stopped"},
+		{"unknown flag", []string{"show", "vm1", "--bogus"}, "--bogus"},
+		{"bad config IP", []string{"config", "end_address", "300.1.1.1"}, "300.1.1.1"},
+		{"start after end", []string{"config", "end_address", "192.168.64.5"}, "end_address"},
+		{"unknown config key", []string{"config", "no_such_key", "1"}, "no_such_key"},
+		{"bad flag value", []string{"--mtu", "99999", "list"}, "99999"},
+	} {
+		r := e.run(tc.args...)
+		if r.code == 0 {
+			t.Errorf("%s: exit 0, want an error", tc.name)
+		}
+		if !strings.Contains(r.stderr, tc.want) {
+			t.Errorf("%s: stderr does not name %s:\n%s", tc.name, tc.want, r.stderr)
+		}
+		if after := e.vmFile("vm1"); !bytes.Equal(before, after) {
+			t.Fatalf("%s: vm.yaml changed", tc.name)
+		}
+		if got, _ := os.ReadFile(filepath.Join(e.dir, "user.yaml")); !bytes.Equal(got, userCfg) {
+			t.Fatalf("%s: user config changed", tc.name)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(e.dir, "state", "vms", "vm2")); err == nil {
+		t.Fatal("a refused create left a VM folder")
+	}
+	// The JSON envelope carries the error too.
+	r := e.run("-j", "show", "nope")
+	var env envelope
+	if err := json.Unmarshal([]byte(r.stdout), &env); err != nil || env.Status != "ERROR" || env.Code != r.code || !strings.Contains(env.Message, "nope") {
+		t.Fatalf("JSON error envelope: %v %+v (exit %d)", err, env, r.code)
+	}
+}
+
+// guestDir returns the test guest, skipping when it is not built (make
+// test builds it and sets ANKA_E2E=1, which turns the skip into a failure).
+func guestDir(t *testing.T) string {
+	d := os.Getenv("ANKA_GUEST_DIR")
+	if d != "" {
+		if _, err := os.Stat(filepath.Join(d, "initrd.img")); err == nil {
+			return d
+		}
+	}
+	if os.Getenv("ANKA_E2E") != "" {
+		t.Fatalf("ANKA_E2E is set but no test guest at ANKA_GUEST_DIR=%q: run make guest", d)
+	}
+	t.Skip("no test guest: set ANKA_GUEST_DIR (make test does)")
+	return ""
+}
+
+func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// qemuFor lists QEMU processes whose command line names the VM's folder.
+func qemuFor(vmDir string) []string {
+	var pids []string
+	ents, _ := os.ReadDir("/proc")
+	for _, ent := range ents {
+		cmdline, err := os.ReadFile(filepath.Join("/proc", ent.Name(), "cmdline"))
+		if err != nil || !bytes.Contains(cmdline, []byte("qemu")) || !bytes.Contains(cmdline, []byte(vmDir+"/")) {
+			continue
+		}
+		stat, _ := os.ReadFile(filepath.Join("/proc", ent.Name(), "stat"))
+		if i := bytes.LastIndexByte(stat, ')'); i > 0 && len(stat) > i+2 && stat[i+2] == 'Z' {
+			continue // a zombie is dead
+		}
+		pids = append(pids, ent.Name())
+	}
+	return pids
+}
+
+func TestRealGuestLifecycle(t *testing.T) {
+	g := guestDir(t)
+	e := newEnv(t)
+	vmDir := filepath.Join(e.dir, "state", "vms", "g1")
+	t.Cleanup(func() { e.run("delete", "--force", "g1") })
+	e.ok("create", "g1", "--kernel", filepath.Join(g, "vmlinuz"), "--initrd", filepath.Join(g, "initrd.img"), "--ram", "256M")
+
+	// Card 0 is shared and no plugin serves it yet: start says so.
+	r := e.run("start", "g1")
+	if r.code == 0 || !strings.Contains(r.stderr, `"shared"`) || !strings.Contains(r.stderr, "delete network-card") {
+		t.Fatalf("start with an unserved card: exit %d, %s", r.code, r.stderr)
+	}
+	e.ok("modify", "g1", "delete", "network-card")
+
+	start := time.Now()
+	e.ok("start", "g1")
+	console := filepath.Join(vmDir, "console.log")
+	waitFor(t, "the guest to boot", 90*time.Second, func() bool {
+		b, _ := os.ReadFile(console)
+		return bytes.Contains(b, []byte("anka-guest: booted"))
+	})
+	t.Logf("guest booted in %v", time.Since(start).Round(100*time.Millisecond))
+	status := func() string {
+		var s struct{ Status string }
+		json.Unmarshal(e.jsonOK("show", "g1"), &s)
+		return s.Status
+	}
+	if s := status(); s != "running" {
+		t.Fatalf("status %s", s)
+	}
+	e.ok("suspend", "g1")
+	if s := status(); s != "suspended" {
+		t.Fatalf("after suspend: %s", s)
+	}
+	e.ok("start", "g1") // resumes
+	if s := status(); s != "running" {
+		t.Fatalf("after resume: %s", s)
+	}
+	stopStart := time.Now()
+	e.ok("stop", "g1", "--timeout", "60s")
+	t.Logf("graceful stop took %v", time.Since(stopStart).Round(100*time.Millisecond))
+	if s := status(); s != "stopped" {
+		t.Fatalf("after stop: %s", s)
+	}
+	if pids := qemuFor(vmDir); len(pids) != 0 {
+		t.Fatalf("QEMU left running after stop: %v", pids)
+	}
+	if b, _ := os.ReadFile(console); !bytes.Contains(b, []byte("powering off")) {
+		t.Errorf("the guest did not power off cleanly:\n%s", b)
+	}
+
+	// Delete --force on a running VM leaves no process either.
+	e.ok("start", "g1")
+	if r := e.run("delete", "g1"); r.code == 0 || !strings.Contains(r.stderr, "--force") {
+		t.Fatalf("delete of a running VM: exit %d %s", r.code, r.stderr)
+	}
+	e.ok("delete", "--force", "g1")
+	if pids := qemuFor(vmDir); len(pids) != 0 {
+		t.Fatalf("QEMU left running after delete: %v", pids)
+	}
+}
