@@ -38,7 +38,7 @@ for _ in $(seq 1 600); do
 done
 echo
 say "cat $ANKA_STATE_DIR/vms/demo/console.log"
-tr -d '\r' < "$ANKA_STATE_DIR/vms/demo/console.log"
+tr -d '\r' < "$ANKA_STATE_DIR/vms/demo/console.log" | tail -n 20
 anka suspend demo
 anka list
 anka start demo

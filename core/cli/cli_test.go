@@ -206,3 +206,16 @@ func TestConfigCommand(t *testing.T) {
 		t.Fatal("refused config changes altered the user file")
 	}
 }
+
+func TestCompletionListsVMs(t *testing.T) {
+	h := newHarness(t)
+	h.ok("create", "alpha", "--kernel", h.kernel())
+	h.ok("create", "beta", "--kernel", h.kernel())
+	out := h.ok("__complete", "start", "")
+	if !strings.Contains(out, "alpha\nbeta\n") {
+		t.Fatalf("completion: %q", out)
+	}
+	if out := h.ok("completion", "bash"); !strings.Contains(out, "bash completion") {
+		t.Fatalf("bash completion script: %.80q", out)
+	}
+}

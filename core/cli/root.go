@@ -94,6 +94,12 @@ Every configuration key is also a global flag, including the plugin keys
 		NewCmdConfig(f, out, nil),
 		NewCmdVersion(f, out),
 	)
+	for _, c := range root.Commands() {
+		switch c.Name() {
+		case "show", "start", "stop", "suspend", "delete":
+			c.ValidArgsFunction = completeVMs(f)
+		}
+	}
 	return root, out
 }
 

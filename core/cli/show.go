@@ -244,3 +244,22 @@ func bridgeShown(c *cardJSON) string {
 func invalidShowPart(s string) error {
 	return errs.Invalidf("anka show NAME %s: only \"network\" may follow the name", s)
 }
+
+// completeVMs completes the first argument with VM names.
+func completeVMs(f *Factory) func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
+	return func(_ *cobra.Command, args []string, _ string) ([]string, cobra.ShellCompDirective) {
+		if len(args) > 0 {
+			return nil, cobra.ShellCompDirectiveNoFileComp
+		}
+		m, err := f.Manager()
+		if err != nil {
+			return nil, cobra.ShellCompDirectiveNoFileComp
+		}
+		vms, _, _ := m.Store.List()
+		names := make([]string, 0, len(vms))
+		for _, v := range vms {
+			names = append(names, v.Name)
+		}
+		return names, cobra.ShellCompDirectiveNoFileComp
+	}
+}

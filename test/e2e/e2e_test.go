@@ -5,10 +5,13 @@ package e2e
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -320,6 +323,24 @@ func TestRealGuestLifecycle(t *testing.T) {
 		t.Errorf("the guest did not power off cleanly:\n%s", b)
 	}
 
+	// A QEMU killed behind anka's back is reported stopped, and the VM
+	// starts again.
+	e.ok("start", "g1")
+	var shown struct{ PID int }
+	json.Unmarshal(e.jsonOK("show", "g1"), &shown)
+	if shown.PID == 0 {
+		t.Fatal("show gives no pid for a running VM")
+	}
+	if err := syscall.Kill(shown.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the killed VM to show as stopped", 10*time.Second, func() bool { return status() == "stopped" })
+	e.ok("start", "g1")
+	if s := status(); s != "running" {
+		t.Fatalf("restart after kill: %s", s)
+	}
+	e.ok("stop", "--force", "g1")
+
 	// Delete --force on a running VM leaves no process either.
 	e.ok("start", "g1")
 	if r := e.run("delete", "g1"); r.code == 0 || !strings.Contains(r.stderr, "--force") {
@@ -328,5 +349,38 @@ func TestRealGuestLifecycle(t *testing.T) {
 	e.ok("delete", "--force", "g1")
 	if pids := qemuFor(vmDir); len(pids) != 0 {
 		t.Fatalf("QEMU left running after delete: %v", pids)
+	}
+}
+
+// Eight anka processes modifying one VM at once lose no update.
+func TestConcurrentModifyProcesses(t *testing.T) {
+	e := newEnv(t)
+	kernel := filepath.Join(e.dir, "vmlinuz")
+	os.WriteFile(kernel, []byte("x"), 0o644)
+	e.ok("create", "vm1", "--kernel", kernel)
+	var wg sync.WaitGroup
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			if r := e.run("modify", "vm1", "add", "port-forwarding", fmt.Sprintf("r%d", i), "-g", fmt.Sprint(100+i)); r.code != 0 {
+				t.Errorf("modify %d: exit %d %s", i, r.code, r.stderr)
+			}
+		}(i)
+	}
+	wg.Wait()
+	var card struct {
+		Rules []struct {
+			Name     string
+			HostPort int `json:"host_port"`
+		} `json:"port_forwarding_rules"`
+	}
+	json.Unmarshal(e.jsonOK("show", "vm1", "network"), &card)
+	ports := map[int]bool{}
+	for _, r := range card.Rules {
+		ports[r.HostPort] = true
+	}
+	if len(card.Rules) != 8 || len(ports) != 8 {
+		t.Fatalf("after 8 concurrent modifies: %+v", card.Rules)
 	}
 }
