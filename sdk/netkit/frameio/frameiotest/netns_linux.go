@@ -1,0 +1,109 @@
+//go:build linux
+
+package frameiotest
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// Netns is a network namespace a test created with `ip netns add`, and a
+// thread inside it that runs whatever must be created there (sockets,
+// TAPs, sysctls). It is deleted when the test ends; nothing it holds
+// touches the host's interfaces.
+type Netns struct {
+	Name string
+	work chan func()
+}
+
+// NewNetns creates a namespace for tb, or skips tb when not root or
+// without iproute2.
+func NewNetns(tb testing.TB) *Netns {
+	tb.Helper()
+	if os.Geteuid() != 0 {
+		tb.Skip("needs root: creates a network namespace")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		tb.Skip("needs ip from iproute2")
+	}
+	var rnd [4]byte
+	rand.Read(rnd[:])
+	n := &Netns{Name: "anka-test-" + hex.EncodeToString(rnd[:]), work: make(chan func())}
+	if out, err := exec.Command("ip", "netns", "add", n.Name).CombinedOutput(); err != nil {
+		tb.Fatalf("ip netns add %s: %v: %s", n.Name, err, out)
+	}
+	ready := make(chan error)
+	go n.thread(ready)
+	if err := <-ready; err != nil {
+		exec.Command("ip", "netns", "del", n.Name).Run()
+		tb.Fatalf("entering namespace %s: %v", n.Name, err)
+	}
+	tb.Cleanup(func() {
+		close(n.work)
+		if out, err := exec.Command("ip", "netns", "del", n.Name).CombinedOutput(); err != nil {
+			tb.Errorf("ip netns del %s: %v: %s", n.Name, err, out)
+		}
+	})
+	return n
+}
+
+// thread is locked to its OS thread and never unlocks it: when it
+// returns, the runtime ends the thread rather than reuse one that is in
+// another namespace.
+func (n *Netns) thread(ready chan<- error) {
+	runtime.LockOSThread()
+	fd, err := unix.Open("/run/netns/"+n.Name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		ready <- err
+		return
+	}
+	err = unix.Setns(fd, unix.CLONE_NEWNET)
+	unix.Close(fd)
+	ready <- err
+	if err != nil {
+		return
+	}
+	for f := range n.work {
+		f()
+	}
+}
+
+// Run runs f on a thread inside the namespace and returns its error.
+// Sockets and devices f opens belong to the namespace and may be used
+// from any goroutine afterwards.
+func (n *Netns) Run(f func() error) error {
+	done := make(chan error, 1)
+	n.work <- func() { done <- f() }
+	return <-done
+}
+
+// IP runs `ip -n NAME args...` and returns its output, failing tb on
+// error.
+func (n *Netns) IP(tb testing.TB, args ...string) string {
+	tb.Helper()
+	out, err := exec.Command("ip", append([]string{"-n", n.Name}, args...)...).CombinedOutput()
+	if err != nil {
+		tb.Fatalf("ip -n %s %s: %v: %s", n.Name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// Exec runs a command inside the namespace (ip netns exec).
+func (n *Netns) Exec(tb testing.TB, name string, args ...string) string {
+	tb.Helper()
+	out, err := exec.Command("ip", append([]string{"netns", "exec", n.Name, name}, args...)...).CombinedOutput()
+	if err != nil {
+		tb.Fatalf("in %s: %s %s: %v: %s", n.Name, name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+func (n *Netns) String() string { return fmt.Sprintf("netns %s", n.Name) }

@@ -1,0 +1,244 @@
+//go:build linux
+
+package frameio_test
+
+import (
+	"bytes"
+	"encoding/binary"
+	"net"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/anka-net/anka/sdk/netkit/frameio"
+	"github.com/anka-net/anka/sdk/netkit/frameio/frameiotest"
+	"golang.org/x/sys/unix"
+)
+
+// collectMatching reads from p until it has n frames for which match
+// holds, skipping the others, failing t after five seconds.
+func collectMatching(t testing.TB, p frameio.Port, n int, match func([]byte) bool) [][]byte {
+	t.Helper()
+	ch := make(chan [][]byte, 1)
+	go func() {
+		var out [][]byte
+		batch := frameio.NewBatch(16, p.MTU())
+		for len(out) < n {
+			k, err := p.ReadBatch(batch)
+			if err != nil {
+				break
+			}
+			for i := 0; i < k; i++ {
+				if f := batch[i].Bytes(); match(f) {
+					out = append(out, bytes.Clone(f))
+				}
+			}
+		}
+		ch <- out
+	}()
+	select {
+	case out := <-ch:
+		if len(out) < n {
+			t.Fatalf("read %d of %d frames before the port failed", len(out), n)
+		}
+		return out
+	case <-time.After(5 * time.Second):
+		p.Close()
+		t.Fatalf("timed out waiting for %d matching frames on %s port", n, p.Kind())
+		return nil
+	}
+}
+
+func etherType(f []byte) uint16 { return binary.BigEndian.Uint16(f[12:14]) }
+
+var (
+	guestMAC = net.HardwareAddr{0x02, 0xa4, 0x6b, 0, 0, 0x22}
+	guestIP  = net.IPv4(10, 99, 0, 2).To4()
+	hostIP   = net.IPv4(10, 99, 0, 1).To4()
+)
+
+// arpRequest asks who has tpa, from sha/spa.
+func arpRequest(sha net.HardwareAddr, spa, tpa net.IP) []byte {
+	f := make([]byte, 60)
+	copy(f[0:6], []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
+	copy(f[6:12], sha)
+	binary.BigEndian.PutUint16(f[12:], 0x0806)
+	a := f[14:]
+	binary.BigEndian.PutUint16(a[0:], 1)      // Ethernet
+	binary.BigEndian.PutUint16(a[2:], 0x0800) // IPv4
+	a[4], a[5] = 6, 4
+	binary.BigEndian.PutUint16(a[6:], 1) // request
+	copy(a[8:14], sha)
+	copy(a[14:18], spa)
+	copy(a[24:28], tpa)
+	return f
+}
+
+func checksum(b []byte) uint16 {
+	var s uint32
+	for i := 0; i+1 < len(b); i += 2 {
+		s += uint32(binary.BigEndian.Uint16(b[i:]))
+	}
+	if len(b)%2 == 1 {
+		s += uint32(b[len(b)-1]) << 8
+	}
+	for s > 0xffff {
+		s = s>>16 + s&0xffff
+	}
+	return ^uint16(s)
+}
+
+// echoRequest is an ICMP echo request from the guest to dst.
+func echoRequest(dstMAC net.HardwareAddr, src, dst net.IP, id uint16, payload []byte) []byte {
+	f := make([]byte, 14+20+8+len(payload))
+	copy(f[0:6], dstMAC)
+	copy(f[6:12], guestMAC)
+	binary.BigEndian.PutUint16(f[12:], 0x0800)
+	ip := f[14:34]
+	ip[0] = 0x45
+	binary.BigEndian.PutUint16(ip[2:], uint16(20+8+len(payload)))
+	ip[8] = 64
+	ip[9] = 1 // ICMP
+	copy(ip[12:16], src)
+	copy(ip[16:20], dst)
+	binary.BigEndian.PutUint16(ip[10:], checksum(ip))
+	icmp := f[34:]
+	icmp[0] = 8
+	binary.BigEndian.PutUint16(icmp[4:], id)
+	binary.BigEndian.PutUint16(icmp[6:], 1)
+	copy(icmp[8:], payload)
+	binary.BigEndian.PutUint16(icmp[2:], checksum(icmp))
+	return f
+}
+
+func TestTAPTalksToTheKernel(t *testing.T) {
+	ns := frameiotest.NewNetns(t)
+	var tap *frameio.TAPPort
+	if err := ns.Run(func() (err error) {
+		tap, err = frameio.OpenTAP("anka0", frameio.TAPOptions{MTU: 1400, Up: true, Logger: testLogger(t)})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer tap.Close()
+	link := ns.IP(t, "link", "show", "anka0")
+	if !strings.Contains(link, "mtu 1400") || !strings.Contains(link, ",UP") {
+		t.Fatalf("TAP not set up: %s", link)
+	}
+	ns.IP(t, "addr", "add", "10.99.0.1/24", "dev", "anka0")
+
+	if n, err := tap.WriteBatch([]frameio.Frame{{Buf: arpRequest(guestMAC, guestIP, hostIP), N: 60}}); n != 1 || err != nil {
+		t.Fatalf("write ARP request = %d, %v", n, err)
+	}
+	reply := collectMatching(t, tap, 1, func(f []byte) bool {
+		return etherType(f) == 0x0806 && binary.BigEndian.Uint16(f[20:]) == 2 && bytes.Equal(f[28:32], hostIP)
+	})[0]
+	if !bytes.Equal(reply[0:6], guestMAC) || !bytes.Equal(reply[38:42], guestIP) {
+		t.Fatalf("ARP reply not addressed to the guest: %x", reply)
+	}
+	kernelMAC := net.HardwareAddr(reply[22:28])
+	t.Logf("the kernel answered ARP: 10.99.0.1 is at %s", kernelMAC)
+
+	// A ping in a full-size frame.
+	payload := bytes.Repeat([]byte("anka"), (1400-28)/4)
+	req := echoRequest(kernelMAC, guestIP, hostIP, 0x4242, payload)
+	if n, _ := tap.WriteBatch([]frameio.Frame{{Buf: req, N: len(req)}}); n != 1 {
+		t.Fatal("echo request not written")
+	}
+	echo := collectMatching(t, tap, 1, func(f []byte) bool {
+		return etherType(f) == 0x0800 && f[23] == 1 && f[34] == 0 && binary.BigEndian.Uint16(f[38:]) == 0x4242
+	})[0]
+	if !bytes.Equal(echo[42:], payload) {
+		t.Fatal("echo reply payload differs")
+	}
+	if s := tap.Stats(); s.TxFrames != 2 || s.RxFrames < 2 {
+		t.Fatalf("stats %+v", s)
+	}
+
+	// Too big for the MTU: dropped before the kernel sees it.
+	big := make([]byte, frameio.FrameSize(1400)+1)
+	if n, _ := tap.WriteBatch([]frameio.Frame{{Buf: big, N: len(big)}}); n != 0 || tap.Stats().TxDropped != 1 {
+		t.Fatalf("oversize frame: wrote %d, stats %+v", n, tap.Stats())
+	}
+
+	// A ping round trip allocates nothing in the port.
+	out := []frameio.Frame{{Buf: req, N: len(req)}}
+	in := frameio.NewBatch(8, 1400)
+	allocs := testing.AllocsPerRun(100, func() {
+		if n, _ := tap.WriteBatch(out); n != 1 {
+			t.Fatal("echo request not written")
+		}
+		for {
+			n, err := tap.ReadBatch(in)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := 0; i < n; i++ {
+				if f := in[i].Bytes(); etherType(f) == 0x0800 && f[34] == 0 {
+					return
+				}
+			}
+		}
+	})
+	if allocs != 0 {
+		t.Fatalf("%v allocations per TAP write and read", allocs)
+	}
+
+	tap.Close()
+	if out, err := exec.Command("ip", "-n", ns.Name, "link", "show", "anka0").CombinedOutput(); err == nil {
+		t.Fatalf("a TAP that is not persistent outlived its port: %s", out)
+	}
+}
+
+func TestTAPPersistAndAttach(t *testing.T) {
+	ns := frameiotest.NewNetns(t)
+	var tap *frameio.TAPPort
+	if err := ns.Run(func() (err error) {
+		tap, err = frameio.OpenTAP("anka1", frameio.TAPOptions{Persist: true})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	tap.Close()
+	ns.IP(t, "link", "show", "anka1")
+	ns.IP(t, "link", "del", "anka1")
+
+	// A TAP opened by someone else, handed over as a file descriptor.
+	var attached *frameio.TAPPort
+	if err := ns.Run(func() error {
+		fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		ifr, _ := unix.NewIfreq("anka2")
+		ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI)
+		if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+			unix.Close(fd)
+			return err
+		}
+		attached, err = frameio.AttachTAP(fd, frameio.TAPOptions{})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer attached.Close()
+	if attached.Name() != "anka2" {
+		t.Fatalf("name = %q", attached.Name())
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := attached.ReadBatch(frameio.NewBatch(4, 1500))
+		done <- err
+	}()
+	time.Sleep(10 * time.Millisecond) // let the reader wait; not synchronisation
+	attached.Close()
+	select {
+	case err := <-done:
+		if err != frameio.ErrClosed {
+			t.Fatalf("read after close = %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not wake the TAP reader")
+	}
+}
