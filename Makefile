@@ -14,7 +14,7 @@ PLUGINS := $(patsubst plugins/%/main.go,%,$(wildcard plugins/*/main.go))
 APT_PKGS := qemu-system-x86 busybox-static cpio iproute2 binutils
 PROTO_PKGS := protobuf-compiler
 
-.PHONY: all deps go-check build guest test test-unit test-e2e demo bench lint proto install clean
+.PHONY: all deps go-check build guest test test-unit demo bench fuzz lint proto install clean
 
 all: build
 
@@ -40,7 +40,14 @@ guest: deps
 
 test: deps guest build lint
 	ANKA_GUEST_DIR=$(GUEST_DIR) ANKA_E2E=1 go test -count=1 -timeout 15m ./...
-	cd sdk && go test -count=1 ./...
+	cd sdk && ANKA_GUEST_DIR=$(GUEST_DIR) ANKA_E2E=1 go test -count=1 -timeout 15m ./...
+	test/fuzz.sh $(FUZZTIME_TEST)
+
+# Each fuzz target for FUZZTIME (make fuzz FUZZTIME=10m).
+FUZZTIME ?= 60s
+FUZZTIME_TEST ?= 5s
+fuzz: go-check
+	test/fuzz.sh $(FUZZTIME)
 
 test-unit: go-check
 	go test -short ./... && cd sdk && go test -short ./...
