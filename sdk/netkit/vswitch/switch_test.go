@@ -3,6 +3,8 @@ package vswitch
 import (
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -10,7 +12,9 @@ import (
 
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
+	"github.com/google/gopacket/pcapgo"
 
+	"github.com/anka-net/anka/sdk/netkit/capture"
 	"github.com/anka-net/anka/sdk/netkit/frameio"
 )
 
@@ -414,5 +418,41 @@ func TestForwardingAllocatesNothing(t *testing.T) {
 	}
 	if allocs := testing.AllocsPerRun(100, func() { sw.forward(a, f, batch) }); allocs != 0 {
 		t.Fatalf("%v allocations per flooded batch", allocs)
+	}
+}
+
+func TestCaptureOnAndOffWhileAttached(t *testing.T) {
+	var capt capture.Capture
+	r := newRig(t, PortConfig{Name: "vm", MAC: macA, Capture: &capt}, PortConfig{Name: "b"})
+	r.send("vm", udpFrame(t, macA, bcast, "10.0.0.1", "10.0.0.255", 1, 2)) // before: not captured
+	path := filepath.Join(t.TempDir(), "vm.pcap")
+	if err := capt.Start(path, 0); err != nil {
+		t.Fatal(err)
+	}
+	r.send("vm", udpFrame(t, macA, macB, "10.0.0.1", "10.0.0.2", 1, 2)) // rx
+	r.send("b", udpFrame(t, macB, macA, "10.0.0.2", "10.0.0.1", 2, 1))  // tx
+	if err := capt.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	r.send("vm", udpFrame(t, macA, macB, "10.0.0.1", "10.0.0.2", 1, 2)) // after: not captured
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	rd, err := pcapgo.NewReader(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var srcs []string
+	for {
+		data, _, err := rd.ReadPacketData()
+		if err != nil {
+			break
+		}
+		srcs = append(srcs, net.HardwareAddr(data[6:12]).String())
+	}
+	if len(srcs) != 2 || srcs[0] != macA.String() || srcs[1] != macB.String() {
+		t.Fatalf("captured %v, want the frame received and the frame sent while on", srcs)
 	}
 }
