@@ -152,17 +152,46 @@ func (m *Manager) reconcile(ctx context.Context, name string) (*VM, error) {
 	return v, nil
 }
 
-// Start boots a stopped VM or resumes a suspended one.
-func (m *Manager) Start(ctx context.Context, name string) (*Status, error) {
+// withVM runs fn on VM name under its lock, its state reconciled with the
+// runtime first. spanning also takes the store lock (before the VM's),
+// for changes checked against other VMs.
+func (m *Manager) withVM(ctx context.Context, name string, spanning bool, fn func(v *VM) error) error {
+	if spanning {
+		all, err := m.Store.LockAll()
+		if err != nil {
+			return err
+		}
+		defer all.Unlock()
+	}
 	l, err := m.Store.LockVM(name)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer l.Unlock()
 	v, err := m.reconcile(ctx, name)
 	if err != nil {
-		return nil, err
+		return err
 	}
+	return fn(v)
+}
+
+// withVMResult is withVM for calls that return a result.
+func withVMResult[T any](ctx context.Context, m *Manager, name string, spanning bool, fn func(v *VM) (T, error)) (T, error) {
+	var res T
+	err := m.withVM(ctx, name, spanning, func(v *VM) (err error) {
+		res, err = fn(v)
+		return err
+	})
+	return res, err
+}
+
+// Start boots a stopped VM or resumes a suspended one.
+func (m *Manager) Start(ctx context.Context, name string) (*Status, error) {
+	return withVMResult(ctx, m, name, false, func(v *VM) (*Status, error) { return m.startLocked(ctx, v) })
+}
+
+func (m *Manager) startLocked(ctx context.Context, v *VM) (*Status, error) {
+	name := v.Name
 	switch v.State {
 	case Running:
 		return nil, errs.Statef("VM %s is already running", name)
@@ -230,15 +259,11 @@ func (m *Manager) resumeLocked(ctx context.Context, v *VM) (*Status, error) {
 
 // Suspend pauses a running VM; its network port and address are kept.
 func (m *Manager) Suspend(ctx context.Context, name string) (*Status, error) {
-	l, err := m.Store.LockVM(name)
-	if err != nil {
-		return nil, err
-	}
-	defer l.Unlock()
-	v, err := m.reconcile(ctx, name)
-	if err != nil {
-		return nil, err
-	}
+	return withVMResult(ctx, m, name, false, func(v *VM) (*Status, error) { return m.suspendLocked(ctx, v) })
+}
+
+func (m *Manager) suspendLocked(ctx context.Context, v *VM) (*Status, error) {
+	name := v.Name
 	if v.State != Running {
 		return nil, errs.Statef("VM %s is %s: only a running VM can be suspended", name, v.State)
 	}
@@ -248,7 +273,7 @@ func (m *Manager) Suspend(ctx context.Context, name string) (*Status, error) {
 	if err := m.Runtime.Suspend(ctx, m.Store.Dir(name)); err != nil {
 		return nil, err
 	}
-	v, err = m.Store.UpdateLocked(name, func(v *VM) error { v.State = Suspended; return nil })
+	v, err := m.Store.UpdateLocked(name, func(v *VM) error { v.State = Suspended; return nil })
 	if err != nil {
 		return nil, err
 	}
@@ -258,19 +283,13 @@ func (m *Manager) Suspend(ctx context.Context, name string) (*Status, error) {
 // Stop shuts a running or suspended VM down: gracefully (ACPI power
 // button, then kill after timeout) or at once with force.
 func (m *Manager) Stop(ctx context.Context, name string, force bool, timeout time.Duration) (*Status, error) {
-	l, err := m.Store.LockVM(name)
+	err := m.withVM(ctx, name, false, func(v *VM) error {
+		if v.State == Stopped {
+			return errs.Statef("VM %s is already stopped", name)
+		}
+		return m.stopLocked(ctx, v, force, timeout)
+	})
 	if err != nil {
-		return nil, err
-	}
-	defer l.Unlock()
-	v, err := m.reconcile(ctx, name)
-	if err != nil {
-		return nil, err
-	}
-	if v.State == Stopped {
-		return nil, errs.Statef("VM %s is already stopped", name)
-	}
-	if err := m.stopLocked(ctx, v, force, timeout); err != nil {
 		return nil, err
 	}
 	return m.Get(ctx, name)
@@ -294,20 +313,11 @@ func (m *Manager) stopLocked(ctx context.Context, v *VM, force bool, timeout tim
 // Delete removes a VM; a running or suspended one needs force, which
 // stops it first. Its dynamic MAC goes back to the pool.
 func (m *Manager) Delete(ctx context.Context, name string, force bool) error {
-	all, err := m.Store.LockAll()
-	if err != nil {
-		return err
-	}
-	defer all.Unlock()
-	l, err := m.Store.LockVM(name)
-	if err != nil {
-		return err
-	}
-	defer l.Unlock()
-	v, err := m.reconcile(ctx, name)
-	if err != nil {
-		return err
-	}
+	return m.withVM(ctx, name, true, func(v *VM) error { return m.deleteLocked(ctx, v, force) })
+}
+
+func (m *Manager) deleteLocked(ctx context.Context, v *VM, force bool) error {
+	name := v.Name
 	if v.State != Stopped {
 		if !force {
 			return errs.Statef("VM %s is %s: stop it first, or delete it with --force", name, v.State)

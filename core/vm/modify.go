@@ -19,53 +19,42 @@ type CardChange struct {
 // SetCard changes card 0, or adds it when add is true. Cards change only on
 // a stopped VM: the NIC is part of the VM process.
 func (m *Manager) SetCard(ctx context.Context, name string, ch CardChange, add bool) (*Status, error) {
-	all, err := m.Store.LockAll() // static addresses are unique across VMs
-	if err != nil {
-		return nil, err
-	}
-	defer all.Unlock()
-	l, err := m.Store.LockVM(name)
-	if err != nil {
-		return nil, err
-	}
-	defer l.Unlock()
-	v, err := m.reconcile(ctx, name)
-	if err != nil {
-		return nil, err
-	}
-	if v.State != Stopped {
-		return nil, errs.Statef("VM %s is %s: changing its network card needs a stopped VM; run `anka stop %s` first", name, v.State, name)
-	}
-	others, err := m.otherVMs(name)
-	if err != nil {
-		return nil, err
-	}
-	v, err = m.Store.UpdateLocked(name, func(v *VM) error {
-		card := v.NetworkCard
-		switch {
-		case add && card != nil:
-			return errs.Conflictf("VM %s already has network card 0 (Anka supports one card): change it with `anka modify %s set network-card`", name, name)
-		case add:
-			card = &NetworkCard{Type: "shared"}
-		case card == nil:
-			return errs.NotFoundf("VM %s has no network card: add one with `anka modify %s add network-card`", name, name)
-		default:
-			c := *card
-			card = &c
+	// Spanning: static addresses are unique across VMs.
+	return withVMResult(ctx, m, name, true, func(v *VM) (*Status, error) {
+		if v.State != Stopped {
+			return nil, errs.Statef("VM %s is %s: changing its network card needs a stopped VM; run `anka stop %s` first", name, v.State, name)
 		}
-		if err := m.applyCard(card, ch, others, name); err != nil {
-			return err
+		others, err := m.otherVMs(name)
+		if err != nil {
+			return nil, err
 		}
-		v.NetworkCard = card
-		return nil
+		v, err = m.Store.UpdateLocked(name, func(v *VM) error {
+			card := v.NetworkCard
+			switch {
+			case add && card != nil:
+				return errs.Conflictf("VM %s already has network card 0 (Anka supports one card): change it with `anka modify %s set network-card`", name, name)
+			case add:
+				card = &NetworkCard{Type: "shared"}
+			case card == nil:
+				return errs.NotFoundf("VM %s has no network card: add one with `anka modify %s add network-card`", name, name)
+			default:
+				c := *card
+				card = &c
+			}
+			if err := m.applyCard(card, ch, others); err != nil {
+				return err
+			}
+			v.NetworkCard = card
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+		return m.status(ctx, v)
 	})
-	if err != nil {
-		return nil, err
-	}
-	return m.status(ctx, v)
 }
 
-func (m *Manager) applyCard(card *NetworkCard, ch CardChange, others []*VM, self string) error {
+func (m *Manager) applyCard(card *NetworkCard, ch CardChange, others []*VM) error {
 	if ch.Type != nil {
 		t := strings.TrimSpace(*ch.Type)
 		if m.KnownType != nil {
@@ -185,36 +174,29 @@ func (m *Manager) otherVMs(self string) ([]*VM, error) {
 // DeleteCard removes card 0, like pulling the NIC; the dynamic MAC returns
 // to the pool and the network forgets the VM.
 func (m *Manager) DeleteCard(ctx context.Context, name string) (*Status, error) {
-	l, err := m.Store.LockVM(name)
-	if err != nil {
-		return nil, err
-	}
-	defer l.Unlock()
-	v, err := m.reconcile(ctx, name)
-	if err != nil {
-		return nil, err
-	}
-	if v.State != Stopped {
-		return nil, errs.Statef("VM %s is %s: removing its network card needs a stopped VM; run `anka stop %s` first", name, v.State, name)
-	}
-	var old *NetworkCard
-	v, err = m.Store.UpdateLocked(name, func(v *VM) error {
-		if v.NetworkCard == nil {
-			return errs.NotFoundf("VM %s has no network card to delete", name)
+	return withVMResult(ctx, m, name, false, func(v *VM) (*Status, error) {
+		if v.State != Stopped {
+			return nil, errs.Statef("VM %s is %s: removing its network card needs a stopped VM; run `anka stop %s` first", name, v.State, name)
 		}
-		old, v.NetworkCard = v.NetworkCard, nil
-		return nil
+		var old *NetworkCard
+		v, err := m.Store.UpdateLocked(name, func(v *VM) error {
+			if v.NetworkCard == nil {
+				return errs.NotFoundf("VM %s has no network card to delete", name)
+			}
+			old, v.NetworkCard = v.NetworkCard, nil
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+		if err := m.Hooks.CardRemoved(ctx, v, old); err != nil {
+			return nil, err
+		}
+		if err := m.MACs.Release(v.UUID); err != nil {
+			return nil, err
+		}
+		return m.status(ctx, v)
 	})
-	if err != nil {
-		return nil, err
-	}
-	if err := m.Hooks.CardRemoved(ctx, v, old); err != nil {
-		return nil, err
-	}
-	if err := m.MACs.Release(v.UUID); err != nil {
-		return nil, err
-	}
-	return m.status(ctx, v)
 }
 
 // AddPortForward adds a rule; with HostPort 0 it picks the first port from
@@ -231,20 +213,12 @@ func (m *Manager) AddPortForward(ctx context.Context, name string, r PortForward
 	if err := ValidatePortForward(&r); err != nil {
 		return nil, err
 	}
-	all, err := m.Store.LockAll() // host ports are unique across VMs
-	if err != nil {
-		return nil, err
-	}
-	defer all.Unlock()
-	l, err := m.Store.LockVM(name)
-	if err != nil {
-		return nil, err
-	}
-	defer l.Unlock()
-	v, err := m.reconcile(ctx, name)
-	if err != nil {
-		return nil, err
-	}
+	// Spanning: host ports are unique across VMs.
+	return withVMResult(ctx, m, name, true, func(v *VM) (*PortForward, error) { return m.addPortForwardLocked(ctx, v, r) })
+}
+
+func (m *Manager) addPortForwardLocked(ctx context.Context, v *VM, r PortForward) (*PortForward, error) {
+	name := v.Name
 	card, err := v.Card()
 	if err != nil {
 		return nil, err
@@ -330,36 +304,29 @@ func removeRule(rs []PortForward, name string) []PortForward {
 
 // DeletePortForward removes one rule by name, or every rule with all.
 func (m *Manager) DeletePortForward(ctx context.Context, name, rule string, all bool) error {
-	l, err := m.Store.LockVM(name)
-	if err != nil {
-		return err
-	}
-	defer l.Unlock()
-	v, err := m.reconcile(ctx, name)
-	if err != nil {
-		return err
-	}
-	v, err = m.Store.UpdateLocked(name, func(v *VM) error {
-		card, err := v.Card()
+	return m.withVM(ctx, name, false, func(v *VM) error {
+		v, err := m.Store.UpdateLocked(name, func(v *VM) error {
+			card, err := v.Card()
+			if err != nil {
+				return err
+			}
+			if all {
+				card.PortForwards = nil
+				return nil
+			}
+			rest := removeRule(card.PortForwards, rule)
+			if len(rest) == len(card.PortForwards) {
+				return errs.NotFoundf("VM %s has no port-forwarding rule named %q: see `anka show %s network`", name, rule, name)
+			}
+			card.PortForwards = rest
+			return nil
+		})
 		if err != nil {
 			return err
 		}
-		if all {
-			card.PortForwards = nil
-			return nil
+		if v.State != Stopped {
+			return m.Hooks.PortForwardsChanged(ctx, v)
 		}
-		rest := removeRule(card.PortForwards, rule)
-		if len(rest) == len(card.PortForwards) {
-			return errs.NotFoundf("VM %s has no port-forwarding rule named %q: see `anka show %s network`", name, rule, name)
-		}
-		card.PortForwards = rest
 		return nil
 	})
-	if err != nil {
-		return err
-	}
-	if v.State != Stopped {
-		return m.Hooks.PortForwardsChanged(ctx, v)
-	}
-	return nil
 }
