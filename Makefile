@@ -9,6 +9,11 @@ PREFIX ?= /usr/local
 PLUGIN_DIR ?= $(PREFIX)/lib/anka/plugins
 GUEST_DIR := $(CURDIR)/build/guest
 PLUGINS := $(patsubst plugins/%/main.go,%,$(wildcard plugins/*/main.go))
+# A plugin's binary is anka-net-<folder> unless its type differs: the
+# example folder builds the template's type, segment.
+BINARY_example := segment
+binary = anka-net-$(or $(BINARY_$(1)),$(1))
+PLUGIN_BINS := $(foreach p,$(PLUGINS),$(p):$(call binary,$(p)))
 
 # Debian packages the build, the tests and the demo need.
 APT_PKGS := qemu-system-x86 busybox-static cpio iproute2 binutils
@@ -33,7 +38,8 @@ deps:
 
 build: go-check
 	go build -ldflags '$(LDFLAGS)' -o bin/anka ./cmd/anka
-	@for p in $(PLUGINS); do echo "go build -o bin/anka-net-$$p ./plugins/$$p"; go build -ldflags '$(LDFLAGS)' -o bin/anka-net-$$p ./plugins/$$p || exit 1; done
+	@for pb in $(PLUGIN_BINS); do d=$${pb%%:*}; b=$${pb#*:}; \
+		echo "go build -o bin/$$b ./plugins/$$d"; go build -ldflags '$(LDFLAGS)' -o bin/$$b ./plugins/$$d || exit 1; done
 
 guest: deps
 	test/guest/build.sh $(GUEST_DIR)
@@ -79,7 +85,7 @@ install: build
 	[ "$$(id -u)" = 0 ] || { echo "make install writes to $(PREFIX): run it as root"; exit 1; }
 	install -D -m 0755 bin/anka $(DESTDIR)$(PREFIX)/bin/anka
 	install -d -m 0755 $(DESTDIR)$(PLUGIN_DIR)
-	@for p in $(PLUGINS); do install -m 0755 bin/anka-net-$$p $(DESTDIR)$(PLUGIN_DIR)/; done
+	@for pb in $(PLUGIN_BINS); do install -m 0755 bin/$${pb#*:} $(DESTDIR)$(PLUGIN_DIR)/ || exit 1; done
 	install -D -m 0644 configs/anka.service $(DESTDIR)/etc/systemd/system/anka.service
 	install -D -m 0644 configs/config.example.yaml $(DESTDIR)/etc/anka/config.example.yaml
 	@command -v systemctl >/dev/null && [ -d /run/systemd/system ] && systemctl daemon-reload || true

@@ -92,6 +92,7 @@ Every configuration key is also a global flag, including the plugin keys
 		NewCmdDelete(f, out, nil),
 		NewCmdModify(f, out),
 		NewCmdConfig(f, out, nil),
+		NewCmdPlugin(f, out),
 		NewCmdVersion(f, out),
 	)
 	for _, c := range root.Commands() {

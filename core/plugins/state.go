@@ -1,0 +1,65 @@
+package plugins
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/anka-net/anka/sdk/host"
+)
+
+// DataDir is a plugin binary's private folder under the state dir: its
+// leases and its log live there, and nothing of the core's.
+func DataDir(stateDir, binary string) string {
+	return filepath.Join(stateDir, "plugins", filepath.Base(binary))
+}
+
+// LogFile is where the plugin logs (the host passes it at launch).
+func LogFile(stateDir, binary string) string {
+	return filepath.Join(DataDir(stateDir, binary), "plugin.log")
+}
+
+// ReattachFile holds the go-plugin reattach information of a running
+// plugin, written by whoever launched it, so the next host finds it.
+func ReattachFile(stateDir, binary string) string {
+	return filepath.Join(DataDir(stateDir, binary), "reattach.json")
+}
+
+// Running reports the running plugin process for binary, if its reattach
+// file names a live process (a zombie is dead).
+func Running(stateDir, binary string) (host.ReattachInfo, bool) {
+	var info host.ReattachInfo
+	data, err := os.ReadFile(ReattachFile(stateDir, binary))
+	if err != nil || json.Unmarshal(data, &info) != nil || info.Pid <= 0 {
+		return info, false
+	}
+	stat, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(info.Pid), "stat"))
+	if err != nil {
+		return info, false
+	}
+	s := string(stat)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 || i+2 >= len(s) || s[i+2] == 'Z' || s[i+2] == 'X' {
+		return info, false
+	}
+	return info, true
+}
+
+// FileSHA256 is the hex SHA-256 of a file, as plugins.<type>.sha256 pins it.
+func FileSHA256(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
