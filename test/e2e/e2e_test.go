@@ -32,10 +32,17 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	builtBin = filepath.Join(dir, "anka")
-	cmd := exec.Command("go", "build", "-o", builtBin, "github.com/anka-net/anka/cmd/anka")
-	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-	if err := cmd.Run(); err != nil {
-		panic("building anka: " + err.Error())
+	// The plugins sit beside anka, where discovery looks first.
+	for out, pkg := range map[string]string{
+		builtBin: "github.com/anka-net/anka/cmd/anka",
+		filepath.Join(dir, "anka-net-disconnected"): "github.com/anka-net/anka/plugins/disconnected",
+		filepath.Join(dir, "anka-net-segment"):      "github.com/anka-net/anka/plugins/example",
+	} {
+		cmd := exec.Command("go", "build", "-o", out, pkg)
+		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+		if err := cmd.Run(); err != nil {
+			panic("building " + pkg + ": " + err.Error())
+		}
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
@@ -382,5 +389,44 @@ func TestConcurrentModifyProcesses(t *testing.T) {
 	}
 	if len(card.Rules) != 8 || len(ports) != 8 {
 		t.Fatalf("after 8 concurrent modifies: %+v", card.Rules)
+	}
+}
+
+func TestPluginListAndPin(t *testing.T) {
+	e := newEnv(t)
+	out := e.ok("plugin", "list")
+	for _, want := range []string{"disconnected", "segment", "v1"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("plugin list lacks %q:\n%s", want, out)
+		}
+	}
+	var info struct {
+		Type, Binary, SHA256 string
+		Capabilities         []string
+		LogFile              string `json:"log_file"`
+	}
+	if err := json.Unmarshal(e.jsonOK("plugin", "info", "segment"), &info); err != nil {
+		t.Fatal(err)
+	}
+	if info.Type != "segment" || !strings.HasSuffix(info.Binary, "anka-net-segment") || len(info.SHA256) != 64 ||
+		!strings.HasSuffix(info.LogFile, "plugins/anka-net-segment/plugin.log") {
+		t.Fatalf("plugin info: %+v", info)
+	}
+	// The right pin is accepted, a wrong one refused with both sums named.
+	e.ok("config", "plugins.segment.sha256", info.SHA256)
+	e.ok("plugin", "info", "segment")
+	wrong := strings.Repeat("0", 64)
+	e.ok("config", "plugins.segment.sha256", wrong)
+	r := e.run("plugin", "info", "segment")
+	if r.code == 0 || !strings.Contains(r.stderr, info.SHA256) || !strings.Contains(r.stderr, wrong) || !strings.Contains(r.stderr, "plugins.segment.sha256") {
+		t.Fatalf("wrong pin: exit %d %s", r.code, r.stderr)
+	}
+	// A card may name the plugin's type once its binary is found.
+	kernel := filepath.Join(e.dir, "vmlinuz")
+	os.WriteFile(kernel, []byte("x"), 0o644)
+	e.ok("create", "vm1", "--kernel", kernel)
+	e.ok("modify", "vm1", "set", "network-card", "-t", "segment")
+	if r := e.run("modify", "vm1", "set", "network-card", "-t", "segmnt"); r.code == 0 || !strings.Contains(r.stderr, "segment") {
+		t.Fatalf("a typo'd type should list the known ones: %s", r.stderr)
 	}
 }
