@@ -6,6 +6,7 @@ package cli
 
 import (
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"strconv"
@@ -40,8 +41,17 @@ type Factory struct {
 	// Bindable reports whether a host port can be bound now.
 	Bindable func(proto, ip string, port int) bool
 
-	flags *pflag.FlagSet
-	cfg   *config.Config
+	flags   *pflag.FlagSet
+	cfg     *config.Config
+	closers []func()
+}
+
+// Close lets go of what commands opened (plugin connections stay up).
+func (f *Factory) Close() {
+	for _, c := range f.closers {
+		c()
+	}
+	f.closers = nil
 }
 
 // NewFactory is the production wiring.
@@ -99,9 +109,18 @@ func (f *Factory) Manager() (*vm.Manager, error) {
 		return nil, vm.PathError(cfg.StateDir, err)
 	}
 	finder := f.Finder(cfg)
-	hooks := vm.Hooks(plugins.UnservedHooks{Finder: finder})
+	var hooks vm.Hooks
 	if f.Hooks != nil {
 		hooks = f.Hooks(cfg, finder)
+	} else {
+		pins := map[string]string{}
+		for t, p := range cfg.Plugins {
+			pins[t] = p.SHA256
+		}
+		h := &plugins.Host{Finder: finder, StateDir: cfg.StateDir, Pins: pins, Settings: cfg.Settings(),
+			LogLevel: cfg.LogLevel, MTU: cfg.MTU, Logger: slog.New(slog.NewTextHandler(f.IO.ErrOut, &slog.HandlerOptions{Level: slog.LevelWarn}))}
+		f.closers = append(f.closers, h.Close)
+		hooks = h
 	}
 	return &vm.Manager{
 		Store: store, Runtime: f.Runtime(), Hooks: hooks, MACs: pool,

@@ -3,6 +3,7 @@ package cli
 import (
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -45,6 +46,7 @@ type CardOptions struct {
 	Add                   bool
 	Name                  string
 	Type, Bridge, MAC, IP string
+	Options               []string
 	typeSet, bridgeSet    bool
 	macSet, ipSet         bool
 }
@@ -53,7 +55,7 @@ type CardOptions struct {
 func NewCmdCard(f *Factory, out *output, action string, runF func(*CardOptions) error) *cobra.Command {
 	opts := &CardOptions{f: f, out: out, Add: action == "add"}
 	cmd := &cobra.Command{
-		Use:   "network-card NAME [INDEX] [-t TYPE] [-b IFACE|auto] [-m MAC|auto] [--ip ADDR]",
+		Use:   "network-card NAME [INDEX] [-t TYPE] [-b IFACE|auto] [-m MAC|auto] [--ip ADDR] [-o KEY=VALUE]...",
 		Short: action + " network card 0 (the only one, as in Anka)",
 		Args:  rangeArgs(1, 2, "NAME [INDEX]"),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -75,6 +77,7 @@ func NewCmdCard(f *Factory, out *output, action string, runF func(*CardOptions) 
 	fl.StringVarP(&opts.Bridge, "bridge", "b", "", "host interface for bridge mode, or auto")
 	fl.StringVarP(&opts.MAC, "mac", "m", "", "static internal MAC the guest sees (the network sees the dynamic one), or auto")
 	fl.StringVar(&opts.IP, "ip", "", "fixed address on the shared network, for -t static")
+	fl.StringArrayVarP(&opts.Options, "option", "o", nil, "a type's own option KEY=VALUE (repeatable; KEY= removes it), e.g. -o segment=lab")
 	return cmd
 }
 
@@ -95,6 +98,16 @@ func cardRun(cmd *cobra.Command, o *CardOptions) error {
 	}
 	if o.ipSet {
 		ch.IP = &o.IP
+	}
+	for _, kv := range o.Options {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			return invalidf("-o %q is not KEY=VALUE: e.g. -o segment=lab (KEY= removes an option)", kv)
+		}
+		if ch.Options == nil {
+			ch.Options = map[string]string{}
+		}
+		ch.Options[k] = v
 	}
 	st, err := m.SetCard(cmd.Context(), o.Name, ch, o.Add)
 	if err != nil {

@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -140,13 +142,14 @@ type showJSON struct {
 }
 
 type cardJSON struct {
-	Index        int              `json:"index"`
-	Mode         string           `json:"mode"`
-	Bridge       string           `json:"bridge,omitempty"`
-	MAC          string           `json:"mac,omitempty"`
-	DynamicMAC   string           `json:"dynamic_mac,omitempty"`
-	IP           string           `json:"ip,omitempty"`
-	PortForwards []vm.PortForward `json:"port_forwarding_rules"`
+	Index        int               `json:"index"`
+	Mode         string            `json:"mode"`
+	Bridge       string            `json:"bridge,omitempty"`
+	MAC          string            `json:"mac,omitempty"`
+	DynamicMAC   string            `json:"dynamic_mac,omitempty"`
+	IP           string            `json:"ip,omitempty"`
+	Options      map[string]string `json:"options,omitempty"`
+	PortForwards []vm.PortForward  `json:"port_forwarding_rules"`
 }
 
 func showBody(m *vm.Manager, st *vm.Status) showJSON {
@@ -168,7 +171,7 @@ func cardBody(st *vm.Status) *cardJSON {
 	if pf == nil {
 		pf = []vm.PortForward{}
 	}
-	return &cardJSON{Mode: c.Type, Bridge: c.Bridge, MAC: c.MAC, DynamicMAC: st.DynamicMAC, IP: c.IP, PortForwards: pf}
+	return &cardJSON{Mode: c.Type, Bridge: c.Bridge, MAC: c.MAC, DynamicMAC: st.DynamicMAC, IP: c.IP, Options: c.Options, PortForwards: pf}
 }
 
 func printShow(w io.Writer, m *vm.Manager, st *vm.Status) {
@@ -218,6 +221,7 @@ func printCard(w io.Writer, c *cardJSON) {
 		{"ip", dash(c.IP)},
 		{"mac", mac},
 		{"dynamic_mac", dash(c.DynamicMAC)},
+		{"options", dash(formatOptions(c.Options))},
 	})
 	fmt.Fprintln(w, "port_forwarding_rules:")
 	if len(c.PortForwards) == 0 {
@@ -262,4 +266,16 @@ func completeVMs(f *Factory) func(*cobra.Command, []string, string) ([]string, c
 		}
 		return names, cobra.ShellCompDirectiveNoFileComp
 	}
+}
+
+func formatOptions(m map[string]string) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for i, k := range keys {
+		keys[i] = k + "=" + m[k]
+	}
+	return strings.Join(keys, " ")
 }

@@ -380,3 +380,16 @@ func broadcast(p netip.Prefix) netip.Addr {
 	binary.BigEndian.PutUint32(a[:], u)
 	return netip.AddrFrom4(a)
 }
+
+// Settings are the effective values of every key but the plugin entries:
+// what the core hands each plugin (subnets, lease time, MTU, ...), so a
+// plugin never reads the core's files.
+func (c *Config) Settings() map[string]string {
+	m := map[string]string{}
+	for _, e := range c.Entries() {
+		if !strings.HasPrefix(e.Key, "plugins.") {
+			m[e.Key] = e.Value
+		}
+	}
+	return m
+}

@@ -24,6 +24,8 @@ type Hooks interface {
 	CardRemoved(ctx context.Context, v *VM, old *NetworkCard) error
 	// PortForwardsChanged applies the rules of a running VM at once.
 	PortForwardsChanged(ctx context.Context, v *VM) error
+	// ValidateCard lets the network refuse a card before it is saved.
+	ValidateCard(ctx context.Context, v *VM, card *NetworkCard) error
 }
 
 // NoHooks does nothing; embed it to implement only some hooks.

@@ -3,6 +3,7 @@ package vm
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/netip"
 	"strings"
 
@@ -14,6 +15,8 @@ import (
 // left as they are. "auto" for Bridge or MAC means "choose for me".
 type CardChange struct {
 	Type, Bridge, MAC, IP *string
+	// Options are merged into the card's; an empty value removes a key.
+	Options map[string]string
 }
 
 // SetCard changes card 0, or adds it when add is true. Cards change only on
@@ -39,9 +42,13 @@ func (m *Manager) SetCard(ctx context.Context, name string, ch CardChange, add b
 				return errs.NotFoundf("VM %s has no network card: add one with `anka modify %s add network-card`", name, name)
 			default:
 				c := *card
+				c.Options = maps.Clone(c.Options)
 				card = &c
 			}
 			if err := m.applyCard(card, ch, others); err != nil {
+				return err
+			}
+			if err := m.Hooks.ValidateCard(ctx, v, card); err != nil {
 				return err
 			}
 			v.NetworkCard = card
@@ -73,7 +80,21 @@ func (m *Manager) applyCard(card *NetworkCard, ch CardChange, others []*VM) erro
 			if t == "bridge" || t == "disconnected" {
 				card.PortForwards = nil
 			}
+			card.Options = nil // options belong to a type
 		}
+	}
+	for k, val := range ch.Options {
+		if k == "" || strings.ContainsAny(k, "= \t\n") {
+			return errs.Invalidf("card option %q is not a valid name: use -o KEY=VALUE", k)
+		}
+		if val == "" {
+			delete(card.Options, k)
+			continue
+		}
+		if card.Options == nil {
+			card.Options = map[string]string{}
+		}
+		card.Options[k] = val
 	}
 	if ch.Bridge != nil {
 		b := *ch.Bridge

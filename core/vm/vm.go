@@ -53,9 +53,11 @@ type NetworkCard struct {
 	Bridge string `yaml:"bridge,omitempty" json:"bridge,omitempty"`
 	// MAC is the static internal MAC the guest sees (-m); empty means the
 	// guest sees the dynamic MAC from the host pool.
-	MAC          string        `yaml:"mac,omitempty" json:"mac,omitempty"`
-	IP           string        `yaml:"ip,omitempty" json:"ip,omitempty"`
-	PortForwards []PortForward `yaml:"port_forwarding,omitempty" json:"port_forwarding_rules"`
+	MAC string `yaml:"mac,omitempty" json:"mac,omitempty"`
+	IP  string `yaml:"ip,omitempty" json:"ip,omitempty"`
+	// Options are type-specific settings a plugin defines (-o KEY=VALUE).
+	Options      map[string]string `yaml:"options,omitempty" json:"options,omitempty"`
+	PortForwards []PortForward     `yaml:"port_forwarding,omitempty" json:"port_forwarding_rules"`
 }
 
 // PortForward is one host->guest rule.

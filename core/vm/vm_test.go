@@ -53,6 +53,7 @@ func (h *recHooks) CardRemoved(context.Context, *VM, *NetworkCard) error {
 	h.rec("card-removed")
 	return nil
 }
+func (h *recHooks) ValidateCard(context.Context, *VM, *NetworkCard) error { return nil }
 func (h *recHooks) PortForwardsChanged(context.Context, *VM) error {
 	h.rec("forwards-changed")
 	return nil

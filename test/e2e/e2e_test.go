@@ -51,7 +51,21 @@ func TestMain(m *testing.M) {
 
 func newEnv(t *testing.T) *env {
 	dir := t.TempDir()
+	// Plugins outlive anka by design: stop the ones this test started.
+	t.Cleanup(func() { killPlugins(filepath.Join(dir, "state")) })
 	return &env{t: t, bin: builtBin, dir: dir}
+}
+
+func killPlugins(stateDir string) {
+	files, _ := filepath.Glob(filepath.Join(stateDir, "plugins", "*", "reattach.json"))
+	for _, f := range files {
+		var ri struct {
+			Pid int `json:"pid"`
+		}
+		if b, err := os.ReadFile(f); err == nil && json.Unmarshal(b, &ri) == nil && ri.Pid > 0 {
+			syscall.Kill(ri.Pid, syscall.SIGKILL)
+		}
+	}
 }
 
 type result struct {
@@ -421,12 +435,88 @@ func TestPluginListAndPin(t *testing.T) {
 	if r.code == 0 || !strings.Contains(r.stderr, info.SHA256) || !strings.Contains(r.stderr, wrong) || !strings.Contains(r.stderr, "plugins.segment.sha256") {
 		t.Fatalf("wrong pin: exit %d %s", r.code, r.stderr)
 	}
-	// A card may name the plugin's type once its binary is found.
+	// A mismatching binary is never started: the card is refused.
 	kernel := filepath.Join(e.dir, "vmlinuz")
 	os.WriteFile(kernel, []byte("x"), 0o644)
 	e.ok("create", "vm1", "--kernel", kernel)
-	e.ok("modify", "vm1", "set", "network-card", "-t", "segment")
+	if r := e.run("modify", "vm1", "set", "network-card", "-t", "segment"); r.code == 0 || !strings.Contains(r.stderr, wrong) {
+		t.Fatalf("a card of a type whose binary fails its pin: exit %d %s", r.code, r.stderr)
+	}
+	if _, err := os.Stat(filepath.Join(e.dir, "state", "plugins", "anka-net-segment", "reattach.json")); err == nil {
+		t.Fatal("a plugin failing its pin was started")
+	}
+	// A card may name the plugin's type once its binary is found.
+	e.ok("config", "--unset", "plugins.segment.sha256")
+	e.ok("modify", "vm1", "set", "network-card", "-t", "segment", "-o", "segment=lab")
 	if r := e.run("modify", "vm1", "set", "network-card", "-t", "segmnt"); r.code == 0 || !strings.Contains(r.stderr, "segment") {
 		t.Fatalf("a typo'd type should list the known ones: %s", r.stderr)
+	}
+}
+
+func consoleHas(e *env, vmName, want string) func() bool {
+	return func() bool {
+		b, _ := os.ReadFile(filepath.Join(e.dir, "state", "vms", vmName, "console.log"))
+		return bytes.Contains(b, []byte(want))
+	}
+}
+
+// A guest on a disconnected card boots with its NIC present and no carrier.
+func TestDisconnectedGuest(t *testing.T) {
+	g := guestDir(t)
+	e := newEnv(t)
+	t.Cleanup(func() { e.run("delete", "--force", "d1") })
+	e.ok("create", "d1", "--kernel", filepath.Join(g, "vmlinuz"), "--initrd", filepath.Join(g, "initrd.img"), "--ram", "256M")
+	e.ok("modify", "d1", "set", "network-card", "-t", "disconnected")
+	e.ok("start", "d1")
+	waitFor(t, "the guest to report its carrier", 90*time.Second, consoleHas(e, "d1", "anka-guest: carrier"))
+	if !consoleHas(e, "d1", "anka-guest: carrier 0")() {
+		b, _ := os.ReadFile(filepath.Join(e.dir, "state", "vms", "d1", "console.log"))
+		t.Fatalf("a disconnected NIC shows a carrier:\n%s", b)
+	}
+	if out := e.ok("plugin", "list"); !strings.Contains(out, "running") {
+		t.Errorf("the disconnected plugin should be running:\n%s", out)
+	}
+	e.ok("stop", "--force", "d1")
+}
+
+// Two guests on one segment reach each other with addresses from their
+// kernel command lines; a third on another segment is not reachable.
+func TestSegmentGuests(t *testing.T) {
+	g := guestDir(t)
+	e := newEnv(t)
+	mk := func(name, ip, peer, segment string) {
+		t.Cleanup(func() { e.run("delete", "--force", name) })
+		e.ok("create", name, "--kernel", filepath.Join(g, "vmlinuz"), "--initrd", filepath.Join(g, "initrd.img"), "--ram", "256M",
+			"--append", "anka.ip="+ip+"/24 anka.ipv6=0 anka.ping="+peer)
+		e.ok("modify", name, "set", "network-card", "-t", "segment", "-o", "segment="+segment)
+		e.ok("start", name)
+	}
+	mk("s1", "10.55.0.1", "10.55.0.2", "lab")
+	mk("s2", "10.55.0.2", "10.55.0.1", "lab")
+	mk("s3", "10.55.0.3", "10.55.0.1", "other")
+	for _, vm := range []string{"s1", "s2"} {
+		waitFor(t, vm+" to reach its peer", 120*time.Second, func() bool {
+			return consoleHas(e, vm, "ping 10.55.0.")()
+		})
+		if consoleHas(e, vm, "failed")() {
+			b, _ := os.ReadFile(filepath.Join(e.dir, "state", "vms", vm, "console.log"))
+			t.Fatalf("%s could not reach its peer on the segment:\n%s", vm, b)
+		}
+	}
+	if consoleHas(e, "s3", "ping 10.55.0.1 ok")() {
+		t.Fatal("a guest on another segment reached the lab segment")
+	}
+	var show struct {
+		NetworkCard struct {
+			Mode    string
+			Options map[string]string
+		} `json:"network_card"`
+	}
+	json.Unmarshal(e.jsonOK("show", "s1"), &show)
+	if show.NetworkCard.Mode != "segment" || show.NetworkCard.Options["segment"] != "lab" {
+		t.Fatalf("show: %+v", show)
+	}
+	for _, vm := range []string{"s1", "s2", "s3"} {
+		e.ok("stop", "--force", vm)
 	}
 }

@@ -1,0 +1,249 @@
+package plugins
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"github.com/anka-net/anka/core/errs"
+	"github.com/anka-net/anka/core/fsutil"
+	"github.com/anka-net/anka/core/runtime"
+	"github.com/anka-net/anka/core/vm"
+	"github.com/anka-net/anka/sdk"
+	"github.com/anka-net/anka/sdk/host"
+)
+
+// Host connects the VM lifecycle to network plugins. A plugin process is
+// launched once and outlives the anka process that launched it (its data
+// plane must keep running); its reattach information is saved under the
+// state dir, so the next anka process (or the daemon) talks to the same
+// process instead of starting another.
+type Host struct {
+	vm.NoHooks
+	Finder   Finder
+	StateDir string
+	// Pins are plugins.<type>.sha256 by type.
+	Pins map[string]string
+	// Settings reach every plugin as sdk.Env.Settings (resolved config).
+	Settings map[string]string
+	LogLevel string
+	MTU      int
+	Logger   *slog.Logger
+
+	mu      sync.Mutex
+	plugins map[string]*host.Plugin // by binary path
+}
+
+// socketDir is where every plugin's gRPC socket lives: private (0700), and
+// short, since a unix socket path holds at most 107 bytes.
+func (h *Host) socketDir() string { return filepath.Join(h.StateDir, "plugins", "sock") }
+
+// Client returns a connection to the plugin serving typ, reattaching to
+// its running process or launching it.
+func (h *Host) Client(ctx context.Context, typ string) (sdk.NetworkPlugin, error) {
+	fd, err := h.Finder.Find(typ)
+	if err != nil {
+		return nil, err
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if p := h.plugins[fd.Path]; p != nil && !p.Exited() {
+		return p.Client(), nil
+	}
+	dataDir := DataDir(h.StateDir, fd.Path)
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return nil, vm.PathError(h.StateDir, err)
+	}
+	// One launcher at a time per binary, across anka processes.
+	l, err := fsutil.LockFile(filepath.Join(dataDir, "launch.lock"))
+	if err != nil {
+		return nil, vm.PathError(h.StateDir, err)
+	}
+	defer l.Unlock()
+	cfg := host.Config{
+		Path: fd.Path, SHA256: h.Pins[typ], PinName: "plugins." + typ + ".sha256",
+		SocketDir: h.socketDir(), DataDir: dataDir, LogLevel: h.LogLevel,
+		Settings: h.Settings, Logger: h.Logger,
+	}
+	var p *host.Plugin
+	if ri, ok := Running(h.StateDir, fd.Path); ok {
+		p, err = host.Reattach(ctx, ri, cfg)
+		var gone *host.NotRunningError
+		if err != nil && !errors.As(err, &gone) {
+			return nil, pluginError(typ, err)
+		}
+	}
+	if p == nil {
+		if p, err = host.Launch(ctx, cfg); err != nil {
+			return nil, pluginError(typ, err)
+		}
+		ri, err := p.ReattachInfo()
+		if err == nil {
+			var data []byte
+			data, err = json.MarshalIndent(ri, "", "  ")
+			if err == nil {
+				err = fsutil.WriteFileAtomic(ReattachFile(h.StateDir, fd.Path), data, 0o600)
+			}
+		}
+		if err != nil {
+			p.Kill()
+			return nil, fmt.Errorf("saving how to reach plugin %s: %w", fd.Path, err)
+		}
+	}
+	if h.plugins == nil {
+		h.plugins = map[string]*host.Plugin{}
+	}
+	h.plugins[fd.Path] = p
+	return p.Client(), nil
+}
+
+// Close lets go of the plugins and leaves them running.
+func (h *Host) Close() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for k, p := range h.plugins {
+		p.Disconnect()
+		delete(h.plugins, k)
+	}
+}
+
+// pluginError gives a plugin's error a core kind from its stable code.
+func pluginError(typ string, err error) error {
+	var ce *host.ChecksumError
+	if errors.As(err, &ce) {
+		return &errs.Error{Kind: errs.Unavailable, Err: err, Msg: err.Error()}
+	}
+	kind := map[sdk.Code]errs.Kind{
+		sdk.CodeInvalid: errs.Invalid, sdk.CodeNotFound: errs.NotFound, sdk.CodeConflict: errs.Conflict,
+		sdk.CodeUnavailable: errs.Unavailable, sdk.CodeUnsupported: errs.Unavailable,
+	}[sdk.CodeOf(err)]
+	if kind == 0 {
+		kind = errs.Internal
+	}
+	return &errs.Error{Kind: kind, Err: err, Msg: fmt.Sprintf("network type %s: %v", typ, err)}
+}
+
+func ref(v *vm.VM) sdk.VMRef { return sdk.VMRef{ID: v.UUID, Name: v.Name} }
+
+func card(c *vm.NetworkCard, dynamicMAC string) sdk.Card {
+	return sdk.Card{Type: c.Type, Bridge: c.Bridge, IP: c.IP, InternalMAC: c.MAC, DynamicMAC: dynamicMAC, Options: c.Options}
+}
+
+// ValidateCard asks the plugin whether it takes the card.
+func (h *Host) ValidateCard(ctx context.Context, v *vm.VM, c *vm.NetworkCard) error {
+	pl, err := h.Client(ctx, c.Type)
+	if err != nil {
+		if errs.Is(err, errs.Unavailable) && isBuiltin(c.Type) {
+			return nil // a built-in type may be chosen before its plugin is installed
+		}
+		return err
+	}
+	if _, err := pl.Validate(ctx, &sdk.ValidateRequest{VM: ref(v), Card: card(c, "")}); err != nil {
+		return pluginError(c.Type, err)
+	}
+	return nil
+}
+
+// BeforeStart attaches the card and hands the endpoint to the runtime.
+func (h *Host) BeforeStart(ctx context.Context, v *vm.VM, dynamicMAC string) (*runtime.NIC, error) {
+	c := v.NetworkCard
+	if c == nil {
+		return nil, nil
+	}
+	pl, err := h.Client(ctx, c.Type)
+	if err != nil {
+		if errs.Is(err, errs.Unavailable) {
+			return nil, &errs.Error{Kind: errs.Unavailable, Err: err, Msg: err.Error() + "; or boot without a NIC: `anka modify " + v.Name + " delete network-card`"}
+		}
+		return nil, err
+	}
+	resp, err := pl.Attach(ctx, &sdk.AttachRequest{
+		VM: ref(v), Card: card(c, dynamicMAC), MTU: h.MTU,
+		Endpoints: []sdk.EndpointKind{sdk.EndpointDgram, sdk.EndpointTAP},
+		RunDir:    filepath.Join(h.StateDir, "vms", v.Name),
+	})
+	if err != nil {
+		return nil, pluginError(c.Type, err)
+	}
+	ep := resp.Endpoint
+	nic := &runtime.NIC{Kind: string(ep.Kind), Path: ep.PluginPath, LocalPath: ep.VMPath, TAP: ep.TAP, LinkUp: ep.LinkUp}
+	return nic, nil
+}
+
+// AfterStop detaches the port; the address stays reserved.
+func (h *Host) AfterStop(ctx context.Context, v *vm.VM) error {
+	if v.NetworkCard == nil {
+		return nil
+	}
+	return h.call(ctx, v.NetworkCard.Type, func(pl sdk.NetworkPlugin) error {
+		_, err := pl.Detach(ctx, &sdk.DetachRequest{VM: ref(v), Type: v.NetworkCard.Type})
+		return err
+	})
+}
+
+// BeforeDelete makes the network forget the VM.
+func (h *Host) BeforeDelete(ctx context.Context, v *vm.VM) error {
+	if v.NetworkCard == nil {
+		return nil
+	}
+	return h.release(ctx, v, v.NetworkCard.Type)
+}
+
+// CardRemoved makes the network forget the VM's old card.
+func (h *Host) CardRemoved(ctx context.Context, v *vm.VM, old *vm.NetworkCard) error {
+	return h.release(ctx, v, old.Type)
+}
+
+func (h *Host) release(ctx context.Context, v *vm.VM, typ string) error {
+	return h.call(ctx, typ, func(pl sdk.NetworkPlugin) error {
+		_, err := pl.Release(ctx, &sdk.ReleaseRequest{VM: ref(v), Type: typ})
+		return err
+	})
+}
+
+// call runs fn on the plugin of typ. A type without a plugin has nothing
+// attached to undo, so it is not an error here.
+func (h *Host) call(ctx context.Context, typ string, fn func(sdk.NetworkPlugin) error) error {
+	pl, err := h.Client(ctx, typ)
+	if err != nil {
+		if errs.Is(err, errs.Unavailable) && strings.Contains(err.Error(), "no plugin serves") {
+			return nil
+		}
+		return err
+	}
+	if err := fn(pl); err != nil {
+		return pluginError(typ, err)
+	}
+	return nil
+}
+
+// Status asks the plugin about the VM's network.
+func (h *Host) Status(ctx context.Context, v *vm.VM) (*sdk.StatusResponse, error) {
+	if v.NetworkCard == nil {
+		return nil, nil
+	}
+	pl, err := h.Client(ctx, v.NetworkCard.Type)
+	if err != nil {
+		return nil, err
+	}
+	st, err := pl.Status(ctx, &sdk.StatusRequest{VM: ref(v), Type: v.NetworkCard.Type})
+	if err != nil {
+		return nil, pluginError(v.NetworkCard.Type, err)
+	}
+	return st, nil
+}
+
+func isBuiltin(t string) bool {
+	for _, b := range BuiltinTypes {
+		if b == t {
+			return true
+		}
+	}
+	return false
+}
