@@ -44,6 +44,7 @@ type Factory struct {
 	flags   *pflag.FlagSet
 	cfg     *config.Config
 	closers []func()
+	host    *plugins.Host // nil when a test injects its own hooks
 }
 
 // Close lets go of what commands opened (plugin connections stay up).
@@ -120,6 +121,7 @@ func (f *Factory) Manager() (*vm.Manager, error) {
 		h := &plugins.Host{Finder: finder, StateDir: cfg.StateDir, Pins: pins, Settings: cfg.Settings(),
 			LogLevel: cfg.LogLevel, MTU: cfg.MTU, Logger: slog.New(slog.NewTextHandler(f.IO.ErrOut, &slog.HandlerOptions{Level: slog.LevelWarn}))}
 		f.closers = append(f.closers, h.Close)
+		f.host = h
 		hooks = h
 	}
 	return &vm.Manager{

@@ -117,11 +117,27 @@ func showRun(cmd *cobra.Command, o *ShowOptions) error {
 	if err != nil {
 		return err
 	}
+	o.f.addNetworkStatus(cmd, st)
 	if o.Network {
 		body := cardBody(st)
 		return o.out.ok(body, func(w io.Writer) { printCard(w, body) })
 	}
 	return o.out.ok(showBody(m, st), func(w io.Writer) { printShow(w, m, st) })
+}
+
+// addNetworkStatus fills in what the plugin reports (address, path,
+// counters); a plugin that is not running or fails leaves the card as
+// stored, with the reason.
+func (f *Factory) addNetworkStatus(cmd *cobra.Command, st *vm.Status) {
+	if f.host == nil || st.NetworkCard == nil {
+		return
+	}
+	ns, err := f.host.Status(cmd.Context(), st.VM)
+	if err != nil {
+		st.NetworkError = err.Error()
+		return
+	}
+	st.Network = ns
 }
 
 // showJSON is the body of `anka -j show NAME`.
@@ -148,6 +164,10 @@ type cardJSON struct {
 	MAC          string            `json:"mac,omitempty"`
 	DynamicMAC   string            `json:"dynamic_mac,omitempty"`
 	IP           string            `json:"ip,omitempty"`
+	Path         string            `json:"path,omitempty"`
+	Counters     map[string]uint64 `json:"counters,omitempty"`
+	Details      map[string]string `json:"details,omitempty"`
+	Error        string            `json:"network_error,omitempty"`
 	Options      map[string]string `json:"options,omitempty"`
 	PortForwards []vm.PortForward  `json:"port_forwarding_rules"`
 }
@@ -171,7 +191,14 @@ func cardBody(st *vm.Status) *cardJSON {
 	if pf == nil {
 		pf = []vm.PortForward{}
 	}
-	return &cardJSON{Mode: c.Type, Bridge: c.Bridge, MAC: c.MAC, DynamicMAC: st.DynamicMAC, IP: c.IP, Options: c.Options, PortForwards: pf}
+	cj := &cardJSON{Mode: c.Type, Bridge: c.Bridge, MAC: c.MAC, DynamicMAC: st.DynamicMAC, IP: c.IP, Options: c.Options, PortForwards: pf, Error: st.NetworkError}
+	if ns := st.Network; ns != nil {
+		if ns.IP != "" {
+			cj.IP = ns.IP
+		}
+		cj.Path, cj.Counters, cj.Details = ns.Path, ns.Counters, ns.Details
+	}
+	return cj
 }
 
 func printShow(w io.Writer, m *vm.Manager, st *vm.Status) {
@@ -222,7 +249,13 @@ func printCard(w io.Writer, c *cardJSON) {
 		{"mac", mac},
 		{"dynamic_mac", dash(c.DynamicMAC)},
 		{"options", dash(formatOptions(c.Options))},
+		{"path", dash(c.Path)},
+		{"details", dash(formatOptions(c.Details))},
+		{"counters", dash(formatCounters(c.Counters))},
 	})
+	if c.Error != "" {
+		fmt.Fprintf(w, "network status unavailable: %s\n", c.Error)
+	}
 	fmt.Fprintln(w, "port_forwarding_rules:")
 	if len(c.PortForwards) == 0 {
 		fmt.Fprintln(w, "  none")
@@ -278,4 +311,12 @@ func formatOptions(m map[string]string) string {
 		keys[i] = k + "=" + m[k]
 	}
 	return strings.Join(keys, " ")
+}
+
+func formatCounters(m map[string]uint64) string {
+	s := make(map[string]string, len(m))
+	for k, v := range m {
+		s[k] = strconv.FormatUint(v, 10)
+	}
+	return formatOptions(s)
 }

@@ -223,9 +223,17 @@ func (h *Host) call(ctx context.Context, typ string, fn func(sdk.NetworkPlugin) 
 	return nil
 }
 
-// Status asks the plugin about the VM's network.
+// Status asks the plugin about the VM's network. It does not start a
+// plugin just to ask: nil without an error means none is running.
 func (h *Host) Status(ctx context.Context, v *vm.VM) (*sdk.StatusResponse, error) {
 	if v.NetworkCard == nil {
+		return nil, nil
+	}
+	fd, err := h.Finder.Find(v.NetworkCard.Type)
+	if err != nil {
+		return nil, nil
+	}
+	if _, ok := Running(h.StateDir, fd.Path); !ok {
 		return nil, nil
 	}
 	pl, err := h.Client(ctx, v.NetworkCard.Type)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/anka-net/anka/core/errs"
 	"github.com/anka-net/anka/core/runtime"
+	"github.com/anka-net/anka/sdk"
 )
 
 // MACPool hands out the dynamic MACs VMs carry on the network.
@@ -43,6 +44,10 @@ type Status struct {
 	*VM
 	PID        int
 	DynamicMAC string
+	// Network is what the VM's plugin reports, when asked; NetworkError
+	// says why it could not be.
+	Network      *sdk.StatusResponse
+	NetworkError string
 }
 
 // effectiveState maps the runtime's view onto the recorded one: a process

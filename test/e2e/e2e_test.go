@@ -516,6 +516,15 @@ func TestSegmentGuests(t *testing.T) {
 	if show.NetworkCard.Mode != "segment" || show.NetworkCard.Options["segment"] != "lab" {
 		t.Fatalf("show: %+v", show)
 	}
+	// show asks the plugin: the segment and the VM's counters.
+	var card struct {
+		Details  map[string]string
+		Counters map[string]uint64
+	}
+	json.Unmarshal(e.jsonOK("show", "s1", "network"), &card)
+	if card.Details["segment"] != "lab" || card.Counters["frames_from_vm"] == 0 {
+		t.Fatalf("show network lacks the plugin's status: %+v", card)
+	}
 	for _, vm := range []string{"s1", "s2", "s3"} {
 		e.ok("stop", "--force", vm)
 	}
