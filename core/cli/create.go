@@ -19,13 +19,14 @@ type CreateOptions struct {
 	Kernel, Initrd, Append, Disk string
 	CPU                          int
 	RAM                          string
+	Runtime                      string
 }
 
 // NewCmdCreate builds `anka create NAME (--kernel PATH ... | --disk PATH)`.
 func NewCmdCreate(f *Factory, out *output, runF func(*CreateOptions) error) *cobra.Command {
 	opts := &CreateOptions{f: f, out: out}
 	cmd := &cobra.Command{
-		Use:   "create NAME (--kernel PATH [--initrd PATH] [--append ARGS] | --disk PATH)",
+		Use:   "create NAME (--kernel PATH [--initrd PATH] [--append ARGS] | --disk PATH | --runtime external)",
 		Short: "Create a VM (stopped, with network card 0 of type shared)",
 		Example: `  sudo anka create vm1 --kernel vmlinuz --initrd guest.img
   sudo anka create vm2 --disk debian.qcow2 --cpu 2 --ram 2G`,
@@ -45,6 +46,7 @@ func NewCmdCreate(f *Factory, out *output, runF func(*CreateOptions) error) *cob
 	fl.StringVar(&opts.Disk, "disk", "", "disk image to boot (qcow2 or raw)")
 	fl.IntVar(&opts.CPU, "cpu", 1, "number of virtual CPUs")
 	fl.StringVar(&opts.RAM, "ram", "512M", "memory size, e.g. 512M or 2G")
+	fl.StringVar(&opts.Runtime, "runtime", "qemu", "qemu, or external: a hypervisor anka does not launch connects to the endpoint `anka start` prints")
 	return cmd
 }
 
@@ -75,6 +77,7 @@ func createRun(cmd *cobra.Command, o *CreateOptions) error {
 	v := &vm.VM{
 		Name: o.Name,
 		Runtime: vm.RuntimeSpec{
+			Kind:   runtimeKind(o.Runtime),
 			Kernel: o.Kernel, Initrd: o.Initrd, Append: o.Append, Disk: o.Disk,
 			CPU: o.CPU, RAMMiB: ram,
 		},
@@ -105,4 +108,12 @@ func regularFile(flag, p string) (string, error) {
 		return "", errs.Invalidf("%s %s is not a regular file", flag, p)
 	}
 	return abs, nil
+}
+
+// runtimeKind stores the default runtime as "" so vm.yaml stays short.
+func runtimeKind(s string) string {
+	if s == vm.RuntimeQEMU {
+		return ""
+	}
+	return s
 }

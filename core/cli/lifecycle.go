@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/anka-net/anka/core/runtime"
 	"github.com/anka-net/anka/core/vm"
 )
 
@@ -137,5 +138,27 @@ func transition(cmd *cobra.Command, o *LifecycleOptions, do func(*vm.Manager) (*
 	if err != nil {
 		return err
 	}
-	return o.out.ok(showBody(m, st), func(w io.Writer) { fmt.Fprintf(w, "%s is %s\n", st.Name, st.State) })
+	body := showBody(m, st)
+	return o.out.ok(body, func(w io.Writer) {
+		fmt.Fprintf(w, "%s is %s\n", st.Name, st.State)
+		if ep := body.Endpoint; ep != nil && st.State == vm.Running {
+			printEndpoint(w, ep)
+		}
+	})
+}
+
+// printEndpoint tells whoever runs an external VM what to connect to.
+func printEndpoint(w io.Writer, ep *runtime.ExternalEndpoint) {
+	switch ep.Kind {
+	case "dgram":
+		fmt.Fprintf(w, "connect the VM's NIC: unix datagram socket, one Ethernet frame per datagram;\n  bind %s and send to %s\n", ep.VMPath, ep.PluginPath)
+	case "stream":
+		fmt.Fprintf(w, "connect the VM's NIC: unix stream socket %s, each frame behind a 4-byte big-endian length\n", ep.PluginPath)
+	case "tap":
+		fmt.Fprintf(w, "connect the VM's NIC to TAP device %s\n", ep.TAP)
+	}
+	fmt.Fprintf(w, "  give the NIC MAC %s\n", ep.MAC)
+	if !ep.LinkUp {
+		fmt.Fprintln(w, "  with its link down (cable unplugged)")
+	}
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/anka-net/anka/core/errs"
+	"github.com/anka-net/anka/core/runtime"
 	"github.com/anka-net/anka/core/vm"
 )
 
@@ -155,6 +156,8 @@ type showJSON struct {
 	PID         int       `json:"pid,omitempty"`
 	ConsoleLog  string    `json:"console_log"`
 	NetworkCard *cardJSON `json:"network_card"`
+	// Endpoint is what an external hypervisor connects the NIC to.
+	Endpoint *runtime.ExternalEndpoint `json:"endpoint,omitempty"`
 }
 
 type cardJSON struct {
@@ -174,8 +177,15 @@ type cardJSON struct {
 
 func showBody(m *vm.Manager, st *vm.Status) showJSON {
 	r := st.Runtime
+	var ep *runtime.ExternalEndpoint
+	if r.Kind == vm.RuntimeExternal && st.State != vm.Stopped {
+		if es, err := (runtime.External{}).Read(m.Store.Dir(st.Name)); err == nil {
+			ep = es.Endpoint
+		}
+	}
 	return showJSON{
-		Name: st.Name, UUID: st.UUID, Status: st.State, Created: st.Created,
+		Endpoint: ep,
+		Name:     st.Name, UUID: st.UUID, Status: st.State, Created: st.Created,
 		CPU: r.CPU, RAM: vm.FormatRAM(r.RAMMiB), Kernel: r.Kernel, Initrd: r.Initrd, Append: r.Append, Disk: r.Disk,
 		PID: st.PID, ConsoleLog: filepath.Join(m.Store.Dir(st.Name), "console.log"),
 		NetworkCard: cardBody(st),
@@ -216,8 +226,14 @@ func printShow(w io.Writer, m *vm.Manager, st *vm.Status) {
 	if b.PID != 0 {
 		rows = append(rows, []string{"pid", strconv.Itoa(b.PID)})
 	}
+	if st.Runtime.Kind != "" {
+		rows = append(rows, []string{"runtime", st.Runtime.Kind})
+	}
 	rows = append(rows, []string{"console_log", b.ConsoleLog}, []string{"network", networkLine(b.NetworkCard)})
 	table(w, nil, rows)
+	if b.Endpoint != nil {
+		printEndpoint(w, b.Endpoint)
+	}
 }
 
 // networkLine is Anka's `network | shared 192.168.64.6` line.

@@ -163,9 +163,14 @@ func (h *Host) BeforeStart(ctx context.Context, v *vm.VM, dynamicMAC string) (*r
 		}
 		return nil, err
 	}
+	// QEMU can take a TAP; a hypervisor anka does not launch gets sockets.
+	kinds := []sdk.EndpointKind{sdk.EndpointDgram, sdk.EndpointTAP}
+	if v.Runtime.Kind == vm.RuntimeExternal {
+		kinds = []sdk.EndpointKind{sdk.EndpointDgram, sdk.EndpointStream}
+	}
 	resp, err := pl.Attach(ctx, &sdk.AttachRequest{
 		VM: ref(v), Card: card(c, dynamicMAC), MTU: h.MTU,
-		Endpoints: []sdk.EndpointKind{sdk.EndpointDgram, sdk.EndpointTAP},
+		Endpoints: kinds,
 		RunDir:    filepath.Join(h.StateDir, "vms", v.Name),
 	})
 	if err != nil {

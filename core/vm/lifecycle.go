@@ -25,8 +25,10 @@ type MACPool interface {
 type Manager struct {
 	Store   *Store
 	Runtime runtime.Runtime
-	Hooks   Hooks
-	MACs    MACPool
+	// External runs VMs of runtime kind "external".
+	External runtime.Runtime
+	Hooks    Hooks
+	MACs     MACPool
 	// KnownType accepts a network type name or says why not.
 	KnownType func(string) error
 	// SharedNet is the shared network, for checking static addresses.
@@ -37,6 +39,23 @@ type Manager struct {
 	// Bindable reports whether a host port can be bound now; nil means
 	// every port is taken to be free.
 	Bindable func(proto, ip string, port int) bool
+}
+
+// Runtime kinds a VM may have.
+const (
+	RuntimeQEMU     = "qemu"
+	RuntimeExternal = "external"
+)
+
+// runtimeOf picks the runtime that runs v.
+func (m *Manager) runtimeOf(v *VM) runtime.Runtime {
+	if v.Runtime.Kind == RuntimeExternal {
+		if m.External != nil {
+			return m.External
+		}
+		return runtime.External{}
+	}
+	return m.Runtime
 }
 
 // Status is a VM with its live state.
@@ -53,7 +72,7 @@ type Status struct {
 // effectiveState maps the runtime's view onto the recorded one: a process
 // that died means stopped, whatever vm.yaml says.
 func (m *Manager) effectiveState(ctx context.Context, v *VM) (State, int, error) {
-	info, err := m.Runtime.Info(ctx, m.Store.Dir(v.Name))
+	info, err := m.runtimeOf(v).Info(ctx, m.Store.Dir(v.Name))
 	if err != nil {
 		return v.State, 0, err
 	}
@@ -117,6 +136,11 @@ func (m *Manager) Create(ctx context.Context, v *VM) error {
 	}
 	r := &v.Runtime
 	switch {
+	case r.Kind != "" && r.Kind != RuntimeQEMU && r.Kind != RuntimeExternal:
+		return errs.Invalidf("--runtime %q is not known: use qemu or external", r.Kind)
+	case r.Kind == RuntimeExternal && (r.Kernel != "" || r.Disk != "" || r.Initrd != "" || r.Append != ""):
+		return errs.Invalidf("an external VM is booted by its own hypervisor: drop --kernel, --initrd, --append and --disk")
+	case r.Kind == RuntimeExternal:
 	case r.Kernel == "" && r.Disk == "":
 		return errs.Invalidf("a VM needs --kernel PATH (with --initrd, --append) or --disk PATH")
 	case r.Kernel != "" && r.Disk != "":
@@ -232,7 +256,7 @@ func (m *Manager) startLocked(ctx context.Context, v *VM) (*Status, error) {
 		Kernel: v.Runtime.Kernel, Initrd: v.Runtime.Initrd, Append: v.Runtime.Append, Disk: v.Runtime.Disk,
 		CPUs: v.Runtime.CPU, MemoryMiB: v.Runtime.RAMMiB, NIC: nic,
 	}
-	if err := m.Runtime.Start(ctx, spec); err != nil {
+	if err := m.runtimeOf(v).Start(ctx, spec); err != nil {
 		if herr := m.Hooks.AfterStop(ctx, v); herr != nil {
 			err = errors.Join(err, herr)
 		}
@@ -249,7 +273,7 @@ func (m *Manager) startLocked(ctx context.Context, v *VM) (*Status, error) {
 }
 
 func (m *Manager) resumeLocked(ctx context.Context, v *VM) (*Status, error) {
-	if err := m.Runtime.Resume(ctx, m.Store.Dir(v.Name)); err != nil {
+	if err := m.runtimeOf(v).Resume(ctx, m.Store.Dir(v.Name)); err != nil {
 		return nil, err
 	}
 	v, err := m.Store.UpdateLocked(v.Name, func(v *VM) error { v.State = Running; return nil })
@@ -275,7 +299,7 @@ func (m *Manager) suspendLocked(ctx context.Context, v *VM) (*Status, error) {
 	if err := m.Hooks.BeforeSuspend(ctx, v); err != nil {
 		return nil, err
 	}
-	if err := m.Runtime.Suspend(ctx, m.Store.Dir(name)); err != nil {
+	if err := m.runtimeOf(v).Suspend(ctx, m.Store.Dir(name)); err != nil {
 		return nil, err
 	}
 	v, err := m.Store.UpdateLocked(name, func(v *VM) error { v.State = Suspended; return nil })
@@ -305,7 +329,7 @@ func (m *Manager) stopLocked(ctx context.Context, v *VM, force bool, timeout tim
 	if v.State == Suspended {
 		force = true
 	}
-	if err := m.Runtime.Stop(ctx, m.Store.Dir(v.Name), force, timeout); err != nil {
+	if err := m.runtimeOf(v).Stop(ctx, m.Store.Dir(v.Name), force, timeout); err != nil {
 		return err
 	}
 	v, err := m.Store.UpdateLocked(v.Name, func(v *VM) error { v.State = Stopped; return nil })

@@ -38,6 +38,9 @@ type VM struct {
 
 // RuntimeSpec says how the VM process is run.
 type RuntimeSpec struct {
+	// Kind is qemu (the default, written as "") or external: a hypervisor
+	// anka does not launch, which connects to the endpoint anka prints.
+	Kind   string `yaml:"kind,omitempty" json:"kind,omitempty"`
 	Kernel string `yaml:"kernel,omitempty" json:"kernel,omitempty"`
 	Initrd string `yaml:"initrd,omitempty" json:"initrd,omitempty"`
 	Append string `yaml:"append,omitempty" json:"append,omitempty"`

@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -14,6 +15,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/anka-net/anka/sdk/netkit/frameio"
+	"github.com/anka-net/anka/sdk/netkit/frameio/frameiotest"
 )
 
 // env is one user's world: binary, state dir, config files.
@@ -527,5 +531,80 @@ func TestSegmentGuests(t *testing.T) {
 	}
 	for _, vm := range []string{"s1", "s2", "s3"} {
 		e.ok("stop", "--force", vm)
+	}
+}
+
+// A hypervisor anka does not launch (here: a namespace's network stack
+// behind a TAP, relayed to the endpoint anka printed) joins a segment and
+// exchanges traffic with a QEMU guest on it.
+func TestExternalRuntimeOnSegment(t *testing.T) {
+	g := guestDir(t)
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for a network namespace")
+	}
+	e := newEnv(t)
+	t.Cleanup(func() { e.run("delete", "--force", "q1"); e.run("delete", "--force", "x1") })
+	e.ok("create", "q1", "--kernel", filepath.Join(g, "vmlinuz"), "--initrd", filepath.Join(g, "initrd.img"), "--ram", "256M",
+		"--append", "anka.ip=10.56.0.1/24 anka.ipv6=0 anka.ping=10.56.0.2")
+	e.ok("modify", "q1", "set", "network-card", "-t", "segment", "-o", "segment=ext")
+	e.ok("start", "q1")
+
+	if r := e.run("create", "x0", "--runtime", "external", "--kernel", filepath.Join(g, "vmlinuz")); r.code == 0 {
+		t.Fatal("an external VM with a kernel was accepted")
+	}
+	e.ok("create", "x1", "--runtime", "external")
+	e.ok("modify", "x1", "set", "network-card", "-t", "segment", "-o", "segment=ext")
+	if out := e.ok("start", "x1"); !strings.Contains(out, "bind ") || !strings.Contains(out, "give the NIC MAC") {
+		t.Fatalf("start of an external VM should say what to connect:\n%s", out)
+	}
+	var shown struct {
+		Status   string
+		Endpoint struct {
+			Kind       string
+			PluginPath string `json:"plugin_path"`
+			VMPath     string `json:"vm_path"`
+			MAC        string
+		}
+	}
+	json.Unmarshal(e.jsonOK("show", "x1"), &shown)
+	ep := shown.Endpoint
+	if shown.Status != "running" || ep.Kind != "dgram" || ep.PluginPath == "" || ep.VMPath == "" || ep.MAC == "" {
+		t.Fatalf("show of an external VM: %+v", shown)
+	}
+
+	ns := frameiotest.NewNetns(t)
+	var tap *frameio.TAPPort
+	var port *frameio.DgramPort
+	if err := ns.Run(func() (err error) {
+		if tap, err = frameio.OpenTAP("eth0", frameio.TAPOptions{}); err != nil {
+			return err
+		}
+		port, err = frameio.ListenDgram(ep.VMPath, frameio.DgramOptions{Peer: ep.PluginPath, Logger: frameiotest.Quiet})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	ns.IP(t, "link", "set", "eth0", "address", ep.MAC)
+	ns.IP(t, "link", "set", "eth0", "up")
+	ns.IP(t, "addr", "add", "10.56.0.2/24", "dev", "eth0")
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for _, pair := range [][2]frameio.Port{{tap, port}, {port, tap}} {
+		wg.Add(1)
+		go func() { defer wg.Done(); frameio.Relay(ctx, pair[0], pair[1], 64) }()
+	}
+	t.Cleanup(func() { cancel(); tap.Close(); port.Close(); wg.Wait() })
+
+	waitFor(t, "the QEMU guest to ping the external VM", 120*time.Second, consoleHas(e, "q1", "anka-guest: ping 10.56.0.2"))
+	if !consoleHas(e, "q1", "anka-guest: ping 10.56.0.2 ok")() {
+		t.Fatal("the QEMU guest could not reach the external VM")
+	}
+	if out := ns.Exec(t, "busybox", "ping", "-c", "2", "-W", "2", "10.56.0.1"); !strings.Contains(out, "2 packets received") {
+		t.Fatalf("the external VM cannot reach the QEMU guest:\n%s", out)
+	}
+	e.ok("stop", "x1")
+	json.Unmarshal(e.jsonOK("show", "x1"), &shown)
+	if shown.Status != "stopped" {
+		t.Fatalf("external VM after stop: %s", shown.Status)
 	}
 }
