@@ -5,6 +5,8 @@
 package cli
 
 import (
+	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -119,10 +121,21 @@ func (f *Factory) Manager() (*vm.Manager, error) {
 			pins[t] = p.SHA256
 		}
 		h := &plugins.Host{Finder: finder, StateDir: cfg.StateDir, Pins: pins, Settings: cfg.Settings(),
-			LogLevel: cfg.LogLevel, MTU: cfg.MTU, Logger: slog.New(slog.NewTextHandler(f.IO.ErrOut, &slog.HandlerOptions{Level: slog.LevelWarn}))}
+			LogLevel: cfg.LogLevel, MTU: cfg.MTU, Logger: slog.New(slog.NewTextHandler(f.IO.ErrOut, &slog.HandlerOptions{Level: slog.LevelWarn})),
+			VMs: func() ([]*vm.VM, error) { vms, _, err := store.List(); return vms, err },
+			DynamicMAC: func(uuid string) string {
+				if mac, ok, _ := pool.Lookup(uuid); ok {
+					return mac.String()
+				}
+				return ""
+			},
+		}
 		f.closers = append(f.closers, h.Close)
 		f.host = h
 		hooks = h
+		if err := h.Recover(context.Background()); err != nil {
+			fmt.Fprintf(f.IO.ErrOut, "anka: warning: a network plugin that stopped could not be started again: %v\n", err)
+		}
 	}
 	return &vm.Manager{
 		Store: store, Runtime: f.Runtime(), Hooks: hooks, MACs: pool,

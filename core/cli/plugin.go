@@ -18,9 +18,9 @@ import (
 // NewCmdPlugin builds `anka plugin list|info`.
 func NewCmdPlugin(f *Factory, out *output) *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "plugin (list|info TYPE)",
+		Use:   "plugin (list|info TYPE|restart TYPE)",
 		Short: "Show which binary serves which network type",
-		Args:  rangeArgs(0, 0, "(list|info TYPE)"),
+		Args:  rangeArgs(0, 0, "(list|info TYPE|restart TYPE)"),
 		RunE:  func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
 	cmd.AddCommand(&cobra.Command{
@@ -28,6 +28,27 @@ func NewCmdPlugin(f *Factory, out *output) *cobra.Command {
 		Short: "List network types with their binary, version, protocol, sha256 and state",
 		Args:  exactArgs(),
 		RunE:  func(cmd *cobra.Command, _ []string) error { return pluginListRun(cmd, f, out) },
+	}, &cobra.Command{
+		Use:   "restart TYPE",
+		Short: "Start a type's plugin again (picking up a new binary); running VMs are attached again and keep their addresses",
+		Args:  exactArgs("TYPE"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if _, err := f.Manager(); err != nil { // wires the plugin host
+				return err
+			}
+			if f.host == nil {
+				return errs.Unavailablef("no plugin host in this anka")
+			}
+			if err := f.host.Restart(cmd.Context(), args[0]); err != nil {
+				return err
+			}
+			cfg, _ := f.Config()
+			fd, _ := f.Finder(cfg).Find(args[0])
+			ri, _ := plugins.Running(cfg.StateDir, fd.Path)
+			return out.ok(map[string]any{"type": args[0], "binary": fd.Path, "pid": ri.Pid}, func(w io.Writer) {
+				fmt.Fprintf(w, "%s restarted: %s (pid %d)\n", args[0], fd.Path, ri.Pid)
+			})
+		},
 	}, &cobra.Command{
 		Use:   "info TYPE",
 		Short: "Show one type's binary, description, data folder and log file",
@@ -98,6 +119,9 @@ func typeNames(info *sdk.InfoResponse) string {
 }
 
 func pluginListRun(cmd *cobra.Command, f *Factory, out *output) error {
+	if _, err := f.Manager(); err != nil { // brings back plugins that died
+		return err
+	}
 	cfg, err := f.Config()
 	if err != nil {
 		return err

@@ -35,6 +35,10 @@ type Host struct {
 	LogLevel string
 	MTU      int
 	Logger   *slog.Logger
+	// VMs lists the VMs and DynamicMAC gives a VM's pool MAC, so a plugin
+	// that had to be started again gets every VM attached again.
+	VMs        func() ([]*vm.VM, error)
+	DynamicMAC func(uuid string) string
 
 	mu      sync.Mutex
 	plugins map[string]*host.Plugin // by binary path
@@ -51,6 +55,31 @@ func (h *Host) Client(ctx context.Context, typ string) (sdk.NetworkPlugin, error
 	if err != nil {
 		return nil, err
 	}
+	return h.connect(ctx, fd)
+}
+
+// Recover starts again every plugin that died since it was launched (a
+// reattach file naming a dead process) and attaches its running VMs
+// again. Every anka command runs it, so the next command after a plugin
+// crash brings the network back.
+func (h *Host) Recover(ctx context.Context) error {
+	var errList []error
+	for _, fd := range h.Finder.All() {
+		if _, err := os.Stat(ReattachFile(h.StateDir, fd.Path)); err != nil {
+			continue // never launched
+		}
+		if _, ok := Running(h.StateDir, fd.Path); ok {
+			continue
+		}
+		if _, err := h.connect(ctx, fd); err != nil {
+			errList = append(errList, err)
+		}
+	}
+	return errors.Join(errList...)
+}
+
+func (h *Host) connect(ctx context.Context, fd Found) (sdk.NetworkPlugin, error) {
+	typ := fd.Type
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if p := h.plugins[fd.Path]; p != nil && !p.Exited() {
@@ -72,12 +101,19 @@ func (h *Host) Client(ctx context.Context, typ string) (sdk.NetworkPlugin, error
 		Settings: h.Settings, Logger: h.Logger,
 	}
 	var p *host.Plugin
+	// A reattach file whose process is gone means the plugin died: the
+	// new one must get the running VMs attached again.
+	_, statErr := os.Stat(ReattachFile(h.StateDir, fd.Path))
+	crashed := statErr == nil
 	if ri, ok := Running(h.StateDir, fd.Path); ok {
 		p, err = host.Reattach(ctx, ri, cfg)
 		var gone *host.NotRunningError
 		if err != nil && !errors.As(err, &gone) {
 			return nil, pluginError(typ, err)
 		}
+	}
+	if p != nil {
+		crashed = false
 	}
 	if p == nil {
 		if p, err = host.Launch(ctx, cfg); err != nil {
@@ -95,12 +131,75 @@ func (h *Host) Client(ctx context.Context, typ string) (sdk.NetworkPlugin, error
 			p.Kill()
 			return nil, fmt.Errorf("saving how to reach plugin %s: %w", fd.Path, err)
 		}
+		if crashed {
+			h.reattachVMs(ctx, p)
+		}
 	}
 	if h.plugins == nil {
 		h.plugins = map[string]*host.Plugin{}
 	}
 	h.plugins[fd.Path] = p
 	return p.Client(), nil
+}
+
+// reattachVMs attaches again every running VM whose card a restarted
+// plugin serves: the plugin binds the same socket paths and keeps its
+// leases in its data folder, so guests keep their addresses and QEMU's
+// frames find the new process.
+func (h *Host) reattachVMs(ctx context.Context, p *host.Plugin) {
+	if h.VMs == nil {
+		return
+	}
+	served := map[string]bool{}
+	for _, t := range p.Info().Types {
+		served[t.Name] = true
+	}
+	vms, err := h.VMs()
+	if err != nil {
+		h.log().Warn("listing VMs to attach again", "err", err)
+		return
+	}
+	for _, v := range vms {
+		if v.NetworkCard == nil || !served[v.NetworkCard.Type] || v.State == vm.Stopped {
+			continue
+		}
+		dyn := ""
+		if h.DynamicMAC != nil {
+			dyn = h.DynamicMAC(v.UUID)
+		}
+		if _, err := p.Client().Attach(ctx, h.attachRequest(v, dyn)); err != nil {
+			h.log().Warn("attaching a VM to the restarted plugin", "vm", v.Name, "err", err)
+		}
+	}
+}
+
+func (h *Host) log() *slog.Logger {
+	if h.Logger != nil {
+		return h.Logger
+	}
+	return slog.Default()
+}
+
+// Restart stops the plugin serving typ (if it runs) and starts it again
+// with every running VM attached again: how a new binary is picked up.
+func (h *Host) Restart(ctx context.Context, typ string) error {
+	fd, err := h.Finder.Find(typ)
+	if err != nil {
+		return err
+	}
+	h.mu.Lock()
+	if p := h.plugins[fd.Path]; p != nil {
+		p.Disconnect()
+		delete(h.plugins, fd.Path)
+	}
+	h.mu.Unlock()
+	if ri, ok := Running(h.StateDir, fd.Path); ok {
+		if err := stopProcess(ri.Pid); err != nil {
+			return fmt.Errorf("stopping plugin %s (pid %d): %w", fd.Path, ri.Pid, err)
+		}
+	}
+	_, err = h.connect(ctx, fd) // the reattach file names a dead process: relaunch and reattach
+	return err
 }
 
 // Close lets go of the plugins and leaves them running.
@@ -163,22 +262,25 @@ func (h *Host) BeforeStart(ctx context.Context, v *vm.VM, dynamicMAC string) (*r
 		}
 		return nil, err
 	}
-	// QEMU can take a TAP; a hypervisor anka does not launch gets sockets.
-	kinds := []sdk.EndpointKind{sdk.EndpointDgram, sdk.EndpointTAP}
-	if v.Runtime.Kind == vm.RuntimeExternal {
-		kinds = []sdk.EndpointKind{sdk.EndpointDgram, sdk.EndpointStream}
-	}
-	resp, err := pl.Attach(ctx, &sdk.AttachRequest{
-		VM: ref(v), Card: card(c, dynamicMAC), MTU: h.MTU,
-		Endpoints: kinds,
-		RunDir:    filepath.Join(h.StateDir, "vms", v.Name),
-	})
+	resp, err := pl.Attach(ctx, h.attachRequest(v, dynamicMAC))
 	if err != nil {
 		return nil, pluginError(c.Type, err)
 	}
 	ep := resp.Endpoint
 	nic := &runtime.NIC{Kind: string(ep.Kind), Path: ep.PluginPath, LocalPath: ep.VMPath, TAP: ep.TAP, LinkUp: ep.LinkUp}
 	return nic, nil
+}
+
+func (h *Host) attachRequest(v *vm.VM, dynamicMAC string) *sdk.AttachRequest {
+	// QEMU can take a TAP; a hypervisor anka does not launch gets sockets.
+	kinds := []sdk.EndpointKind{sdk.EndpointDgram, sdk.EndpointTAP}
+	if v.Runtime.Kind == vm.RuntimeExternal {
+		kinds = []sdk.EndpointKind{sdk.EndpointDgram, sdk.EndpointStream}
+	}
+	return &sdk.AttachRequest{
+		VM: ref(v), Card: card(v.NetworkCard, dynamicMAC), MTU: h.MTU, Endpoints: kinds,
+		RunDir: filepath.Join(h.StateDir, "vms", v.Name),
+	}
 }
 
 // AfterStop detaches the port; the address stays reserved.

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
+	"time"
 
 	"github.com/anka-net/anka/sdk/host"
 )
@@ -38,16 +40,7 @@ func Running(stateDir, binary string) (host.ReattachInfo, bool) {
 	if err != nil || json.Unmarshal(data, &info) != nil || info.Pid <= 0 {
 		return info, false
 	}
-	stat, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(info.Pid), "stat"))
-	if err != nil {
-		return info, false
-	}
-	s := string(stat)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 || i+2 >= len(s) || s[i+2] == 'Z' || s[i+2] == 'X' {
-		return info, false
-	}
-	return info, true
+	return info, alive(info.Pid)
 }
 
 // FileSHA256 is the hex SHA-256 of a file, as plugins.<type>.sha256 pins it.
@@ -62,4 +55,31 @@ func FileSHA256(path string) (string, error) {
 		return "", err
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// stopProcess ends a plugin: SIGTERM, then SIGKILL after two seconds, and
+// waits until it is gone (a zombie counts as gone).
+func stopProcess(pid int) error {
+	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil && err != syscall.ESRCH {
+		return err
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for alive(pid) {
+		if time.Now().After(deadline) {
+			syscall.Kill(pid, syscall.SIGKILL)
+			deadline = time.Now().Add(5 * time.Second)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return nil
+}
+
+func alive(pid int) bool {
+	stat, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return false
+	}
+	s := string(stat)
+	i := strings.LastIndexByte(s, ')')
+	return i > 0 && i+2 < len(s) && s[i+2] != 'Z' && s[i+2] != 'X'
 }

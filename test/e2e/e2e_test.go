@@ -602,6 +602,37 @@ func TestExternalRuntimeOnSegment(t *testing.T) {
 	if out := ns.Exec(t, "busybox", "ping", "-c", "2", "-W", "2", "10.56.0.1"); !strings.Contains(out, "2 packets received") {
 		t.Fatalf("the external VM cannot reach the QEMU guest:\n%s", out)
 	}
+	// kill -9 of the plugin: the next anka command starts it again and
+	// attaches both VMs again; traffic flows as before.
+	pidOf := func() int {
+		var ri struct {
+			Pid int `json:"pid"`
+		}
+		b, _ := os.ReadFile(filepath.Join(e.dir, "state", "plugins", "anka-net-segment", "reattach.json"))
+		json.Unmarshal(b, &ri)
+		return ri.Pid
+	}
+	old := pidOf()
+	syscall.Kill(old, syscall.SIGKILL)
+	waitFor(t, "the plugin to die", 10*time.Second, func() bool {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", old))
+		return err != nil || bytes.Contains(b, []byte(") Z"))
+	})
+	if out := e.ok("plugin", "list"); !strings.Contains(out, "running (pid") || pidOf() == old {
+		t.Fatalf("the plugin was not started again:\n%s", out)
+	}
+	if out := ns.Exec(t, "busybox", "ping", "-c", "3", "-W", "2", "10.56.0.1"); !strings.Contains(out, "packets received") || strings.Contains(out, " 0 packets received") {
+		t.Fatalf("no traffic after the plugin was restarted:\n%s", out)
+	}
+	// anka plugin restart does the same on purpose.
+	old = pidOf()
+	e.ok("plugin", "restart", "segment")
+	if pidOf() == old {
+		t.Fatal("plugin restart kept the old process")
+	}
+	if out := ns.Exec(t, "busybox", "ping", "-c", "3", "-W", "2", "10.56.0.1"); strings.Contains(out, " 0 packets received") {
+		t.Fatalf("no traffic after anka plugin restart:\n%s", out)
+	}
 	e.ok("stop", "x1")
 	json.Unmarshal(e.jsonOK("show", "x1"), &shown)
 	if shown.Status != "stopped" {
