@@ -80,21 +80,9 @@ func (p *Plugin) Attach(_ context.Context, req *sdk.AttachRequest) (*sdk.AttachR
 	if err != nil {
 		return nil, err
 	}
-	if req.Card.DynamicMAC == "" {
-		return nil, sdk.Errorf(sdk.CodeInvalid, "the card of VM %s has no dynamic MAC: the core assigns one before Attach", req.VM.Name)
-	}
-	if len(req.Endpoints) > 0 && !slices.Contains(req.Endpoints, sdk.EndpointDgram) {
-		return nil, sdk.Errorf(sdk.CodeUnsupported, "type %s hands out dgram endpoints only; the runtime offered %v", typeName, req.Endpoints)
-	}
-	if req.RunDir == "" {
-		return nil, sdk.Errorf(sdk.CodeInvalid, "no run folder for the sockets of VM %s", req.VM.Name)
-	}
-	mtu := req.MTU
-	if mtu == 0 {
-		mtu = frameio.DefaultMTU
-	}
-	if mtu < 68 || mtu > frameio.MaxMTU {
-		return nil, sdk.Errorf(sdk.CodeInvalid, "MTU %d is out of range: use 68 to %d", mtu, frameio.MaxMTU)
+	mtu, err := req.CheckDgram(typeName)
+	if err != nil {
+		return nil, err
 	}
 	dynamic, _ := net.ParseMAC(req.Card.DynamicMAC) // checkCard checked both MACs
 	internal, _ := net.ParseMAC(req.Card.InternalMAC)
@@ -256,27 +244,7 @@ func checkCard(c sdk.Card) (string, error) {
 	if !segmentName.MatchString(name) {
 		return "", sdk.Errorf(sdk.CodeInvalid, "segment name %q: use 1 to 32 lower-case letters, digits and dashes, e.g. build-net", name)
 	}
-	if err := checkMAC("internal", c.InternalMAC); err != nil {
-		return "", err
-	}
-	return name, checkMAC("dynamic", c.DynamicMAC)
-}
-
-// checkMAC refuses a MAC no NIC can have; empty is allowed.
-func checkMAC(what, s string) error {
-	if s == "" {
-		return nil
-	}
-	m, err := net.ParseMAC(s)
-	switch {
-	case err != nil || len(m) != 6:
-		return sdk.Errorf(sdk.CodeInvalid, "%s MAC %q is not an Ethernet address like 02:a4:6b:00:00:01", what, s)
-	case m[0]&1 != 0:
-		return sdk.Errorf(sdk.CodeInvalid, "%s MAC %s is a multicast address; a NIC needs a unicast one", what, s)
-	case string(m) == "\x00\x00\x00\x00\x00\x00":
-		return sdk.Errorf(sdk.CodeInvalid, "%s MAC %s is all zeros", what, s)
-	}
-	return nil
+	return name, c.CheckMACs()
 }
 
 func sameMAC(a, b string) bool {
