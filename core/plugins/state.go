@@ -7,11 +7,10 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
+	"github.com/anka-net/anka/core/runtime"
 	"github.com/anka-net/anka/sdk/host"
 )
 
@@ -40,7 +39,7 @@ func Running(stateDir, binary string) (host.ReattachInfo, bool) {
 	if err != nil || json.Unmarshal(data, &info) != nil || info.Pid <= 0 {
 		return info, false
 	}
-	return info, alive(info.Pid)
+	return info, runtime.ProcessAlive(info.Pid)
 }
 
 // FileSHA256 is the hex SHA-256 of a file, as plugins.<type>.sha256 pins it.
@@ -64,7 +63,7 @@ func stopProcess(pid int) error {
 		return err
 	}
 	deadline := time.Now().Add(2 * time.Second)
-	for alive(pid) {
+	for runtime.ProcessAlive(pid) {
 		if time.Now().After(deadline) {
 			syscall.Kill(pid, syscall.SIGKILL)
 			deadline = time.Now().Add(5 * time.Second)
@@ -72,14 +71,4 @@ func stopProcess(pid int) error {
 		time.Sleep(20 * time.Millisecond)
 	}
 	return nil
-}
-
-func alive(pid int) bool {
-	stat, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
-	if err != nil {
-		return false
-	}
-	s := string(stat)
-	i := strings.LastIndexByte(s, ')')
-	return i > 0 && i+2 < len(s) && s[i+2] != 'Z' && s[i+2] != 'X'
 }

@@ -81,8 +81,10 @@ func readStat(pid int) (procStat, error) {
 	return parseStat(string(b))
 }
 
-// processAlive reports whether pid exists and has not exited (a zombie has).
-func processAlive(pid int) bool {
+// ProcessAlive reports whether pid exists and has not exited (a zombie has):
+// the liveness check every part of anka uses, since a PID 1 that does not
+// reap leaves exited processes as zombies.
+func ProcessAlive(pid int) bool {
 	st, err := readStat(pid)
 	return err == nil && !st.dead()
 }

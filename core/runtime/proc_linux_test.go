@@ -65,7 +65,7 @@ func TestOwnPIDIsAlive(t *testing.T) {
 	if st.PID != os.Getpid() || st.dead() || st.PPID != os.Getppid() {
 		t.Fatalf("own stat = %+v", st)
 	}
-	if !processAlive(os.Getpid()) {
+	if !ProcessAlive(os.Getpid()) {
 		t.Fatal("this test is not alive")
 	}
 	// Alive, but not the QEMU of any folder: a reused PID.
@@ -99,7 +99,7 @@ func TestZombieIsDead(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	if processAlive(pid) {
+	if ProcessAlive(pid) {
 		t.Fatal("a zombie counts as alive")
 	}
 	if ownedProcess(pid, "sleep", "0") {
@@ -125,7 +125,7 @@ func TestOwnedProcess(t *testing.T) {
 	if err := signalOwned(pid, 9, "/vms/other/qemu.pid"); err != nil {
 		t.Fatal(err)
 	}
-	if !processAlive(pid) {
+	if !ProcessAlive(pid) {
 		t.Fatal("signalOwned killed a process it does not own")
 	}
 	if err := signalOwned(pid, 9, pidfile); err != nil {

@@ -99,7 +99,7 @@ func processesMentioning(dir string) []int {
 		if err != nil || !bytes.Contains(cl, []byte(dir+"/")) {
 			continue
 		}
-		if processAlive(pid) {
+		if ProcessAlive(pid) {
 			pids = append(pids, pid)
 		}
 	}
@@ -163,7 +163,7 @@ func (vm *realVM) wantGone(t *testing.T, pid int) {
 	if pids := processesMentioning(vm.dir); len(pids) > 0 {
 		t.Fatalf("processes of %s still alive: %v", vm.dir, pids)
 	}
-	if processAlive(pid) {
+	if ProcessAlive(pid) {
 		if ownedProcess(pid, vm.dir+"/"+QEMUPid) {
 			t.Fatalf("QEMU pid %d still alive", pid)
 		}

@@ -337,7 +337,7 @@ func TestStoppedFolder(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, QEMUPid)); !os.IsNotExist(err) {
 		t.Fatalf("stale pidfile not removed: %v", err)
 	}
-	if !processAlive(os.Getpid()) {
+	if !ProcessAlive(os.Getpid()) {
 		t.Fatal("Stop harmed the process a stale pidfile named")
 	}
 }
