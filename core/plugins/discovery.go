@@ -3,6 +3,8 @@
 package plugins
 
 import (
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
@@ -15,6 +17,10 @@ import (
 // BuiltinTypes are the network types this project ships. A card may name
 // them before their plugin is installed; any other type needs a binary.
 var BuiltinTypes = []string{"bridge", "disconnected", "host", "shared", "static"}
+
+// ErrNoPlugin is in the chain of Find's error when no binary serves a type
+// (as opposed to a configured binary that is broken).
+var ErrNoPlugin = errors.New("no plugin serves this network type")
 
 // Found is one binary serving one type, and why it was chosen.
 type Found struct {
@@ -51,7 +57,8 @@ func (f Finder) Find(typ string) (Found, error) {
 			return Found{Type: typ, Path: p, Source: c.source}, nil
 		}
 	}
-	return Found{}, errs.Unavailablef("no plugin serves network type %q: looked for %s; install it (make install) or set plugins.%s.path", typ, strings.Join(looked, " and "), typ)
+	return Found{}, &errs.Error{Kind: errs.Unavailable, Err: ErrNoPlugin,
+		Msg: fmt.Sprintf("no plugin serves network type %q: looked for %s; install it (make install) or set plugins.%s.path", typ, strings.Join(looked, " and "), typ)}
 }
 
 type candidate struct{ dir, source string }

@@ -1,6 +1,7 @@
 package plugins
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -39,11 +40,11 @@ func TestFindPrecedence(t *testing.T) {
 func TestFindErrors(t *testing.T) {
 	f := Finder{PluginDir: t.TempDir()}
 	_, err := f.Find("shared")
-	if !errs.Is(err, errs.Unavailable) || !strings.Contains(err.Error(), "anka-net-shared") {
+	if !errs.Is(err, errs.Unavailable) || !errors.Is(err, ErrNoPlugin) || !strings.Contains(err.Error(), "anka-net-shared") {
 		t.Fatalf("missing plugin: %v", err)
 	}
 	f.Configured = map[string]string{"shared": "/nonexistent/x"}
-	if _, err := f.Find("shared"); err == nil || !strings.Contains(err.Error(), "plugins.shared.path") {
+	if _, err := f.Find("shared"); err == nil || errors.Is(err, ErrNoPlugin) || !strings.Contains(err.Error(), "plugins.shared.path") {
 		t.Fatalf("bad configured path: %v", err)
 	}
 	noexec := filepath.Join(f.PluginDir, "anka-net-host")

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 
 	"github.com/anka-net/anka/core/errs"
@@ -238,7 +237,7 @@ func card(c *vm.NetworkCard, dynamicMAC string) sdk.Card {
 func (h *Host) ValidateCard(ctx context.Context, v *vm.VM, c *vm.NetworkCard) error {
 	pl, err := h.Client(ctx, c.Type)
 	if err != nil {
-		if errs.Is(err, errs.Unavailable) && isBuiltin(c.Type) {
+		if errors.Is(err, ErrNoPlugin) && contains(BuiltinTypes, c.Type) {
 			return nil // a built-in type may be chosen before its plugin is installed
 		}
 		return err
@@ -319,7 +318,7 @@ func (h *Host) release(ctx context.Context, v *vm.VM, typ string) error {
 func (h *Host) call(ctx context.Context, typ string, fn func(sdk.NetworkPlugin) error) error {
 	pl, err := h.Client(ctx, typ)
 	if err != nil {
-		if errs.Is(err, errs.Unavailable) && strings.Contains(err.Error(), "no plugin serves") {
+		if errors.Is(err, ErrNoPlugin) {
 			return nil
 		}
 		return err
@@ -352,13 +351,4 @@ func (h *Host) Status(ctx context.Context, v *vm.VM) (*sdk.StatusResponse, error
 		return nil, pluginError(v.NetworkCard.Type, err)
 	}
 	return st, nil
-}
-
-func isBuiltin(t string) bool {
-	for _, b := range BuiltinTypes {
-		if b == t {
-			return true
-		}
-	}
-	return false
 }
