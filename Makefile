@@ -87,6 +87,7 @@ install: build
 	install -d -m 0755 $(DESTDIR)$(PLUGIN_DIR)
 	@for pb in $(PLUGIN_BINS); do install -m 0755 bin/$${pb#*:} $(DESTDIR)$(PLUGIN_DIR)/ || exit 1; done
 	install -D -m 0644 configs/anka.service $(DESTDIR)/etc/systemd/system/anka.service
+	install -D -m 0644 configs/anka-vms.service $(DESTDIR)/etc/systemd/system/anka-vms.service
 	install -D -m 0644 configs/config.example.yaml $(DESTDIR)/etc/anka/config.example.yaml
 	@command -v systemctl >/dev/null && [ -d /run/systemd/system ] && systemctl daemon-reload || true
 

@@ -172,6 +172,21 @@ func serve(newPlugin func(Env) (NetworkPlugin, error), args []string, stdout, st
 	}
 
 	log.Info("plugin starting", "name", info.Name, "version", info.Version, "types", typeNames(info), "pid", os.Getpid())
+	// SIGTERM (anka stopping a plugin whose host is gone, systemd) is a
+	// stop like the host's shutdown call: the plugin removes what it put
+	// on the host before the process ends.
+	term := make(chan os.Signal, 1)
+	signal.Notify(term, syscall.SIGTERM)
+	go func() {
+		<-term
+		log.Info("plugin stopping on SIGTERM")
+		if c, ok := p.(io.Closer); ok {
+			if err := c.Close(); err != nil {
+				log.Error("closing the plugin", "error", err)
+			}
+		}
+		os.Exit(0)
+	}()
 	plugin.Serve(&plugin.ServeConfig{
 		HandshakeConfig:  wire.Handshake,
 		VersionedPlugins: wire.PluginSets(p, self, log),

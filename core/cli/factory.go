@@ -16,7 +16,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/anka-net/anka/core/config"
-	"github.com/anka-net/anka/core/macpool"
+	"github.com/anka-net/anka/core/daemon"
 	"github.com/anka-net/anka/core/plugins"
 	"github.com/anka-net/anka/core/runtime"
 	"github.com/anka-net/anka/core/vm"
@@ -43,10 +43,14 @@ type Factory struct {
 	// Bindable reports whether a host port can be bound now.
 	Bindable func(proto, ip string, port int) bool
 
+	// UseDaemon sends lifecycle and network calls to the daemon; false
+	// runs them in this process (tests).
+	UseDaemon bool
+
 	flags   *pflag.FlagSet
 	cfg     *config.Config
 	closers []func()
-	host    *plugins.Host // nil when a test injects its own hooks
+	loc     *daemon.Local
 }
 
 // Close lets go of what commands opened (plugin connections stay up).
@@ -66,6 +70,7 @@ func NewFactory() *Factory {
 		Runtime:   func() runtime.Runtime { return runtime.NewQEMU(runtime.QEMUOptions{}) },
 		SelfDir:   plugins.SelfDir(),
 		Bindable:  canBind,
+		UseDaemon: true,
 	}
 }
 
@@ -87,62 +92,61 @@ func (f *Factory) Config() (*config.Config, error) {
 }
 
 // Finder locates plugin binaries with the resolved configuration.
-func (f *Factory) Finder(cfg *config.Config) plugins.Finder {
-	paths := map[string]string{}
-	for t, p := range cfg.Plugins {
-		if p.Path != "" {
-			paths[t] = p.Path
-		}
-	}
-	return plugins.Finder{Configured: paths, SelfDir: f.SelfDir, PluginDir: cfg.PluginDir}
-}
+func (f *Factory) Finder(cfg *config.Config) plugins.Finder { return daemon.Finder(cfg, f.SelfDir) }
 
-// Manager opens the VM store and the MAC pool under the state dir.
-func (f *Factory) Manager() (*vm.Manager, error) {
+// local builds the in-process lifecycle once per command run. With the
+// daemon in use it has no hooks: it serves only what needs no plugin
+// (create, list, completion, file paths).
+func (f *Factory) local() (*daemon.Local, error) {
+	if f.loc != nil {
+		return f.loc, nil
+	}
 	cfg, err := f.Config()
 	if err != nil {
 		return nil, err
 	}
-	store, err := vm.OpenStore(cfg.StateDir)
+	w := daemon.Wiring{Runtime: f.Runtime(), Hooks: f.Hooks, SelfDir: f.SelfDir, Bindable: f.Bindable,
+		Logger: slog.New(slog.NewTextHandler(f.IO.ErrOut, &slog.HandlerOptions{Level: slog.LevelWarn}))}
+	if f.UseDaemon {
+		w.Hooks = func(*config.Config, plugins.Finder) vm.Hooks { return viaDaemon{} }
+	}
+	l, err := daemon.NewLocal(cfg, w)
 	if err != nil {
 		return nil, err
 	}
-	pool, err := macpool.Open(macpool.Options{Path: store.StateDir() + "/macpool.yaml", StateDir: cfg.StateDir})
+	if l.Host != nil {
+		f.closers = append(f.closers, l.Host.Close)
+	}
+	f.loc = l
+	return l, nil
+}
+
+// Manager is the VM store and lifecycle in this process.
+func (f *Factory) Manager() (*vm.Manager, error) {
+	l, err := f.local()
 	if err != nil {
-		return nil, vm.PathError(cfg.StateDir, err)
+		return nil, err
 	}
-	finder := f.Finder(cfg)
-	var hooks vm.Hooks
-	if f.Hooks != nil {
-		hooks = f.Hooks(cfg, finder)
-	} else {
-		pins := map[string]string{}
-		for t, p := range cfg.Plugins {
-			pins[t] = p.SHA256
-		}
-		h := &plugins.Host{Finder: finder, StateDir: cfg.StateDir, Pins: pins, Settings: cfg.Settings(),
-			LogLevel: cfg.LogLevel, MTU: cfg.MTU, Logger: slog.New(slog.NewTextHandler(f.IO.ErrOut, &slog.HandlerOptions{Level: slog.LevelWarn})),
-			VMs: func() ([]*vm.VM, error) { vms, _, err := store.List(); return vms, err },
-			DynamicMAC: func(uuid string) string {
-				if mac, ok, _ := pool.Lookup(uuid); ok {
-					return mac.String()
-				}
-				return ""
-			},
-		}
-		f.closers = append(f.closers, h.Close)
-		f.host = h
-		hooks = h
-		if err := h.Recover(context.Background()); err != nil {
-			fmt.Fprintf(f.IO.ErrOut, "anka: warning: a network plugin that stopped could not be started again: %v\n", err)
-		}
+	return l.Manager, nil
+}
+
+// Service runs lifecycle and network calls: through the daemon (started
+// on demand) in production, in this process when a test wires it so.
+func (f *Factory) Service() (daemon.Service, error) {
+	if !f.UseDaemon {
+		return f.local()
 	}
-	return &vm.Manager{
-		Store: store, Runtime: f.Runtime(), Hooks: hooks, MACs: pool,
-		KnownType: finder.Known,
-		SharedNet: cfg.Shared.Prefix, Gateway: cfg.Shared.Gateway,
-		PortBase: cfg.PortFwdBase, Bindable: f.Bindable,
-	}, nil
+	return f.Daemon()
+}
+
+// Daemon is the client of this state dir's daemon, carrying the resolved
+// configuration with every call.
+func (f *Factory) Daemon() (*daemon.Client, error) {
+	cfg, err := f.Config()
+	if err != nil {
+		return nil, err
+	}
+	return &daemon.Client{Config: cfg.Snapshot(), StateDir: cfg.StateDir, Env: f.Environ()}, nil
 }
 
 // canBind tries to bind the port for a moment, the only way to know that
@@ -163,4 +167,16 @@ func canBind(proto, ip string, port int) bool {
 	}
 	l.Close()
 	return true
+}
+
+// viaDaemon are the hooks of the CLI's own manager when a daemon runs the
+// lifecycle: reaching one means a call took the wrong path.
+type viaDaemon struct{ vm.NoHooks }
+
+func (viaDaemon) BeforeStart(context.Context, *vm.VM, string) (*runtime.NIC, error) {
+	return nil, fmt.Errorf("internal error: a VM start bypassed the daemon")
+}
+
+func (viaDaemon) ValidateCard(context.Context, *vm.VM, *vm.NetworkCard) error {
+	return fmt.Errorf("internal error: a network card change bypassed the daemon")
 }

@@ -1,13 +1,13 @@
 package cli
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/anka-net/anka/core/daemon"
 	"github.com/anka-net/anka/core/runtime"
 	"github.com/anka-net/anka/core/vm"
 )
@@ -42,7 +42,7 @@ func lifecycleCmd(f *Factory, out *output, use, short string, runF func(*Lifecyc
 // NewCmdStart builds `anka start NAME`; a suspended VM is resumed.
 func NewCmdStart(f *Factory, out *output, runF func(*LifecycleOptions) error) *cobra.Command {
 	cmd, _ := lifecycleCmd(f, out, "start", "Start a VM, or resume a suspended one", runF, func(cmd *cobra.Command, o *LifecycleOptions) error {
-		return transition(cmd, o, func(m *vm.Manager) (*vm.Status, error) { return m.Start(cmd.Context(), o.Name) })
+		return transition(cmd, o, func(sv daemon.Service) (*vm.Status, error) { return sv.Start(cmd.Context(), o.Name) })
 	})
 	return cmd
 }
@@ -50,7 +50,7 @@ func NewCmdStart(f *Factory, out *output, runF func(*LifecycleOptions) error) *c
 // NewCmdSuspend builds `anka suspend NAME`.
 func NewCmdSuspend(f *Factory, out *output, runF func(*LifecycleOptions) error) *cobra.Command {
 	cmd, _ := lifecycleCmd(f, out, "suspend", "Suspend a running VM (its network address is kept)", runF, func(cmd *cobra.Command, o *LifecycleOptions) error {
-		return transition(cmd, o, func(m *vm.Manager) (*vm.Status, error) { return m.Suspend(cmd.Context(), o.Name) })
+		return transition(cmd, o, func(sv daemon.Service) (*vm.Status, error) { return sv.Suspend(cmd.Context(), o.Name) })
 	})
 	return cmd
 }
@@ -61,7 +61,7 @@ func NewCmdStop(f *Factory, out *output, runF func(*LifecycleOptions) error) *co
 		if o.All {
 			return stopAll(cmd, o)
 		}
-		return transition(cmd, o, func(m *vm.Manager) (*vm.Status, error) { return m.Stop(cmd.Context(), o.Name, o.Force, o.Timeout) })
+		return transition(cmd, o, func(sv daemon.Service) (*vm.Status, error) { return sv.Stop(cmd.Context(), o.Name, o.Force, o.Timeout) })
 	})
 	cmd.Use = "stop NAME|--all"
 	cmd.Args = func(c *cobra.Command, args []string) error {
@@ -85,28 +85,13 @@ func NewCmdStop(f *Factory, out *output, runF func(*LifecycleOptions) error) *co
 
 // stopAll stops every VM that runs, in turn, and reports each failure.
 func stopAll(cmd *cobra.Command, o *LifecycleOptions) error {
-	m, err := o.f.Manager()
+	sv, err := o.f.Service()
 	if err != nil {
 		return err
 	}
-	vms, _, err := m.List(cmd.Context())
+	stopped, err := sv.StopAll(cmd.Context(), o.Force, o.Timeout)
 	if err != nil {
 		return err
-	}
-	var stopped []string
-	var failed []error
-	for _, s := range vms {
-		if s.State == vm.Stopped {
-			continue
-		}
-		if _, err := m.Stop(cmd.Context(), s.Name, o.Force, o.Timeout); err != nil {
-			failed = append(failed, err)
-			continue
-		}
-		stopped = append(stopped, s.Name)
-	}
-	if len(failed) > 0 {
-		return errors.Join(failed...)
 	}
 	return o.out.ok(map[string][]string{"stopped": stopped}, func(w io.Writer) {
 		fmt.Fprintf(w, "stopped %d VM(s) %v\n", len(stopped), stopped)
@@ -116,11 +101,11 @@ func stopAll(cmd *cobra.Command, o *LifecycleOptions) error {
 // NewCmdDelete builds `anka delete NAME [--force]`.
 func NewCmdDelete(f *Factory, out *output, runF func(*LifecycleOptions) error) *cobra.Command {
 	cmd, opts := lifecycleCmd(f, out, "delete", "Delete a stopped VM (--force stops a running one first)", runF, func(cmd *cobra.Command, o *LifecycleOptions) error {
-		m, err := o.f.Manager()
+		sv, err := o.f.Service()
 		if err != nil {
 			return err
 		}
-		if err := m.Delete(cmd.Context(), o.Name, o.Force); err != nil {
+		if err := sv.Delete(cmd.Context(), o.Name, o.Force); err != nil {
 			return err
 		}
 		return o.out.ok(map[string]string{"name": o.Name}, func(w io.Writer) { fmt.Fprintf(w, "deleted %s\n", o.Name) })
@@ -129,12 +114,16 @@ func NewCmdDelete(f *Factory, out *output, runF func(*LifecycleOptions) error) *
 	return cmd
 }
 
-func transition(cmd *cobra.Command, o *LifecycleOptions, do func(*vm.Manager) (*vm.Status, error)) error {
+func transition(cmd *cobra.Command, o *LifecycleOptions, do func(daemon.Service) (*vm.Status, error)) error {
 	m, err := o.f.Manager()
 	if err != nil {
 		return err
 	}
-	st, err := do(m)
+	sv, err := o.f.Service()
+	if err != nil {
+		return err
+	}
+	st, err := do(sv)
 	if err != nil {
 		return err
 	}

@@ -82,7 +82,7 @@ func NewCmdCard(f *Factory, out *output, action string, runF func(*CardOptions) 
 }
 
 func cardRun(cmd *cobra.Command, o *CardOptions) error {
-	m, err := o.f.Manager()
+	sv, err := o.f.Service()
 	if err != nil {
 		return err
 	}
@@ -109,7 +109,7 @@ func cardRun(cmd *cobra.Command, o *CardOptions) error {
 		}
 		ch.Options[k] = v
 	}
-	st, err := m.SetCard(cmd.Context(), o.Name, ch, o.Add)
+	st, err := sv.SetCard(cmd.Context(), o.Name, ch, o.Add)
 	if err != nil {
 		return err
 	}
@@ -139,11 +139,11 @@ func NewCmdDeleteCard(f *Factory, out *output, runF func(*DeleteCardOptions) err
 			if runF != nil {
 				return runF(opts)
 			}
-			m, err := opts.f.Manager()
+			sv, err := opts.f.Service()
 			if err != nil {
 				return err
 			}
-			if _, err := m.DeleteCard(cmd.Context(), opts.Name); err != nil {
+			if _, err := sv.DeleteCard(cmd.Context(), opts.Name); err != nil {
 				return err
 			}
 			return opts.out.ok(map[string]any{"name": opts.Name, "network_card": nil}, func(w io.Writer) {
@@ -176,11 +176,11 @@ func NewCmdAddPortForward(f *Factory, out *output, runF func(*PortForwardOptions
 			if runF != nil {
 				return runF(opts)
 			}
-			m, err := opts.f.Manager()
+			sv, err := opts.f.Service()
 			if err != nil {
 				return err
 			}
-			r, err := m.AddPortForward(cmd.Context(), opts.Name, opts.Rule)
+			r, err := sv.AddPortForward(cmd.Context(), opts.Name, opts.Rule)
 			if err != nil {
 				return err
 			}
@@ -226,11 +226,11 @@ func NewCmdDeletePortForward(f *Factory, out *output, runF func(*DeletePortForwa
 			if runF != nil {
 				return runF(opts)
 			}
-			m, err := opts.f.Manager()
+			sv, err := opts.f.Service()
 			if err != nil {
 				return err
 			}
-			if err := m.DeletePortForward(cmd.Context(), opts.Name, opts.Rule, opts.All); err != nil {
+			if err := sv.DeletePortForward(cmd.Context(), opts.Name, opts.Rule, opts.All); err != nil {
 				return err
 			}
 			return opts.out.ok(map[string]any{"name": opts.Name, "rule": opts.Rule, "all": opts.All}, func(w io.Writer) {

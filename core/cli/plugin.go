@@ -33,20 +33,18 @@ func NewCmdPlugin(f *Factory, out *output) *cobra.Command {
 		Short: "Start a type's plugin again (picking up a new binary); running VMs are attached again and keep their addresses",
 		Args:  exactArgs("TYPE"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if _, err := f.Manager(); err != nil { // wires the plugin host
+			sv, err := f.Service()
+			if err != nil {
 				return err
 			}
-			if f.host == nil {
-				return errs.Unavailablef("no plugin host in this anka")
-			}
-			if err := f.host.Restart(cmd.Context(), args[0]); err != nil {
+			pid, err := sv.RestartPlugin(cmd.Context(), args[0])
+			if err != nil {
 				return err
 			}
 			cfg, _ := f.Config()
 			fd, _ := f.Finder(cfg).Find(args[0])
-			ri, _ := plugins.Running(cfg.StateDir, fd.Path)
-			return out.ok(map[string]any{"type": args[0], "binary": fd.Path, "pid": ri.Pid}, func(w io.Writer) {
-				fmt.Fprintf(w, "%s restarted: %s (pid %d)\n", args[0], fd.Path, ri.Pid)
+			return out.ok(map[string]any{"type": args[0], "binary": fd.Path, "pid": pid}, func(w io.Writer) {
+				fmt.Fprintf(w, "%s restarted: %s (pid %d)\n", args[0], fd.Path, pid)
 			})
 		},
 	}, &cobra.Command{
@@ -119,9 +117,7 @@ func typeNames(info *sdk.InfoResponse) string {
 }
 
 func pluginListRun(cmd *cobra.Command, f *Factory, out *output) error {
-	if _, err := f.Manager(); err != nil { // brings back plugins that died
-		return err
-	}
+	f.reviveDaemon(cmd)
 	cfg, err := f.Config()
 	if err != nil {
 		return err

@@ -94,6 +94,7 @@ Every configuration key is also a global flag, including the plugin keys
 		NewCmdModify(f, out),
 		NewCmdConfig(f, out, nil),
 		NewCmdPlugin(f, out),
+		NewCmdDaemon(f, out),
 		NewCmdVersion(f, out),
 	)
 	for _, c := range root.Commands() {

@@ -47,6 +47,7 @@ type listItem struct {
 }
 
 func listRun(cmd *cobra.Command, o *ListOptions) error {
+	o.f.reviveDaemon(cmd)
 	m, err := o.f.Manager()
 	if err != nil {
 		return err
@@ -114,31 +115,19 @@ func showRun(cmd *cobra.Command, o *ShowOptions) error {
 	if err != nil {
 		return err
 	}
-	st, err := m.Get(cmd.Context(), o.Name)
+	sv, err := o.f.Service()
 	if err != nil {
 		return err
 	}
-	o.f.addNetworkStatus(cmd, st)
+	st, err := sv.Show(cmd.Context(), o.Name)
+	if err != nil {
+		return err
+	}
 	if o.Network {
 		body := cardBody(st)
 		return o.out.ok(body, func(w io.Writer) { printCard(w, body) })
 	}
 	return o.out.ok(showBody(m, st), func(w io.Writer) { printShow(w, m, st) })
-}
-
-// addNetworkStatus fills in what the plugin reports (address, path,
-// counters); a plugin that is not running or fails leaves the card as
-// stored, with the reason.
-func (f *Factory) addNetworkStatus(cmd *cobra.Command, st *vm.Status) {
-	if f.host == nil || st.NetworkCard == nil {
-		return
-	}
-	ns, err := f.host.Status(cmd.Context(), st.VM)
-	if err != nil {
-		st.NetworkError = err.Error()
-		return
-	}
-	st.Network = ns
 }
 
 // showJSON is the body of `anka -j show NAME`.

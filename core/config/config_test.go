@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"syscall"
@@ -836,4 +837,44 @@ func FuzzParseFile(f *testing.F) {
 			t.Fatal("accepted config without an MTU")
 		}
 	})
+}
+
+func TestSnapshotRoundTrip(t *testing.T) {
+	dir := t.TempDir()
+	user := filepath.Join(dir, "user.yaml")
+	os.WriteFile(user, []byte("mtu: 9000\nplugins:\n  shared:\n    path: /opt/x/anka-net-shared\n"), 0o644)
+	env := map[string]string{"ANKA_CONFIG": user, "ANKA_SYSTEM_CONFIG": filepath.Join(dir, "none.yaml"), "ANKA_BRIDGE_NAME": "eth7", "ANKA_PLUGINS_THIRD_PATH": "/opt/third"}
+	cfg, err := Load(Options{LookupEnv: func(k string) (string, bool) { v, ok := env[k]; return v, ok }, Environ: func() []string {
+		var out []string
+		for k, v := range env {
+			out = append(out, k+"="+v)
+		}
+		return out
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := FromSnapshot(cfg.Snapshot())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(back.Entries(), cfg.Entries()) {
+		t.Fatalf("entries differ:\n%v\n%v", back.Entries(), cfg.Entries())
+	}
+	if back.MTU != 9000 || back.BridgeName != "eth7" || back.Plugins["shared"].Path != "/opt/x/anka-net-shared" || back.Plugins["third"].Path != "/opt/third" || back.UserFile != user {
+		t.Fatalf("typed fields lost: %+v", back)
+	}
+	if e, _ := back.Get("bridge_name"); e.Origin() != "env ANKA_BRIDGE_NAME" {
+		t.Fatalf("origin lost: %s", e.Origin())
+	}
+	// A snapshot is checked again: a bad value is refused with its origin.
+	s := cfg.Snapshot()
+	for i := range s.Entries {
+		if s.Entries[i].Key == "mtu" {
+			s.Entries[i].Value = "70000"
+		}
+	}
+	if _, err := FromSnapshot(s); err == nil || !strings.Contains(err.Error(), "mtu") || !strings.Contains(err.Error(), user) {
+		t.Fatalf("bad snapshot value: %v", err)
+	}
 }

@@ -66,16 +66,28 @@ type Lock struct{ f *os.File }
 
 // LockFile takes an exclusive lock on path, creating the file if needed,
 // and blocks until it is granted.
-func LockFile(path string) (*Lock, error) {
+func LockFile(path string) (*Lock, error) { return lockFile(path, unix.LOCK_EX) }
+
+// ErrLocked is TryLockFile's answer when another holder has the lock.
+var ErrLocked = errors.New("locked by another process")
+
+// TryLockFile is LockFile without waiting: ErrLocked when it is held.
+func TryLockFile(path string) (*Lock, error) { return lockFile(path, unix.LOCK_EX|unix.LOCK_NB) }
+
+func lockFile(path string, how int) (*Lock, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
 	if err != nil {
 		return nil, err
 	}
 	for {
-		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
+		err = unix.Flock(int(f.Fd()), how)
 		if err != unix.EINTR {
 			break
 		}
+	}
+	if err == unix.EWOULDBLOCK {
+		f.Close()
+		return nil, fmt.Errorf("lock %s: %w", path, ErrLocked)
 	}
 	if err != nil {
 		f.Close()

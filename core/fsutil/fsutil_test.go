@@ -1,6 +1,7 @@
 package fsutil
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"sync"
@@ -72,4 +73,21 @@ func TestLockSerialises(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+}
+
+func TestTryLockFile(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "l")
+	a, err := TryLockFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := TryLockFile(p); !errors.Is(err, ErrLocked) {
+		t.Fatalf("second lock: %v, want ErrLocked", err)
+	}
+	a.Unlock()
+	b, err := TryLockFile(p)
+	if err != nil {
+		t.Fatalf("after unlock: %v", err)
+	}
+	b.Unlock()
 }

@@ -21,8 +21,8 @@ import (
 // Host connects the VM lifecycle to network plugins. A plugin process is
 // launched once and outlives the anka process that launched it (its data
 // plane must keep running); its reattach information is saved under the
-// state dir, so the next anka process (or the daemon) talks to the same
-// process instead of starting another.
+// state dir, so the next daemon talks to the same process instead of
+// starting another.
 type Host struct {
 	vm.NoHooks
 	Finder   Finder
@@ -39,8 +39,34 @@ type Host struct {
 	VMs        func() ([]*vm.VM, error)
 	DynamicMAC func(uuid string) string
 
+	// Conns are the open plugin connections. Hosts that share one (the
+	// daemon builds a Host per request, each with that request's
+	// configuration) share the plugin processes; nil means a private set.
+	Conns *Conns
+}
+
+// Conns holds connections to running plugins, by binary path.
+type Conns struct {
 	mu      sync.Mutex
-	plugins map[string]*host.Plugin // by binary path
+	plugins map[string]*host.Plugin
+}
+
+func (h *Host) conns() *Conns {
+	if h.Conns == nil {
+		h.Conns = &Conns{}
+	}
+	return h.Conns
+}
+
+// Loaded lists the plugins connected now, by binary path.
+func (c *Conns) Loaded() map[string]*host.Plugin {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make(map[string]*host.Plugin, len(c.plugins))
+	for k, p := range c.plugins {
+		out[k] = p
+	}
+	return out
 }
 
 // socketDir is where every plugin's gRPC socket lives: private (0700), and
@@ -57,31 +83,12 @@ func (h *Host) Client(ctx context.Context, typ string) (sdk.NetworkPlugin, error
 	return h.connect(ctx, fd)
 }
 
-// Recover starts again every plugin that died since it was launched (a
-// reattach file naming a dead process) and attaches its running VMs
-// again. Every anka command runs it, so the next command after a plugin
-// crash brings the network back.
-func (h *Host) Recover(ctx context.Context) error {
-	var errList []error
-	for _, fd := range h.Finder.All() {
-		if _, err := os.Stat(ReattachFile(h.StateDir, fd.Path)); err != nil {
-			continue // never launched
-		}
-		if _, ok := Running(h.StateDir, fd.Path); ok {
-			continue
-		}
-		if _, err := h.connect(ctx, fd); err != nil {
-			errList = append(errList, err)
-		}
-	}
-	return errors.Join(errList...)
-}
-
 func (h *Host) connect(ctx context.Context, fd Found) (sdk.NetworkPlugin, error) {
 	typ := fd.Type
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if p := h.plugins[fd.Path]; p != nil && !p.Exited() {
+	c := h.conns()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if p := c.plugins[fd.Path]; p != nil && !p.Exited() {
 		return p.Client(), nil
 	}
 	dataDir := DataDir(h.StateDir, fd.Path)
@@ -134,10 +141,10 @@ func (h *Host) connect(ctx context.Context, fd Found) (sdk.NetworkPlugin, error)
 			h.reattachVMs(ctx, p)
 		}
 	}
-	if h.plugins == nil {
-		h.plugins = map[string]*host.Plugin{}
+	if c.plugins == nil {
+		c.plugins = map[string]*host.Plugin{}
 	}
-	h.plugins[fd.Path] = p
+	c.plugins[fd.Path] = p
 	return p.Client(), nil
 }
 
@@ -186,12 +193,13 @@ func (h *Host) Restart(ctx context.Context, typ string) error {
 	if err != nil {
 		return err
 	}
-	h.mu.Lock()
-	if p := h.plugins[fd.Path]; p != nil {
+	c := h.conns()
+	c.mu.Lock()
+	if p := c.plugins[fd.Path]; p != nil {
 		p.Disconnect()
-		delete(h.plugins, fd.Path)
+		delete(c.plugins, fd.Path)
 	}
-	h.mu.Unlock()
+	c.mu.Unlock()
 	if ri, ok := Running(h.StateDir, fd.Path); ok {
 		if err := stopProcess(ri.Pid); err != nil {
 			return fmt.Errorf("stopping plugin %s (pid %d): %w", fd.Path, ri.Pid, err)
@@ -202,12 +210,15 @@ func (h *Host) Restart(ctx context.Context, typ string) error {
 }
 
 // Close lets go of the plugins and leaves them running.
-func (h *Host) Close() {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	for k, p := range h.plugins {
+func (h *Host) Close() { h.conns().Close() }
+
+// Close lets go of every connection and leaves the plugins running.
+func (c *Conns) Close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for k, p := range c.plugins {
 		p.Disconnect()
-		delete(h.plugins, k)
+		delete(c.plugins, k)
 	}
 }
 
@@ -351,4 +362,32 @@ func (h *Host) Status(ctx context.Context, v *vm.VM) (*sdk.StatusResponse, error
 		return nil, pluginError(v.NetworkCard.Type, err)
 	}
 	return st, nil
+}
+
+// Connect reattaches to the plugin binary fd names, or launches it (and
+// attaches every running VM again when an earlier process of it died).
+func (h *Host) Connect(ctx context.Context, fd Found) (sdk.NetworkPlugin, error) {
+	return h.connect(ctx, fd)
+}
+
+// StopPlugin stops the plugin binary at path for good. Its reattach file
+// goes too, so nobody takes the stop for a crash and starts it again.
+func (h *Host) StopPlugin(path string) error {
+	c := h.conns()
+	c.mu.Lock()
+	p := c.plugins[path]
+	delete(c.plugins, path)
+	c.mu.Unlock()
+	if p != nil {
+		p.Kill()
+	}
+	if ri, ok := Running(h.StateDir, path); ok {
+		if err := stopProcess(ri.Pid); err != nil {
+			return fmt.Errorf("stopping plugin %s (pid %d): %w", path, ri.Pid, err)
+		}
+	}
+	if err := os.Remove(ReattachFile(h.StateDir, path)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
 }

@@ -6,10 +6,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -31,6 +34,21 @@ type env struct {
 var builtBin string
 
 func TestMain(m *testing.M) {
+	// Re-run as another user by TestDaemonRefusesOtherUsers: dial a unix
+	// socket and say how it went in the exit code.
+	if path := os.Getenv("ANKA_E2E_DIAL"); path != "" {
+		c, err := net.Dial("unix", path)
+		switch {
+		case err == nil:
+			c.Close()
+			os.Exit(0)
+		case errors.Is(err, syscall.EACCES):
+			os.Exit(13)
+		default:
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(2)
+		}
+	}
 	dir, err := os.MkdirTemp("", "anka-e2e-bin-")
 	if err != nil {
 		panic(err)
@@ -61,6 +79,11 @@ func newEnv(t *testing.T) *env {
 }
 
 func killPlugins(stateDir string) {
+	if b, err := os.ReadFile(filepath.Join(stateDir, "daemon.pid")); err == nil {
+		if pid, _ := strconv.Atoi(strings.TrimSpace(string(b))); pid > 0 {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
 	files, _ := filepath.Glob(filepath.Join(stateDir, "plugins", "*", "reattach.json"))
 	for _, f := range files {
 		var ri struct {
@@ -512,7 +535,7 @@ func TestSegmentGuests(t *testing.T) {
 		waitFor(t, vm+" to reach its peer", 120*time.Second, func() bool {
 			return consoleHas(e, vm, "ping 10.55.0.")()
 		})
-		if consoleHas(e, vm, "failed")() {
+		if !consoleHas(e, vm, "anka-guest: ping "+map[string]string{"s1": "10.55.0.2", "s2": "10.55.0.1"}[vm]+" ok")() {
 			b, _ := os.ReadFile(filepath.Join(e.dir, "state", "vms", vm, "console.log"))
 			t.Fatalf("%s could not reach its peer on the segment:\n%s", vm, b)
 		}
@@ -641,11 +664,49 @@ func TestExternalRuntimeOnSegment(t *testing.T) {
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", old))
 		return err != nil || bytes.Contains(b, []byte(") Z"))
 	})
-	if out := e.ok("plugin", "list"); !strings.Contains(out, "running (pid") || pidOf() == old {
-		t.Fatalf("the plugin was not started again:\n%s", out)
+	// The daemon notices on its own and starts it again: no command runs.
+	waitFor(t, "the daemon to start the plugin again", 10*time.Second, func() bool {
+		_, err := os.Stat(fmt.Sprintf("/proc/%d", pidOf()))
+		return pidOf() != old && err == nil
+	})
+	if out := e.ok("plugin", "list"); !strings.Contains(out, "running (pid") {
+		t.Fatalf("the plugin is not listed running:\n%s", out)
 	}
 	if out := ns.Exec(t, "busybox", "ping", "-c", "3", "-W", "2", "10.56.0.1"); !strings.Contains(out, "packets received") || strings.Contains(out, " 0 packets received") {
 		t.Fatalf("no traffic after the plugin was restarted:\n%s", out)
+	}
+	if out := e.ok("daemon", "status"); !strings.Contains(out, "segment") || !strings.Contains(out, "subreaper    true") {
+		t.Fatalf("daemon status:\n%s", out)
+	}
+
+	// kill -9 of the daemon: the plugin and both VMs keep running and
+	// passing traffic; the next command brings up a daemon that
+	// reattaches to the same plugin process.
+	daemonPID := func() int {
+		b, _ := os.ReadFile(filepath.Join(e.dir, "state", "daemon.pid"))
+		pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+		return pid
+	}
+	oldDaemon, pluginPID := daemonPID(), pidOf()
+	var q1 struct{ PID int }
+	json.Unmarshal(e.jsonOK("show", "q1"), &q1)
+	syscall.Kill(oldDaemon, syscall.SIGKILL)
+	waitFor(t, "the daemon to die", 10*time.Second, func() bool { return !alive(oldDaemon) })
+	if !alive(pluginPID) || !alive(q1.PID) {
+		t.Fatalf("the plugin (%d alive %v) or QEMU (%d alive %v) died with the daemon", pluginPID, alive(pluginPID), q1.PID, alive(q1.PID))
+	}
+	if out := ns.Exec(t, "busybox", "ping", "-c", "3", "-W", "2", "10.56.0.1"); strings.Contains(out, " 0 packets received") {
+		t.Fatalf("no traffic while no daemon runs:\n%s", out)
+	}
+	e.ok("list")
+	if d := daemonPID(); d == oldDaemon || !alive(d) {
+		t.Fatalf("no new daemon after the old one was killed (pid %d)", d)
+	}
+	if out := e.ok("daemon", "status"); !strings.Contains(out, fmt.Sprintf("running (pid %d)", pluginPID)) {
+		t.Fatalf("the new daemon did not reattach to plugin pid %d:\n%s", pluginPID, out)
+	}
+	if out := ns.Exec(t, "busybox", "ping", "-c", "3", "-W", "2", "10.56.0.1"); strings.Contains(out, " 0 packets received") {
+		t.Fatalf("no traffic after the daemon came back:\n%s", out)
 	}
 	// anka plugin restart does the same on purpose.
 	old = pidOf()
@@ -660,5 +721,75 @@ func TestExternalRuntimeOnSegment(t *testing.T) {
 	json.Unmarshal(e.jsonOK("show", "x1"), &shown)
 	if shown.Status != "stopped" {
 		t.Fatalf("external VM after stop: %s", shown.Status)
+	}
+}
+
+// alive reports a process that exists and is not a zombie.
+func alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	return err == nil && !bytes.Contains(b, []byte(") Z"))
+}
+
+// The daemon's socket and the plugins' socket folder let in root and the
+// daemon's user only, even when every folder above them is open.
+func TestDaemonRefusesOtherUsers(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run a process as another user")
+	}
+	e := newEnv(t)
+	for d := e.dir; d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
+		os.Chmod(d, 0o755)
+	}
+	e.ok("create", "x1", "--runtime", "external")
+	e.ok("modify", "x1", "set", "network-card", "-t", "segment")
+	e.ok("start", "x1") // starts the daemon and the segment plugin
+	t.Cleanup(func() { e.run("daemon", "stop", "--all") })
+	sock := filepath.Join(e.dir, "state", "anka.sock")
+	fi, err := os.Stat(sock)
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("daemon socket: %v mode %v, want 0600", err, fi.Mode().Perm())
+	}
+	sockDir := filepath.Join(e.dir, "state", "plugins", "sock")
+	if fi, err := os.Stat(sockDir); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Fatalf("plugin socket folder: %v mode %v, want 0700", err, fi.Mode().Perm())
+	}
+	pluginSocks, _ := filepath.Glob(filepath.Join(sockDir, "*"))
+	if len(pluginSocks) == 0 {
+		t.Fatal("no plugin socket found")
+	}
+	// Both binaries must be reachable by the other user.
+	self, anka := filepath.Join(e.dir, "e2e.test"), filepath.Join(e.dir, "anka")
+	exe, _ := os.Executable()
+	for from, to := range map[string]string{exe: self, e.bin: anka} {
+		b, err := os.ReadFile(from)
+		if err != nil || os.WriteFile(to, b, 0o755) != nil {
+			t.Fatalf("copying %s: %v", from, err)
+		}
+	}
+	for _, target := range []string{sock, pluginSocks[0]} {
+		// As root the dial works: the refusal below is about the user.
+		for _, uid := range []uint32{0, 65534} {
+			cmd := exec.Command(self)
+			cmd.Env = []string{"ANKA_E2E_DIAL=" + target}
+			cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: 65534}}
+			out, err := cmd.CombinedOutput()
+			code := 0
+			if ee, ok := err.(*exec.ExitError); ok {
+				code = ee.ExitCode()
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			if want := map[uint32]int{0: 0, 65534: 13}[uid]; code != want {
+				t.Fatalf("dial %s as uid %d: exit %d (%s), want %d", target, uid, code, out, want)
+			}
+		}
+	}
+	// The CLI run by another user says what is wrong.
+	cmd := exec.Command(anka, "daemon", "status")
+	cmd.Env = []string{"ANKA_STATE_DIR=" + filepath.Join(e.dir, "state"), "HOME=/nonexistent", "ANKA_SYSTEM_CONFIG=/nonexistent"}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, _ := cmd.CombinedOutput()
+	if cmd.ProcessState.ExitCode() != 6 || !strings.Contains(string(out), "permission denied") {
+		t.Fatalf("daemon status as another user: exit %d: %s", cmd.ProcessState.ExitCode(), out)
 	}
 }

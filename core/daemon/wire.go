@@ -1,0 +1,130 @@
+package daemon
+
+import (
+	"errors"
+	"path/filepath"
+	"time"
+
+	"github.com/anka-net/anka/core/config"
+	"github.com/anka-net/anka/core/errs"
+	"github.com/anka-net/anka/core/plugins"
+	"github.com/anka-net/anka/core/vm"
+)
+
+// The files a daemon keeps in the state dir.
+const (
+	SocketName = "anka.sock"
+	LockName   = "daemon.lock"
+	PIDName    = "daemon.pid"
+	LogName    = "daemon.log"
+)
+
+// SocketPath is where the daemon of stateDir listens.
+func SocketPath(stateDir string) string { return filepath.Join(stateDir, SocketName) }
+
+// The operations, one URL path each: POST /v1/<op>.
+const (
+	opStart          = "start"
+	opSuspend        = "suspend"
+	opStop           = "stop"
+	opStopAll        = "stop-all"
+	opDelete         = "delete"
+	opSetCard        = "set-card"
+	opDeleteCard     = "delete-card"
+	opAddForward     = "add-forward"
+	opDeleteForward  = "delete-forward"
+	opShow           = "show"
+	opRestartPlugin  = "restart-plugin"
+	opStatus         = "status"
+	opShutdown       = "shutdown"
+	protocolVersion  = 1
+	protocolVersionH = "Anka-Daemon-Protocol"
+)
+
+// request carries one call and the configuration the CLI resolved.
+type request struct {
+	Config  config.Snapshot `json:"config"`
+	Name    string          `json:"name,omitempty"`
+	Force   bool            `json:"force,omitempty"`
+	All     bool            `json:"all,omitempty"`
+	Add     bool            `json:"add,omitempty"`
+	Timeout time.Duration   `json:"timeout,omitempty"`
+	Card    *vm.CardChange  `json:"card,omitempty"`
+	Rule    *vm.PortForward `json:"rule,omitempty"`
+	// RuleName names the rule to delete; Type the plugin to restart.
+	RuleName string `json:"rule_name,omitempty"`
+	Type     string `json:"type,omitempty"`
+}
+
+type response struct {
+	Status   *vm.Status      `json:"status,omitempty"`
+	Rule     *vm.PortForward `json:"rule,omitempty"`
+	Names    []string        `json:"names,omitempty"`
+	PID      int             `json:"pid,omitempty"`
+	Daemon   *Status         `json:"daemon,omitempty"`
+	Shutdown *ShutdownReport `json:"shutdown,omitempty"`
+	Error    *wireError      `json:"error,omitempty"`
+}
+
+// wireError keeps an error's kind (the CLI's exit code) and its sentence.
+type wireError struct {
+	Kind    errs.Kind `json:"kind"`
+	Message string    `json:"message"`
+}
+
+func toWire(err error) *wireError {
+	if err == nil {
+		return nil
+	}
+	return &wireError{Kind: errs.KindOf(err), Message: err.Error()}
+}
+
+func (w *wireError) err() error {
+	if w == nil {
+		return nil
+	}
+	return &errs.Error{Kind: w.Kind, Msg: w.Message, Err: errors.New(w.Message)}
+}
+
+// Status is what `anka daemon status` shows.
+type Status struct {
+	PID        int            `json:"pid"`
+	Version    string         `json:"version"`
+	StateDir   string         `json:"state_dir"`
+	Socket     string         `json:"socket"`
+	Started    time.Time      `json:"started"`
+	Uptime     string         `json:"uptime"`
+	Subreaper  bool           `json:"subreaper"`
+	Plugins    []PluginStatus `json:"plugins"`
+	VMsRunning int            `json:"vms_running"`
+}
+
+// PluginStatus is one plugin binary as the daemon sees it.
+type PluginStatus struct {
+	Binary   string   `json:"binary"`
+	Types    []string `json:"types,omitempty"`
+	PID      int      `json:"pid,omitempty"`
+	Running  bool     `json:"running"`
+	Restarts int      `json:"restarts"`
+	LastErr  string   `json:"last_error,omitempty"`
+}
+
+// ShutdownReport says what `anka daemon stop` stopped and left running.
+type ShutdownReport struct {
+	StoppedVMs     []string `json:"stopped_vms"`
+	StoppedPlugins []string `json:"stopped_plugins"`
+	KeptPlugins    []string `json:"kept_plugins"`
+}
+
+// LiveProcesses counts the plugin processes (by their reattach files)
+// still running under stateDir.
+func LiveProcesses(stateDir string) int {
+	files, _ := filepath.Glob(filepath.Join(stateDir, "plugins", "*", "reattach.json"))
+	n := 0
+	for _, f := range files {
+		if _, ok := plugins.Running(stateDir, filepath.Base(filepath.Dir(f))); ok {
+			n++
+		}
+	}
+	return n
+}
