@@ -126,6 +126,11 @@ type TypeInfo struct {
 type ValidateRequest struct {
 	VM   VMRef
 	Card Card
+	// Settings are the configuration the command resolved (every key but
+	// the plugin entries), for choices made per call: with
+	// `ANKA_BRIDGE_NAME=eth1 anka start vm`, bridge_name is eth1 here
+	// even when Env.Settings (fixed at launch) says otherwise.
+	Settings map[string]string
 }
 
 // ValidateResponse is empty: an error means the card is refused.
@@ -141,6 +146,8 @@ type AttachRequest struct {
 	// (short enough for unix socket paths).
 	RunDir string
 	MTU    int
+	// Settings are as in ValidateRequest.
+	Settings map[string]string
 }
 
 // Endpoint is what the runtime connects the VM's NIC to.

@@ -7,11 +7,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/anka-net/anka/core/config"
 	"github.com/anka-net/anka/core/errs"
+	"github.com/anka-net/anka/core/plugins"
 	"github.com/anka-net/anka/core/runtime/runtimetest"
 	"github.com/anka-net/anka/core/vm"
 )
@@ -90,7 +92,7 @@ func TestSubreaperReapsOrphans(t *testing.T) {
 }
 
 // newServer runs a daemon with a fake runtime on a temp state dir.
-func newServer(t *testing.T) (*Client, *Server, *config.Config) {
+func newServer(t *testing.T, hooks ...func(*config.Config, plugins.Finder) vm.Hooks) (*Client, *Server, *config.Config) {
 	t.Helper()
 	dir := t.TempDir()
 	env := map[string]string{"ANKA_STATE_DIR": filepath.Join(dir, "state"), "ANKA_CONFIG": filepath.Join(dir, "u.yaml"),
@@ -100,6 +102,9 @@ func newServer(t *testing.T) (*Client, *Server, *config.Config) {
 		t.Fatal(err)
 	}
 	srv := &Server{Config: cfg, Wiring: Wiring{Runtime: runtimetest.New(), SelfDir: filepath.Join(dir, "bin")}, Logger: discardLogger(), Version: "test"}
+	if len(hooks) > 0 {
+		srv.Wiring.Hooks = hooks[0]
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Run(ctx) }()
@@ -199,5 +204,52 @@ func TestShutdownStopsTheDaemon(t *testing.T) {
 	}
 	if _, err := c.Status(context.Background()); errs.KindOf(err) != errs.Unavailable || !strings.Contains(err.Error(), "no anka daemon is running") {
 		t.Fatalf("status without a daemon: %v", err)
+	}
+}
+
+// recordHooks notes the bridge_name each call's configuration carried.
+type recordHooks struct {
+	vm.NoHooks
+	bridge string
+	seen   *[]string
+	mu     *sync.Mutex
+}
+
+func (h recordHooks) ValidateCard(context.Context, *vm.VM, *vm.NetworkCard) error {
+	h.mu.Lock()
+	*h.seen = append(*h.seen, h.bridge)
+	h.mu.Unlock()
+	return nil
+}
+
+// Each call runs with the configuration its command resolved, not the
+// daemon's: `ANKA_BRIDGE_NAME=x anka ...` applies to that command.
+func TestEachCallBringsItsConfig(t *testing.T) {
+	var mu sync.Mutex
+	var seen []string
+	c, _, cfg := newServer(t, func(cfg *config.Config, _ plugins.Finder) vm.Hooks {
+		return recordHooks{bridge: cfg.BridgeName, seen: &seen, mu: &mu}
+	})
+	store, _ := vm.OpenStore(cfg.StateDir)
+	if err := store.Create(&vm.VM{Name: "v1", UUID: vm.NewUUID(), Runtime: vm.RuntimeSpec{Kernel: "/k", CPU: 1, RAMMiB: 256}, State: vm.Stopped}); err != nil {
+		t.Fatal(err)
+	}
+	typ := "disconnected"
+	for _, bridge := range []string{"eth1", "eth2"} {
+		snap := cfg.Snapshot()
+		for i := range snap.Entries {
+			if snap.Entries[i].Key == "bridge_name" {
+				snap.Entries[i].Value, snap.Entries[i].Source = bridge, config.SourceEnv
+			}
+		}
+		c.Config = snap
+		if _, err := c.SetCard(context.Background(), "v1", vm.CardChange{Type: &typ}, bridge == "eth1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if strings.Join(seen, ",") != "eth1,eth2" {
+		t.Fatalf("bridge_name per call: %v", seen)
 	}
 }

@@ -253,7 +253,7 @@ func (h *Host) ValidateCard(ctx context.Context, v *vm.VM, c *vm.NetworkCard) er
 		}
 		return err
 	}
-	if _, err := pl.Validate(ctx, &sdk.ValidateRequest{VM: ref(v), Card: card(c, "")}); err != nil {
+	if _, err := pl.Validate(ctx, &sdk.ValidateRequest{VM: ref(v), Card: card(c, ""), Settings: h.Settings}); err != nil {
 		return pluginError(c.Type, err)
 	}
 	return nil
@@ -289,7 +289,7 @@ func (h *Host) attachRequest(v *vm.VM, dynamicMAC string) *sdk.AttachRequest {
 	}
 	return &sdk.AttachRequest{
 		VM: ref(v), Card: card(v.NetworkCard, dynamicMAC), MTU: h.MTU, Endpoints: kinds,
-		RunDir: filepath.Join(h.StateDir, "vms", v.Name),
+		RunDir: filepath.Join(h.StateDir, "vms", v.Name), Settings: h.Settings,
 	}
 }
 

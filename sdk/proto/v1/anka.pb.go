@@ -395,9 +395,12 @@ func (x *TypeInfo) GetEndpoints() []string {
 }
 
 type ValidateRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Vm            *VMRef                 `protobuf:"bytes,1,opt,name=vm,proto3" json:"vm,omitempty"`
-	Card          *Card                  `protobuf:"bytes,2,opt,name=card,proto3" json:"card,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Vm    *VMRef                 `protobuf:"bytes,1,opt,name=vm,proto3" json:"vm,omitempty"`
+	Card  *Card                  `protobuf:"bytes,2,opt,name=card,proto3" json:"card,omitempty"`
+	// The configuration the command resolved (flags, env, files), key ->
+	// value, for choices made per call (bridge_name).
+	Settings      map[string]string `protobuf:"bytes,3,rep,name=settings,proto3" json:"settings,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -446,6 +449,13 @@ func (x *ValidateRequest) GetCard() *Card {
 	return nil
 }
 
+func (x *ValidateRequest) GetSettings() map[string]string {
+	if x != nil {
+		return x.Settings
+	}
+	return nil
+}
+
 type ValidateResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -483,12 +493,14 @@ func (*ValidateResponse) Descriptor() ([]byte, []int) {
 }
 
 type AttachRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Vm            *VMRef                 `protobuf:"bytes,1,opt,name=vm,proto3" json:"vm,omitempty"`
-	Card          *Card                  `protobuf:"bytes,2,opt,name=card,proto3" json:"card,omitempty"`
-	Endpoints     []string               `protobuf:"bytes,3,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
-	RunDir        string                 `protobuf:"bytes,4,opt,name=run_dir,json=runDir,proto3" json:"run_dir,omitempty"`
-	Mtu           int32                  `protobuf:"varint,5,opt,name=mtu,proto3" json:"mtu,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Vm        *VMRef                 `protobuf:"bytes,1,opt,name=vm,proto3" json:"vm,omitempty"`
+	Card      *Card                  `protobuf:"bytes,2,opt,name=card,proto3" json:"card,omitempty"`
+	Endpoints []string               `protobuf:"bytes,3,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
+	RunDir    string                 `protobuf:"bytes,4,opt,name=run_dir,json=runDir,proto3" json:"run_dir,omitempty"`
+	Mtu       int32                  `protobuf:"varint,5,opt,name=mtu,proto3" json:"mtu,omitempty"`
+	// As in ValidateRequest.
+	Settings      map[string]string `protobuf:"bytes,6,rep,name=settings,proto3" json:"settings,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -556,6 +568,13 @@ func (x *AttachRequest) GetMtu() int32 {
 		return x.Mtu
 	}
 	return 0
+}
+
+func (x *AttachRequest) GetSettings() map[string]string {
+	if x != nil {
+		return x.Settings
+	}
+	return nil
 }
 
 type Endpoint struct {
@@ -1499,17 +1518,25 @@ const file_proto_v1_anka_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\x12\"\n" +
 	"\fcapabilities\x18\x03 \x03(\tR\fcapabilities\x12\x1c\n" +
-	"\tendpoints\x18\x04 \x03(\tR\tendpoints\"b\n" +
+	"\tendpoints\x18\x04 \x03(\tR\tendpoints\"\xea\x01\n" +
 	"\x0fValidateRequest\x12%\n" +
 	"\x02vm\x18\x01 \x01(\v2\x15.anka.plugin.v1.VMRefR\x02vm\x12(\n" +
-	"\x04card\x18\x02 \x01(\v2\x14.anka.plugin.v1.CardR\x04card\"\x12\n" +
-	"\x10ValidateResponse\"\xa9\x01\n" +
+	"\x04card\x18\x02 \x01(\v2\x14.anka.plugin.v1.CardR\x04card\x12I\n" +
+	"\bsettings\x18\x03 \x03(\v2-.anka.plugin.v1.ValidateRequest.SettingsEntryR\bsettings\x1a;\n" +
+	"\rSettingsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x12\n" +
+	"\x10ValidateResponse\"\xaf\x02\n" +
 	"\rAttachRequest\x12%\n" +
 	"\x02vm\x18\x01 \x01(\v2\x15.anka.plugin.v1.VMRefR\x02vm\x12(\n" +
 	"\x04card\x18\x02 \x01(\v2\x14.anka.plugin.v1.CardR\x04card\x12\x1c\n" +
 	"\tendpoints\x18\x03 \x03(\tR\tendpoints\x12\x17\n" +
 	"\arun_dir\x18\x04 \x01(\tR\x06runDir\x12\x10\n" +
-	"\x03mtu\x18\x05 \x01(\x05R\x03mtu\"\xa7\x01\n" +
+	"\x03mtu\x18\x05 \x01(\x05R\x03mtu\x12G\n" +
+	"\bsettings\x18\x06 \x03(\v2+.anka.plugin.v1.AttachRequest.SettingsEntryR\bsettings\x1a;\n" +
+	"\rSettingsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa7\x01\n" +
 	"\bEndpoint\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x1f\n" +
 	"\vplugin_path\x18\x02 \x01(\tR\n" +
@@ -1598,7 +1625,7 @@ func file_proto_v1_anka_proto_rawDescGZIP() []byte {
 	return file_proto_v1_anka_proto_rawDescData
 }
 
-var file_proto_v1_anka_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_proto_v1_anka_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_proto_v1_anka_proto_goTypes = []any{
 	(*PluginError)(nil),              // 0: anka.plugin.v1.PluginError
 	(*VMRef)(nil),                    // 1: anka.plugin.v1.VMRef
@@ -1627,55 +1654,59 @@ var file_proto_v1_anka_proto_goTypes = []any{
 	(*ListPortForwardsRequest)(nil),  // 24: anka.plugin.v1.ListPortForwardsRequest
 	(*ListPortForwardsResponse)(nil), // 25: anka.plugin.v1.ListPortForwardsResponse
 	nil,                              // 26: anka.plugin.v1.Card.OptionsEntry
-	nil,                              // 27: anka.plugin.v1.StatusResponse.CountersEntry
-	nil,                              // 28: anka.plugin.v1.StatusResponse.DetailsEntry
+	nil,                              // 27: anka.plugin.v1.ValidateRequest.SettingsEntry
+	nil,                              // 28: anka.plugin.v1.AttachRequest.SettingsEntry
+	nil,                              // 29: anka.plugin.v1.StatusResponse.CountersEntry
+	nil,                              // 30: anka.plugin.v1.StatusResponse.DetailsEntry
 }
 var file_proto_v1_anka_proto_depIdxs = []int32{
 	26, // 0: anka.plugin.v1.Card.options:type_name -> anka.plugin.v1.Card.OptionsEntry
 	5,  // 1: anka.plugin.v1.InfoResponse.types:type_name -> anka.plugin.v1.TypeInfo
 	1,  // 2: anka.plugin.v1.ValidateRequest.vm:type_name -> anka.plugin.v1.VMRef
 	2,  // 3: anka.plugin.v1.ValidateRequest.card:type_name -> anka.plugin.v1.Card
-	1,  // 4: anka.plugin.v1.AttachRequest.vm:type_name -> anka.plugin.v1.VMRef
-	2,  // 5: anka.plugin.v1.AttachRequest.card:type_name -> anka.plugin.v1.Card
-	9,  // 6: anka.plugin.v1.AttachResponse.endpoint:type_name -> anka.plugin.v1.Endpoint
-	1,  // 7: anka.plugin.v1.DetachRequest.vm:type_name -> anka.plugin.v1.VMRef
-	1,  // 8: anka.plugin.v1.ReleaseRequest.vm:type_name -> anka.plugin.v1.VMRef
-	1,  // 9: anka.plugin.v1.StatusRequest.vm:type_name -> anka.plugin.v1.VMRef
-	27, // 10: anka.plugin.v1.StatusResponse.counters:type_name -> anka.plugin.v1.StatusResponse.CountersEntry
-	28, // 11: anka.plugin.v1.StatusResponse.details:type_name -> anka.plugin.v1.StatusResponse.DetailsEntry
-	1,  // 12: anka.plugin.v1.SuspendRequest.vm:type_name -> anka.plugin.v1.VMRef
-	1,  // 13: anka.plugin.v1.ResumeRequest.vm:type_name -> anka.plugin.v1.VMRef
-	1,  // 14: anka.plugin.v1.PortForwardRequest.vm:type_name -> anka.plugin.v1.VMRef
-	21, // 15: anka.plugin.v1.PortForwardRequest.rule:type_name -> anka.plugin.v1.PortForward
-	1,  // 16: anka.plugin.v1.ListPortForwardsRequest.vm:type_name -> anka.plugin.v1.VMRef
-	21, // 17: anka.plugin.v1.ListPortForwardsResponse.rules:type_name -> anka.plugin.v1.PortForward
-	3,  // 18: anka.plugin.v1.NetworkPlugin.Info:input_type -> anka.plugin.v1.InfoRequest
-	6,  // 19: anka.plugin.v1.NetworkPlugin.Validate:input_type -> anka.plugin.v1.ValidateRequest
-	8,  // 20: anka.plugin.v1.NetworkPlugin.Attach:input_type -> anka.plugin.v1.AttachRequest
-	11, // 21: anka.plugin.v1.NetworkPlugin.Detach:input_type -> anka.plugin.v1.DetachRequest
-	13, // 22: anka.plugin.v1.NetworkPlugin.Release:input_type -> anka.plugin.v1.ReleaseRequest
-	15, // 23: anka.plugin.v1.NetworkPlugin.Status:input_type -> anka.plugin.v1.StatusRequest
-	17, // 24: anka.plugin.v1.NetworkPlugin.Suspend:input_type -> anka.plugin.v1.SuspendRequest
-	19, // 25: anka.plugin.v1.NetworkPlugin.Resume:input_type -> anka.plugin.v1.ResumeRequest
-	22, // 26: anka.plugin.v1.NetworkPlugin.AddPortForward:input_type -> anka.plugin.v1.PortForwardRequest
-	22, // 27: anka.plugin.v1.NetworkPlugin.RemovePortForward:input_type -> anka.plugin.v1.PortForwardRequest
-	24, // 28: anka.plugin.v1.NetworkPlugin.ListPortForwards:input_type -> anka.plugin.v1.ListPortForwardsRequest
-	4,  // 29: anka.plugin.v1.NetworkPlugin.Info:output_type -> anka.plugin.v1.InfoResponse
-	7,  // 30: anka.plugin.v1.NetworkPlugin.Validate:output_type -> anka.plugin.v1.ValidateResponse
-	10, // 31: anka.plugin.v1.NetworkPlugin.Attach:output_type -> anka.plugin.v1.AttachResponse
-	12, // 32: anka.plugin.v1.NetworkPlugin.Detach:output_type -> anka.plugin.v1.DetachResponse
-	14, // 33: anka.plugin.v1.NetworkPlugin.Release:output_type -> anka.plugin.v1.ReleaseResponse
-	16, // 34: anka.plugin.v1.NetworkPlugin.Status:output_type -> anka.plugin.v1.StatusResponse
-	18, // 35: anka.plugin.v1.NetworkPlugin.Suspend:output_type -> anka.plugin.v1.SuspendResponse
-	20, // 36: anka.plugin.v1.NetworkPlugin.Resume:output_type -> anka.plugin.v1.ResumeResponse
-	23, // 37: anka.plugin.v1.NetworkPlugin.AddPortForward:output_type -> anka.plugin.v1.PortForwardResponse
-	23, // 38: anka.plugin.v1.NetworkPlugin.RemovePortForward:output_type -> anka.plugin.v1.PortForwardResponse
-	25, // 39: anka.plugin.v1.NetworkPlugin.ListPortForwards:output_type -> anka.plugin.v1.ListPortForwardsResponse
-	29, // [29:40] is the sub-list for method output_type
-	18, // [18:29] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	27, // 4: anka.plugin.v1.ValidateRequest.settings:type_name -> anka.plugin.v1.ValidateRequest.SettingsEntry
+	1,  // 5: anka.plugin.v1.AttachRequest.vm:type_name -> anka.plugin.v1.VMRef
+	2,  // 6: anka.plugin.v1.AttachRequest.card:type_name -> anka.plugin.v1.Card
+	28, // 7: anka.plugin.v1.AttachRequest.settings:type_name -> anka.plugin.v1.AttachRequest.SettingsEntry
+	9,  // 8: anka.plugin.v1.AttachResponse.endpoint:type_name -> anka.plugin.v1.Endpoint
+	1,  // 9: anka.plugin.v1.DetachRequest.vm:type_name -> anka.plugin.v1.VMRef
+	1,  // 10: anka.plugin.v1.ReleaseRequest.vm:type_name -> anka.plugin.v1.VMRef
+	1,  // 11: anka.plugin.v1.StatusRequest.vm:type_name -> anka.plugin.v1.VMRef
+	29, // 12: anka.plugin.v1.StatusResponse.counters:type_name -> anka.plugin.v1.StatusResponse.CountersEntry
+	30, // 13: anka.plugin.v1.StatusResponse.details:type_name -> anka.plugin.v1.StatusResponse.DetailsEntry
+	1,  // 14: anka.plugin.v1.SuspendRequest.vm:type_name -> anka.plugin.v1.VMRef
+	1,  // 15: anka.plugin.v1.ResumeRequest.vm:type_name -> anka.plugin.v1.VMRef
+	1,  // 16: anka.plugin.v1.PortForwardRequest.vm:type_name -> anka.plugin.v1.VMRef
+	21, // 17: anka.plugin.v1.PortForwardRequest.rule:type_name -> anka.plugin.v1.PortForward
+	1,  // 18: anka.plugin.v1.ListPortForwardsRequest.vm:type_name -> anka.plugin.v1.VMRef
+	21, // 19: anka.plugin.v1.ListPortForwardsResponse.rules:type_name -> anka.plugin.v1.PortForward
+	3,  // 20: anka.plugin.v1.NetworkPlugin.Info:input_type -> anka.plugin.v1.InfoRequest
+	6,  // 21: anka.plugin.v1.NetworkPlugin.Validate:input_type -> anka.plugin.v1.ValidateRequest
+	8,  // 22: anka.plugin.v1.NetworkPlugin.Attach:input_type -> anka.plugin.v1.AttachRequest
+	11, // 23: anka.plugin.v1.NetworkPlugin.Detach:input_type -> anka.plugin.v1.DetachRequest
+	13, // 24: anka.plugin.v1.NetworkPlugin.Release:input_type -> anka.plugin.v1.ReleaseRequest
+	15, // 25: anka.plugin.v1.NetworkPlugin.Status:input_type -> anka.plugin.v1.StatusRequest
+	17, // 26: anka.plugin.v1.NetworkPlugin.Suspend:input_type -> anka.plugin.v1.SuspendRequest
+	19, // 27: anka.plugin.v1.NetworkPlugin.Resume:input_type -> anka.plugin.v1.ResumeRequest
+	22, // 28: anka.plugin.v1.NetworkPlugin.AddPortForward:input_type -> anka.plugin.v1.PortForwardRequest
+	22, // 29: anka.plugin.v1.NetworkPlugin.RemovePortForward:input_type -> anka.plugin.v1.PortForwardRequest
+	24, // 30: anka.plugin.v1.NetworkPlugin.ListPortForwards:input_type -> anka.plugin.v1.ListPortForwardsRequest
+	4,  // 31: anka.plugin.v1.NetworkPlugin.Info:output_type -> anka.plugin.v1.InfoResponse
+	7,  // 32: anka.plugin.v1.NetworkPlugin.Validate:output_type -> anka.plugin.v1.ValidateResponse
+	10, // 33: anka.plugin.v1.NetworkPlugin.Attach:output_type -> anka.plugin.v1.AttachResponse
+	12, // 34: anka.plugin.v1.NetworkPlugin.Detach:output_type -> anka.plugin.v1.DetachResponse
+	14, // 35: anka.plugin.v1.NetworkPlugin.Release:output_type -> anka.plugin.v1.ReleaseResponse
+	16, // 36: anka.plugin.v1.NetworkPlugin.Status:output_type -> anka.plugin.v1.StatusResponse
+	18, // 37: anka.plugin.v1.NetworkPlugin.Suspend:output_type -> anka.plugin.v1.SuspendResponse
+	20, // 38: anka.plugin.v1.NetworkPlugin.Resume:output_type -> anka.plugin.v1.ResumeResponse
+	23, // 39: anka.plugin.v1.NetworkPlugin.AddPortForward:output_type -> anka.plugin.v1.PortForwardResponse
+	23, // 40: anka.plugin.v1.NetworkPlugin.RemovePortForward:output_type -> anka.plugin.v1.PortForwardResponse
+	25, // 41: anka.plugin.v1.NetworkPlugin.ListPortForwards:output_type -> anka.plugin.v1.ListPortForwardsResponse
+	31, // [31:42] is the sub-list for method output_type
+	20, // [20:31] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_proto_v1_anka_proto_init() }
@@ -1689,7 +1720,7 @@ func file_proto_v1_anka_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_v1_anka_proto_rawDesc), len(file_proto_v1_anka_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   29,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
