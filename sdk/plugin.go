@@ -58,6 +58,9 @@ const (
 	CapTraffic      = "traffic"      // passes frames between attached VMs
 	CapStaticIP     = "static-ip"    // honours Card.IP
 	CapMACTranslate = "mac-translate"
+	// CapAddress: the type gives guests an address and reports it in
+	// Status.IP once the guest has it; `anka start` waits for it.
+	CapAddress = "address"
 )
 
 // EndpointKind is how a VM's NIC reaches the plugin.

@@ -3,13 +3,17 @@ package cli
 import (
 	"fmt"
 	"io"
+	"os"
+	"slices"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/anka-net/anka/core/daemon"
+	"github.com/anka-net/anka/core/errs"
 	"github.com/anka-net/anka/core/runtime"
 	"github.com/anka-net/anka/core/vm"
+	"github.com/anka-net/anka/sdk"
 )
 
 // LifecycleOptions are the inputs of start, stop, suspend and delete.
@@ -20,6 +24,8 @@ type LifecycleOptions struct {
 	Force   bool
 	All     bool
 	Timeout time.Duration
+	// NoWait makes start return before the VM has its address.
+	NoWait bool
 }
 
 func lifecycleCmd(f *Factory, out *output, use, short string, runF func(*LifecycleOptions) error, run func(*cobra.Command, *LifecycleOptions) error) (*cobra.Command, *LifecycleOptions) {
@@ -41,10 +47,80 @@ func lifecycleCmd(f *Factory, out *output, use, short string, runF func(*Lifecyc
 
 // NewCmdStart builds `anka start NAME`; a suspended VM is resumed.
 func NewCmdStart(f *Factory, out *output, runF func(*LifecycleOptions) error) *cobra.Command {
-	cmd, _ := lifecycleCmd(f, out, "start", "Start a VM, or resume a suspended one", runF, func(cmd *cobra.Command, o *LifecycleOptions) error {
-		return transition(cmd, o, func(sv daemon.Service) (*vm.Status, error) { return sv.Start(cmd.Context(), o.Name) })
+	cmd, opts := lifecycleCmd(f, out, "start", "Start a VM, or resume a suspended one, and wait until it has its network address", runF, func(cmd *cobra.Command, o *LifecycleOptions) error {
+		return transition(cmd, o, func(sv daemon.Service) (*vm.Status, error) {
+			st, err := sv.Start(cmd.Context(), o.Name)
+			if err != nil || o.NoWait {
+				return st, err
+			}
+			return waitForAddress(cmd, o, sv, st)
+		})
 	})
+	cmd.Flags().BoolVar(&opts.NoWait, "no-wait", false, "return once the VM runs, without waiting for its address")
+	cmd.Flags().DurationVar(&opts.Timeout, "timeout", 2*time.Minute, "how long to wait for the VM's address")
 	return cmd
+}
+
+// waitForAddress polls the network until the VM has its address, when
+// its type gives one (sdk.CapAddress): a spinner on a terminal, one line
+// otherwise. A hypervisor anka does not launch connects later, so an
+// external VM is not waited for.
+func waitForAddress(cmd *cobra.Command, o *LifecycleOptions, sv daemon.Service, st *vm.Status) (*vm.Status, error) {
+	if st.NetworkCard == nil || st.State != vm.Running || st.Runtime.Kind == vm.RuntimeExternal {
+		return st, nil
+	}
+	ctx := cmd.Context()
+	w := o.f.IO.ErrOut
+	tty := isTerminal(w)
+	start := time.Now()
+	deadline := start.Add(o.Timeout)
+	frames := []rune("⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏")
+	said := false
+	defer func() {
+		if tty && said {
+			fmt.Fprint(w, "\r\033[K")
+		}
+	}()
+	for i := 0; ; i++ {
+		cur, err := sv.Show(ctx, st.Name)
+		if err != nil {
+			return nil, err
+		}
+		if cur.State != vm.Running {
+			return nil, errs.Statef("VM %s is %s while waiting for its address: its console log (`anka show %s` names it) says why", st.Name, cur.State, st.Name)
+		}
+		if cur.Network != nil && cur.Network.IP != "" {
+			return cur, nil
+		}
+		if cur.Network != nil && !slices.Contains(cur.NetworkCaps, sdk.CapAddress) {
+			return cur, nil // this type gives no address to wait for
+		}
+		if time.Now().After(deadline) {
+			return nil, errs.Unavailablef("VM %s runs but has no network address after %s: look at its console (`anka show %s` names console_log), or wait longer with --timeout; --no-wait skips waiting", st.Name, o.Timeout, st.Name)
+		}
+		if tty {
+			fmt.Fprintf(w, "\r%c waiting for %s to get its address (%ds)", frames[i%len(frames)], st.Name, int(time.Since(start).Seconds()))
+			said = true
+		} else if !said {
+			fmt.Fprintf(w, "waiting for %s to get its address (up to %s)...\n", st.Name, o.Timeout)
+			said = true
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// isTerminal reports whether w is a character device (a terminal).
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
 
 // NewCmdSuspend builds `anka suspend NAME`.
@@ -130,6 +206,9 @@ func transition(cmd *cobra.Command, o *LifecycleOptions, do func(daemon.Service)
 	body := showBody(m, st)
 	return o.out.ok(body, func(w io.Writer) {
 		fmt.Fprintf(w, "%s is %s\n", st.Name, st.State)
+		if c := body.NetworkCard; c != nil && c.IP != "" && st.State == vm.Running {
+			fmt.Fprintf(w, "ip %s\n", c.IP)
+		}
 		if ep := body.Endpoint; ep != nil && st.State == vm.Running {
 			printEndpoint(w, ep)
 		}

@@ -154,7 +154,9 @@ type cardJSON struct {
 	Mode         string            `json:"mode"`
 	Bridge       string            `json:"bridge,omitempty"`
 	MAC          string            `json:"mac,omitempty"`
+	InternalMAC  string            `json:"internal_mac,omitempty"`
 	DynamicMAC   string            `json:"dynamic_mac,omitempty"`
+	LeaseExpiry  *time.Time        `json:"lease_expiry,omitempty"`
 	IP           string            `json:"ip,omitempty"`
 	Path         string            `json:"path,omitempty"`
 	Counters     map[string]uint64 `json:"counters,omitempty"`
@@ -190,10 +192,17 @@ func cardBody(st *vm.Status) *cardJSON {
 	if pf == nil {
 		pf = []vm.PortForward{}
 	}
-	cj := &cardJSON{Mode: c.Type, Bridge: c.Bridge, MAC: c.MAC, DynamicMAC: st.DynamicMAC, IP: c.IP, Options: c.Options, PortForwards: pf, Error: st.NetworkError}
+	cj := &cardJSON{Mode: c.Type, Bridge: c.Bridge, MAC: c.MAC, InternalMAC: c.MAC, DynamicMAC: st.DynamicMAC, IP: c.IP, Options: c.Options, PortForwards: pf, Error: st.NetworkError}
+	if cj.MAC == "" {
+		cj.MAC = st.DynamicMAC // the guest's NIC carries the dynamic MAC
+	}
 	if ns := st.Network; ns != nil {
 		if ns.IP != "" {
 			cj.IP = ns.IP
+		}
+		if !ns.LeaseExpiry.IsZero() {
+			t := ns.LeaseExpiry.UTC()
+			cj.LeaseExpiry = &t
 		}
 		cj.Path, cj.Counters, cj.Details = ns.Path, ns.Counters, ns.Details
 	}
@@ -242,17 +251,23 @@ func printCard(w io.Writer, c *cardJSON) {
 		fmt.Fprintln(w, "no network card")
 		return
 	}
-	mac := dash(c.MAC)
-	if c.MAC == "" && c.DynamicMAC != "" {
-		mac = c.DynamicMAC + " (dynamic)"
+	lease := "-"
+	if c.LeaseExpiry != nil {
+		lease = c.LeaseExpiry.Local().Format("2006-01-02 15:04:05")
+	}
+	internal := "- (the guest sees the dynamic MAC)"
+	if c.InternalMAC != "" {
+		internal = c.InternalMAC + " (the network sees the dynamic MAC)"
 	}
 	table(w, nil, [][]string{
 		{"index", strconv.Itoa(c.Index)},
 		{"mode", c.Mode},
 		{"bridge", bridgeShown(c)},
 		{"ip", dash(c.IP)},
-		{"mac", mac},
+		{"mac", dash(c.MAC)},
+		{"internal_mac", internal},
 		{"dynamic_mac", dash(c.DynamicMAC)},
+		{"lease_expiry", lease},
 		{"options", dash(formatOptions(c.Options))},
 		{"path", dash(c.Path)},
 		{"details", dash(formatOptions(c.Details))},

@@ -109,6 +109,7 @@ func (l *Local) Show(ctx context.Context, name string) (*vm.Status, error) {
 		st.NetworkError = err.Error()
 	} else {
 		st.Network = ns
+		st.NetworkCaps = l.Host.Capabilities(st.NetworkCard.Type)
 	}
 	return st, nil
 }

@@ -18,6 +18,12 @@ import (
 // them before their plugin is installed; any other type needs a binary.
 var BuiltinTypes = []string{"bridge", "disconnected", "host", "shared", "static"}
 
+// ServedBy names built-in types that another type's binary serves: the
+// static type is an address on the shared network, so anka-net-shared
+// serves it (and plugins.shared.path moves both), unless a binary or a
+// path of its own is there.
+var ServedBy = map[string]string{"static": "shared"}
+
 // ErrNoPlugin is in the chain of Find's error when no binary serves a type
 // (as opposed to a configured binary that is broken).
 var ErrNoPlugin = errors.New("no plugin serves this network type")
@@ -55,6 +61,19 @@ func (f Finder) Find(typ string) (Found, error) {
 		looked = append(looked, p)
 		if executable(p) == nil {
 			return Found{Type: typ, Path: p, Source: c.source}, nil
+		}
+	}
+	if host := ServedBy[typ]; host != "" {
+		fd, err := f.Find(host)
+		if err == nil {
+			fd.Type = typ
+			return fd, nil
+		}
+		if !errors.Is(err, ErrNoPlugin) {
+			return Found{}, err
+		}
+		for _, c := range f.candidates() {
+			looked = append(looked, filepath.Join(c.dir, sdk.BinaryName(host)))
 		}
 	}
 	return Found{}, &errs.Error{Kind: errs.Unavailable, Err: ErrNoPlugin,

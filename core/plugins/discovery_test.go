@@ -74,3 +74,33 @@ func TestKnownAndAll(t *testing.T) {
 		t.Fatalf("All: %+v", all)
 	}
 }
+
+// static is served by the shared binary unless it has its own.
+func TestStaticServedByShared(t *testing.T) {
+	self, cfgDir := t.TempDir(), t.TempDir()
+	shared := filepath.Join(self, "anka-net-shared")
+	os.WriteFile(shared, []byte("#!/bin/sh\n"), 0o755)
+	f := Finder{SelfDir: self}
+	fd, err := f.Find("static")
+	if err != nil || fd.Path != shared || fd.Type != "static" {
+		t.Fatalf("static: %+v %v", fd, err)
+	}
+	// plugins.shared.path moves both.
+	moved := filepath.Join(cfgDir, "my-shared")
+	os.WriteFile(moved, []byte("#!/bin/sh\n"), 0o755)
+	f.Configured = map[string]string{"shared": moved}
+	if fd, err := f.Find("static"); err != nil || fd.Path != moved || fd.Source != "config" {
+		t.Fatalf("static with plugins.shared.path: %+v %v", fd, err)
+	}
+	// Its own binary wins.
+	own := filepath.Join(self, "anka-net-static")
+	os.WriteFile(own, []byte("#!/bin/sh\n"), 0o755)
+	f.Configured = nil
+	if fd, err := f.Find("static"); err != nil || fd.Path != own {
+		t.Fatalf("static with its own binary: %+v %v", fd, err)
+	}
+	// Neither: the error names both places looked.
+	if _, err := (Finder{SelfDir: t.TempDir()}).Find("static"); !errors.Is(err, ErrNoPlugin) || !strings.Contains(err.Error(), "anka-net-shared") {
+		t.Fatalf("no binary: %v", err)
+	}
+}

@@ -175,6 +175,10 @@ func (h *Host) reattachVMs(ctx context.Context, p *host.Plugin) {
 		}
 		if _, err := p.Client().Attach(ctx, h.attachRequest(v, dyn)); err != nil {
 			h.log().Warn("attaching a VM to the restarted plugin", "vm", v.Name, "err", err)
+			continue
+		}
+		if err := h.syncForwards(ctx, p.Client(), v); err != nil {
+			h.log().Warn("port forwards of a VM on the restarted plugin", "vm", v.Name, "err", err)
 		}
 	}
 }
@@ -388,6 +392,25 @@ func (h *Host) StopPlugin(path string) error {
 	}
 	if err := os.Remove(ReattachFile(h.StateDir, path)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
+	}
+	return nil
+}
+
+// Capabilities are what the running plugin of typ announces for it; nil
+// when it does not run.
+func (h *Host) Capabilities(typ string) []string {
+	fd, err := h.Finder.Find(typ)
+	if err != nil {
+		return nil
+	}
+	p := h.conns().Loaded()[fd.Path]
+	if p == nil || p.Info() == nil {
+		return nil
+	}
+	for _, t := range p.Info().Types {
+		if t.Name == typ {
+			return t.Capabilities
+		}
 	}
 	return nil
 }

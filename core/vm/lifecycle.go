@@ -67,6 +67,9 @@ type Status struct {
 	// says why it could not be.
 	Network      *sdk.StatusResponse
 	NetworkError string
+	// NetworkCaps are the capabilities the card's type announces (sdk.Cap*),
+	// when its plugin runs.
+	NetworkCaps []string `json:",omitempty"`
 }
 
 // effectiveState maps the runtime's view onto the recorded one: a process
