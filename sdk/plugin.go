@@ -51,6 +51,28 @@ type PortForwarder interface {
 	ListPortForwards(ctx context.Context, req *ListPortForwardsRequest) (*ListPortForwardsResponse, error)
 }
 
+// Capturer is for types that can record a VM's frames (`anka capture`).
+type Capturer interface {
+	// StartCapture writes every frame to and from the VM's port to a pcap
+	// file at Path from now on; one capture per VM at a time.
+	StartCapture(ctx context.Context, req *CaptureRequest) (*CaptureResponse, error)
+	// StopCapture flushes and closes the file and says what it holds.
+	StopCapture(ctx context.Context, req *CaptureRequest) (*CaptureResponse, error)
+}
+
+// CaptureRequest names the VM and, to start, the file.
+type CaptureRequest struct {
+	VM      VMRef
+	Type    string
+	Path    string
+	Snaplen int // 0 = whole frames
+}
+
+// CaptureResponse counts what the capture wrote.
+type CaptureResponse struct {
+	Frames, Bytes uint64
+}
+
 // Capabilities a type may announce in TypeInfo.
 const (
 	CapSuspend      = "suspend"      // implements Suspender
@@ -61,6 +83,7 @@ const (
 	// CapAddress: the type gives guests an address and reports it in
 	// Status.IP once the guest has it; `anka start` waits for it.
 	CapAddress = "address"
+	CapCapture = "capture" // implements Capturer
 )
 
 // EndpointKind is how a VM's NIC reaches the plugin.

@@ -300,3 +300,19 @@ func cloneSlice[T any](s []T) []T {
 	}
 	return append([]T(nil), s...)
 }
+
+func captureRequestToPB(r *CaptureRequest) *ankav1.CaptureRequest {
+	return &ankav1.CaptureRequest{Vm: vmRefToPB(r.VM), Type: r.Type, Path: r.Path, Snaplen: int32(r.Snaplen)}
+}
+
+func captureRequestFromPB(r *ankav1.CaptureRequest) *CaptureRequest {
+	return &CaptureRequest{VM: vmRefFromPB(r.GetVm()), Type: r.GetType(), Path: r.GetPath(), Snaplen: int(r.GetSnaplen())}
+}
+
+func captureResponseToPB(r *CaptureResponse) *ankav1.CaptureResponse {
+	return &ankav1.CaptureResponse{Frames: r.Frames, Bytes: r.Bytes}
+}
+
+func captureResponseFromPB(r *ankav1.CaptureResponse) *CaptureResponse {
+	return &CaptureResponse{Frames: r.GetFrames(), Bytes: r.GetBytes()}
+}

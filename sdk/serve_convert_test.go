@@ -54,6 +54,8 @@ func fullCases() []roundTrip {
 		rt("ValidateRequest", &ValidateRequest{VM: fullVM, Card: fullCard, Settings: map[string]string{"bridge_name": "eth1"}}, validateRequestToPB, validateRequestFromPB),
 		rt("AttachRequest", &AttachRequest{VM: fullVM, Card: fullCard, Settings: map[string]string{"mtu": "9000", "bridge_name": "eth1"}, Endpoints: []EndpointKind{EndpointStream},
 			RunDir: "/run/anka/vm1", MTU: 1500}, attachRequestToPB, attachRequestFromPB),
+		rt("CaptureRequest", &CaptureRequest{VM: fullVM, Type: "shared", Path: "/tmp/v.pcap", Snaplen: 96}, captureRequestToPB, captureRequestFromPB),
+		rt("CaptureResponse", &CaptureResponse{Frames: 7, Bytes: 900}, captureResponseToPB, captureResponseFromPB),
 		rt("Endpoint", Endpoint{Kind: EndpointDgram, PluginPath: "/run/p.sock", VMPath: "/run/vm.sock", TAP: "tap0",
 			MAC: "02:00:00:00:00:01", LinkUp: true, MTU: 1500}, endpointToPB, endpointFromPB),
 		rt("AttachResponse", &AttachResponse{Endpoint: Endpoint{Kind: EndpointTAP, PluginPath: "p", VMPath: "v", TAP: "t",

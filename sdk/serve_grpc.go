@@ -247,6 +247,36 @@ func (s *grpcServer) Resume(ctx context.Context, req *ankav1.ResumeRequest) (_ *
 	return &ankav1.ResumeResponse{}, nil
 }
 
+func (s *grpcServer) capture(ctx context.Context, method string, req *ankav1.CaptureRequest, start bool) (_ *ankav1.CaptureResponse, err error) {
+	defer s.done(method, &err)
+	r := captureRequestFromPB(req)
+	if err := s.checkType(ctx, r.Type); err != nil {
+		return nil, err
+	}
+	c, ok := s.impl.(Capturer)
+	if !ok {
+		return nil, Errorf(CodeUnsupported, "network type %q cannot capture traffic", r.Type)
+	}
+	var resp *CaptureResponse
+	if start {
+		resp, err = c.StartCapture(ctx, r)
+	} else {
+		resp, err = c.StopCapture(ctx, r)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return captureResponseToPB(orNew(resp)), nil
+}
+
+func (s *grpcServer) StartCapture(ctx context.Context, req *ankav1.CaptureRequest) (*ankav1.CaptureResponse, error) {
+	return s.capture(ctx, "StartCapture", req, true)
+}
+
+func (s *grpcServer) StopCapture(ctx context.Context, req *ankav1.CaptureRequest) (*ankav1.CaptureResponse, error) {
+	return s.capture(ctx, "StopCapture", req, false)
+}
+
 func (s *grpcServer) portForwarder(typ string) (PortForwarder, error) {
 	pf, ok := s.impl.(PortForwarder)
 	if !ok {
@@ -384,7 +414,24 @@ var (
 	_ NetworkPlugin = (*grpcClient)(nil)
 	_ Suspender     = (*grpcClient)(nil)
 	_ PortForwarder = (*grpcClient)(nil)
+	_ Capturer      = (*grpcClient)(nil)
 )
+
+func (c *grpcClient) StartCapture(ctx context.Context, req *CaptureRequest) (*CaptureResponse, error) {
+	resp, err := c.c.StartCapture(ctx, captureRequestToPB(orNew(req)))
+	if err != nil {
+		return nil, c.fail(ctx, "StartCapture", err)
+	}
+	return captureResponseFromPB(resp), nil
+}
+
+func (c *grpcClient) StopCapture(ctx context.Context, req *CaptureRequest) (*CaptureResponse, error) {
+	resp, err := c.c.StopCapture(ctx, captureRequestToPB(orNew(req)))
+	if err != nil {
+		return nil, c.fail(ctx, "StopCapture", err)
+	}
+	return captureResponseFromPB(resp), nil
+}
 
 // callError is an *Error that also wraps the context error that ended the
 // call, so errors.Is(err, context.DeadlineExceeded) holds.

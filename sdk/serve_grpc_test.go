@@ -250,6 +250,12 @@ func TestWireUnsupportedOptionalInterfaces(t *testing.T) {
 	_, errs["AddPortForward"] = pf.AddPortForward(ctx, &sdk.PortForwardRequest{VM: vm, Type: "alpha"})
 	_, errs["RemovePortForward"] = pf.RemovePortForward(ctx, &sdk.PortForwardRequest{VM: vm, Type: "alpha"})
 	_, errs["ListPortForwards"] = pf.ListPortForwards(ctx, &sdk.ListPortForwardsRequest{VM: vm, Type: "alpha"})
+	cp, ok := p.(sdk.Capturer)
+	if !ok {
+		t.Fatal("the host's client is no sdk.Capturer")
+	}
+	_, errs["StartCapture"] = cp.StartCapture(ctx, &sdk.CaptureRequest{VM: vm, Type: "alpha", Path: "/tmp/x.pcap"})
+	_, errs["StopCapture"] = cp.StopCapture(ctx, &sdk.CaptureRequest{VM: vm, Type: "alpha"})
 	for name, err := range errs {
 		if sdk.CodeOf(err) != sdk.CodeUnsupported || !strings.Contains(err.Error(), `"alpha"`) {
 			t.Errorf("%s: %v (code %q), want unsupported naming the type", name, err, sdk.CodeOf(err))

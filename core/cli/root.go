@@ -95,11 +95,12 @@ Every configuration key is also a global flag, including the plugin keys
 		NewCmdConfig(f, out, nil),
 		NewCmdPlugin(f, out),
 		NewCmdDaemon(f, out),
+		NewCmdCapture(f, out, nil),
 		NewCmdVersion(f, out),
 	)
 	for _, c := range root.Commands() {
 		switch c.Name() {
-		case "show", "start", "stop", "suspend", "delete":
+		case "show", "start", "stop", "suspend", "delete", "capture":
 			c.ValidArgsFunction = completeVMs(f)
 		}
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/anka-net/anka/core/config"
 	"github.com/anka-net/anka/core/errs"
 	"github.com/anka-net/anka/core/vm"
+	"github.com/anka-net/anka/sdk"
 )
 
 // Client talks to the daemon of one state dir, starting it on demand.
@@ -312,4 +313,16 @@ func (c *Client) Ensure(ctx context.Context) error {
 		return nil
 	}
 	return c.start(ctx)
+}
+
+func (c *Client) Capture(ctx context.Context, name, path string, stop bool) (*sdk.CaptureResponse, error) {
+	op := opCaptureStart
+	if stop {
+		op = opCaptureStop
+	}
+	resp, err := c.call(ctx, op, &request{Name: name, Path: path})
+	if err != nil {
+		return nil, err
+	}
+	return resp.Capture, nil
 }

@@ -260,6 +260,8 @@ func (s *Server) dispatch(ctx context.Context, op string, req *request) response
 		if err == nil {
 			s.sup.restarted(l.Host, req.Type)
 		}
+	case opCaptureStart, opCaptureStop:
+		resp.Capture, err = l.Capture(ctx, req.Name, req.Path, op == opCaptureStop)
 	case opStatus:
 		resp.Daemon = s.status(ctx, l)
 	case opShutdown:

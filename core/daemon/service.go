@@ -11,8 +11,10 @@ import (
 	"errors"
 	"time"
 
+	"github.com/anka-net/anka/core/errs"
 	"github.com/anka-net/anka/core/plugins"
 	"github.com/anka-net/anka/core/vm"
+	"github.com/anka-net/anka/sdk"
 )
 
 // Service is what the CLI asks of whoever runs the lifecycle: the daemon
@@ -32,6 +34,9 @@ type Service interface {
 	Show(ctx context.Context, name string) (*vm.Status, error)
 	// RestartPlugin starts the plugin serving typ again and returns its pid.
 	RestartPlugin(ctx context.Context, typ string) (int, error)
+	// Capture starts (stop false) or stops recording a running VM's
+	// frames as pcap at path.
+	Capture(ctx context.Context, name, path string, stop bool) (*sdk.CaptureResponse, error)
 }
 
 // Local runs the lifecycle in this process.
@@ -127,4 +132,18 @@ func (l *Local) RestartPlugin(ctx context.Context, typ string) (int, error) {
 	}
 	ri, _ := plugins.Running(l.Host.StateDir, fd.Path)
 	return ri.Pid, nil
+}
+
+func (l *Local) Capture(ctx context.Context, name, path string, stop bool) (*sdk.CaptureResponse, error) {
+	if l.Host == nil {
+		return nil, errors.New("no plugin host in this process")
+	}
+	st, err := l.Manager.Get(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	if st.State == vm.Stopped {
+		return nil, errs.Statef("VM %s is stopped: start it, then capture its traffic", name)
+	}
+	return l.Host.Capture(ctx, st.VM, path, stop)
 }

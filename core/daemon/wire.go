@@ -9,6 +9,7 @@ import (
 	"github.com/anka-net/anka/core/errs"
 	"github.com/anka-net/anka/core/plugins"
 	"github.com/anka-net/anka/core/vm"
+	"github.com/anka-net/anka/sdk"
 )
 
 // The files a daemon keeps in the state dir.
@@ -37,6 +38,8 @@ const (
 	opRestartPlugin  = "restart-plugin"
 	opStatus         = "status"
 	opShutdown       = "shutdown"
+	opCaptureStart   = "capture-start"
+	opCaptureStop    = "capture-stop"
 	protocolVersion  = 1
 	protocolVersionH = "Anka-Daemon-Protocol"
 )
@@ -54,16 +57,19 @@ type request struct {
 	// RuleName names the rule to delete; Type the plugin to restart.
 	RuleName string `json:"rule_name,omitempty"`
 	Type     string `json:"type,omitempty"`
+	// Path is where a capture is written.
+	Path string `json:"path,omitempty"`
 }
 
 type response struct {
-	Status   *vm.Status      `json:"status,omitempty"`
-	Rule     *vm.PortForward `json:"rule,omitempty"`
-	Names    []string        `json:"names,omitempty"`
-	PID      int             `json:"pid,omitempty"`
-	Daemon   *Status         `json:"daemon,omitempty"`
-	Shutdown *ShutdownReport `json:"shutdown,omitempty"`
-	Error    *wireError      `json:"error,omitempty"`
+	Status   *vm.Status           `json:"status,omitempty"`
+	Rule     *vm.PortForward      `json:"rule,omitempty"`
+	Names    []string             `json:"names,omitempty"`
+	PID      int                  `json:"pid,omitempty"`
+	Daemon   *Status              `json:"daemon,omitempty"`
+	Shutdown *ShutdownReport      `json:"shutdown,omitempty"`
+	Capture  *sdk.CaptureResponse `json:"capture,omitempty"`
+	Error    *wireError           `json:"error,omitempty"`
 }
 
 // wireError keeps an error's kind (the CLI's exit code) and its sentence.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/anka-net/anka/core/errs"
 	"github.com/anka-net/anka/core/vm"
 	"github.com/anka-net/anka/sdk"
 )
@@ -120,3 +121,30 @@ func (h *Host) AfterResume(ctx context.Context, v *vm.VM) error {
 }
 
 var _ vm.Hooks = (*Host)(nil)
+
+// Capture starts (stop false) or stops recording v's frames to path.
+func (h *Host) Capture(ctx context.Context, v *vm.VM, path string, stop bool) (*sdk.CaptureResponse, error) {
+	if v.NetworkCard == nil {
+		return nil, errs.Statef("VM %s has no network card: there is no traffic to capture", v.Name)
+	}
+	typ := v.NetworkCard.Type
+	pl, err := h.Client(ctx, typ)
+	if err != nil {
+		return nil, err
+	}
+	c, ok := pl.(sdk.Capturer)
+	if !ok {
+		return nil, errs.Unavailablef("network type %s cannot capture traffic", typ)
+	}
+	req := &sdk.CaptureRequest{VM: ref(v), Type: typ, Path: path}
+	var resp *sdk.CaptureResponse
+	if stop {
+		resp, err = c.StopCapture(ctx, req)
+	} else {
+		resp, err = c.StartCapture(ctx, req)
+	}
+	if err != nil {
+		return nil, pluginError(typ, err)
+	}
+	return resp, nil
+}

@@ -1486,6 +1486,128 @@ func (x *ListPortForwardsResponse) GetRules() []*PortForward {
 	return nil
 }
 
+// CaptureRequest starts or stops recording one VM's frames as pcap.
+type CaptureRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Vm    *VMRef                 `protobuf:"bytes,1,opt,name=vm,proto3" json:"vm,omitempty"`
+	Type  string                 `protobuf:"bytes,2,opt,name=type,proto3" json:"type,omitempty"`
+	// Where the plugin writes the pcap file (StartCapture).
+	Path          string `protobuf:"bytes,3,opt,name=path,proto3" json:"path,omitempty"`
+	Snaplen       int32  `protobuf:"varint,4,opt,name=snaplen,proto3" json:"snaplen,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CaptureRequest) Reset() {
+	*x = CaptureRequest{}
+	mi := &file_proto_v1_anka_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CaptureRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CaptureRequest) ProtoMessage() {}
+
+func (x *CaptureRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_v1_anka_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CaptureRequest.ProtoReflect.Descriptor instead.
+func (*CaptureRequest) Descriptor() ([]byte, []int) {
+	return file_proto_v1_anka_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *CaptureRequest) GetVm() *VMRef {
+	if x != nil {
+		return x.Vm
+	}
+	return nil
+}
+
+func (x *CaptureRequest) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *CaptureRequest) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *CaptureRequest) GetSnaplen() int32 {
+	if x != nil {
+		return x.Snaplen
+	}
+	return 0
+}
+
+type CaptureResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Frames        uint64                 `protobuf:"varint,1,opt,name=frames,proto3" json:"frames,omitempty"`
+	Bytes         uint64                 `protobuf:"varint,2,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CaptureResponse) Reset() {
+	*x = CaptureResponse{}
+	mi := &file_proto_v1_anka_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CaptureResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CaptureResponse) ProtoMessage() {}
+
+func (x *CaptureResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_v1_anka_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CaptureResponse.ProtoReflect.Descriptor instead.
+func (*CaptureResponse) Descriptor() ([]byte, []int) {
+	return file_proto_v1_anka_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *CaptureResponse) GetFrames() uint64 {
+	if x != nil {
+		return x.Frames
+	}
+	return 0
+}
+
+func (x *CaptureResponse) GetBytes() uint64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
 var File_proto_v1_anka_proto protoreflect.FileDescriptor
 
 const file_proto_v1_anka_proto_rawDesc = "" +
@@ -1599,7 +1721,15 @@ const file_proto_v1_anka_proto_rawDesc = "" +
 	"\x02vm\x18\x01 \x01(\v2\x15.anka.plugin.v1.VMRefR\x02vm\x12\x12\n" +
 	"\x04type\x18\x02 \x01(\tR\x04type\"M\n" +
 	"\x18ListPortForwardsResponse\x121\n" +
-	"\x05rules\x18\x01 \x03(\v2\x1b.anka.plugin.v1.PortForwardR\x05rules2\xfd\x06\n" +
+	"\x05rules\x18\x01 \x03(\v2\x1b.anka.plugin.v1.PortForwardR\x05rules\"y\n" +
+	"\x0eCaptureRequest\x12%\n" +
+	"\x02vm\x18\x01 \x01(\v2\x15.anka.plugin.v1.VMRefR\x02vm\x12\x12\n" +
+	"\x04type\x18\x02 \x01(\tR\x04type\x12\x12\n" +
+	"\x04path\x18\x03 \x01(\tR\x04path\x12\x18\n" +
+	"\asnaplen\x18\x04 \x01(\x05R\asnaplen\"?\n" +
+	"\x0fCaptureResponse\x12\x16\n" +
+	"\x06frames\x18\x01 \x01(\x04R\x06frames\x12\x14\n" +
+	"\x05bytes\x18\x02 \x01(\x04R\x05bytes2\x9e\b\n" +
 	"\rNetworkPlugin\x12A\n" +
 	"\x04Info\x12\x1b.anka.plugin.v1.InfoRequest\x1a\x1c.anka.plugin.v1.InfoResponse\x12M\n" +
 	"\bValidate\x12\x1f.anka.plugin.v1.ValidateRequest\x1a .anka.plugin.v1.ValidateResponse\x12G\n" +
@@ -1611,7 +1741,9 @@ const file_proto_v1_anka_proto_rawDesc = "" +
 	"\x06Resume\x12\x1d.anka.plugin.v1.ResumeRequest\x1a\x1e.anka.plugin.v1.ResumeResponse\x12Y\n" +
 	"\x0eAddPortForward\x12\".anka.plugin.v1.PortForwardRequest\x1a#.anka.plugin.v1.PortForwardResponse\x12\\\n" +
 	"\x11RemovePortForward\x12\".anka.plugin.v1.PortForwardRequest\x1a#.anka.plugin.v1.PortForwardResponse\x12e\n" +
-	"\x10ListPortForwards\x12'.anka.plugin.v1.ListPortForwardsRequest\x1a(.anka.plugin.v1.ListPortForwardsResponseB.Z,github.com/anka-net/anka/sdk/proto/v1;ankav1b\x06proto3"
+	"\x10ListPortForwards\x12'.anka.plugin.v1.ListPortForwardsRequest\x1a(.anka.plugin.v1.ListPortForwardsResponse\x12O\n" +
+	"\fStartCapture\x12\x1e.anka.plugin.v1.CaptureRequest\x1a\x1f.anka.plugin.v1.CaptureResponse\x12N\n" +
+	"\vStopCapture\x12\x1e.anka.plugin.v1.CaptureRequest\x1a\x1f.anka.plugin.v1.CaptureResponseB.Z,github.com/anka-net/anka/sdk/proto/v1;ankav1b\x06proto3"
 
 var (
 	file_proto_v1_anka_proto_rawDescOnce sync.Once
@@ -1625,7 +1757,7 @@ func file_proto_v1_anka_proto_rawDescGZIP() []byte {
 	return file_proto_v1_anka_proto_rawDescData
 }
 
-var file_proto_v1_anka_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_proto_v1_anka_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_proto_v1_anka_proto_goTypes = []any{
 	(*PluginError)(nil),              // 0: anka.plugin.v1.PluginError
 	(*VMRef)(nil),                    // 1: anka.plugin.v1.VMRef
@@ -1653,60 +1785,67 @@ var file_proto_v1_anka_proto_goTypes = []any{
 	(*PortForwardResponse)(nil),      // 23: anka.plugin.v1.PortForwardResponse
 	(*ListPortForwardsRequest)(nil),  // 24: anka.plugin.v1.ListPortForwardsRequest
 	(*ListPortForwardsResponse)(nil), // 25: anka.plugin.v1.ListPortForwardsResponse
-	nil,                              // 26: anka.plugin.v1.Card.OptionsEntry
-	nil,                              // 27: anka.plugin.v1.ValidateRequest.SettingsEntry
-	nil,                              // 28: anka.plugin.v1.AttachRequest.SettingsEntry
-	nil,                              // 29: anka.plugin.v1.StatusResponse.CountersEntry
-	nil,                              // 30: anka.plugin.v1.StatusResponse.DetailsEntry
+	(*CaptureRequest)(nil),           // 26: anka.plugin.v1.CaptureRequest
+	(*CaptureResponse)(nil),          // 27: anka.plugin.v1.CaptureResponse
+	nil,                              // 28: anka.plugin.v1.Card.OptionsEntry
+	nil,                              // 29: anka.plugin.v1.ValidateRequest.SettingsEntry
+	nil,                              // 30: anka.plugin.v1.AttachRequest.SettingsEntry
+	nil,                              // 31: anka.plugin.v1.StatusResponse.CountersEntry
+	nil,                              // 32: anka.plugin.v1.StatusResponse.DetailsEntry
 }
 var file_proto_v1_anka_proto_depIdxs = []int32{
-	26, // 0: anka.plugin.v1.Card.options:type_name -> anka.plugin.v1.Card.OptionsEntry
+	28, // 0: anka.plugin.v1.Card.options:type_name -> anka.plugin.v1.Card.OptionsEntry
 	5,  // 1: anka.plugin.v1.InfoResponse.types:type_name -> anka.plugin.v1.TypeInfo
 	1,  // 2: anka.plugin.v1.ValidateRequest.vm:type_name -> anka.plugin.v1.VMRef
 	2,  // 3: anka.plugin.v1.ValidateRequest.card:type_name -> anka.plugin.v1.Card
-	27, // 4: anka.plugin.v1.ValidateRequest.settings:type_name -> anka.plugin.v1.ValidateRequest.SettingsEntry
+	29, // 4: anka.plugin.v1.ValidateRequest.settings:type_name -> anka.plugin.v1.ValidateRequest.SettingsEntry
 	1,  // 5: anka.plugin.v1.AttachRequest.vm:type_name -> anka.plugin.v1.VMRef
 	2,  // 6: anka.plugin.v1.AttachRequest.card:type_name -> anka.plugin.v1.Card
-	28, // 7: anka.plugin.v1.AttachRequest.settings:type_name -> anka.plugin.v1.AttachRequest.SettingsEntry
+	30, // 7: anka.plugin.v1.AttachRequest.settings:type_name -> anka.plugin.v1.AttachRequest.SettingsEntry
 	9,  // 8: anka.plugin.v1.AttachResponse.endpoint:type_name -> anka.plugin.v1.Endpoint
 	1,  // 9: anka.plugin.v1.DetachRequest.vm:type_name -> anka.plugin.v1.VMRef
 	1,  // 10: anka.plugin.v1.ReleaseRequest.vm:type_name -> anka.plugin.v1.VMRef
 	1,  // 11: anka.plugin.v1.StatusRequest.vm:type_name -> anka.plugin.v1.VMRef
-	29, // 12: anka.plugin.v1.StatusResponse.counters:type_name -> anka.plugin.v1.StatusResponse.CountersEntry
-	30, // 13: anka.plugin.v1.StatusResponse.details:type_name -> anka.plugin.v1.StatusResponse.DetailsEntry
+	31, // 12: anka.plugin.v1.StatusResponse.counters:type_name -> anka.plugin.v1.StatusResponse.CountersEntry
+	32, // 13: anka.plugin.v1.StatusResponse.details:type_name -> anka.plugin.v1.StatusResponse.DetailsEntry
 	1,  // 14: anka.plugin.v1.SuspendRequest.vm:type_name -> anka.plugin.v1.VMRef
 	1,  // 15: anka.plugin.v1.ResumeRequest.vm:type_name -> anka.plugin.v1.VMRef
 	1,  // 16: anka.plugin.v1.PortForwardRequest.vm:type_name -> anka.plugin.v1.VMRef
 	21, // 17: anka.plugin.v1.PortForwardRequest.rule:type_name -> anka.plugin.v1.PortForward
 	1,  // 18: anka.plugin.v1.ListPortForwardsRequest.vm:type_name -> anka.plugin.v1.VMRef
 	21, // 19: anka.plugin.v1.ListPortForwardsResponse.rules:type_name -> anka.plugin.v1.PortForward
-	3,  // 20: anka.plugin.v1.NetworkPlugin.Info:input_type -> anka.plugin.v1.InfoRequest
-	6,  // 21: anka.plugin.v1.NetworkPlugin.Validate:input_type -> anka.plugin.v1.ValidateRequest
-	8,  // 22: anka.plugin.v1.NetworkPlugin.Attach:input_type -> anka.plugin.v1.AttachRequest
-	11, // 23: anka.plugin.v1.NetworkPlugin.Detach:input_type -> anka.plugin.v1.DetachRequest
-	13, // 24: anka.plugin.v1.NetworkPlugin.Release:input_type -> anka.plugin.v1.ReleaseRequest
-	15, // 25: anka.plugin.v1.NetworkPlugin.Status:input_type -> anka.plugin.v1.StatusRequest
-	17, // 26: anka.plugin.v1.NetworkPlugin.Suspend:input_type -> anka.plugin.v1.SuspendRequest
-	19, // 27: anka.plugin.v1.NetworkPlugin.Resume:input_type -> anka.plugin.v1.ResumeRequest
-	22, // 28: anka.plugin.v1.NetworkPlugin.AddPortForward:input_type -> anka.plugin.v1.PortForwardRequest
-	22, // 29: anka.plugin.v1.NetworkPlugin.RemovePortForward:input_type -> anka.plugin.v1.PortForwardRequest
-	24, // 30: anka.plugin.v1.NetworkPlugin.ListPortForwards:input_type -> anka.plugin.v1.ListPortForwardsRequest
-	4,  // 31: anka.plugin.v1.NetworkPlugin.Info:output_type -> anka.plugin.v1.InfoResponse
-	7,  // 32: anka.plugin.v1.NetworkPlugin.Validate:output_type -> anka.plugin.v1.ValidateResponse
-	10, // 33: anka.plugin.v1.NetworkPlugin.Attach:output_type -> anka.plugin.v1.AttachResponse
-	12, // 34: anka.plugin.v1.NetworkPlugin.Detach:output_type -> anka.plugin.v1.DetachResponse
-	14, // 35: anka.plugin.v1.NetworkPlugin.Release:output_type -> anka.plugin.v1.ReleaseResponse
-	16, // 36: anka.plugin.v1.NetworkPlugin.Status:output_type -> anka.plugin.v1.StatusResponse
-	18, // 37: anka.plugin.v1.NetworkPlugin.Suspend:output_type -> anka.plugin.v1.SuspendResponse
-	20, // 38: anka.plugin.v1.NetworkPlugin.Resume:output_type -> anka.plugin.v1.ResumeResponse
-	23, // 39: anka.plugin.v1.NetworkPlugin.AddPortForward:output_type -> anka.plugin.v1.PortForwardResponse
-	23, // 40: anka.plugin.v1.NetworkPlugin.RemovePortForward:output_type -> anka.plugin.v1.PortForwardResponse
-	25, // 41: anka.plugin.v1.NetworkPlugin.ListPortForwards:output_type -> anka.plugin.v1.ListPortForwardsResponse
-	31, // [31:42] is the sub-list for method output_type
-	20, // [20:31] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	1,  // 20: anka.plugin.v1.CaptureRequest.vm:type_name -> anka.plugin.v1.VMRef
+	3,  // 21: anka.plugin.v1.NetworkPlugin.Info:input_type -> anka.plugin.v1.InfoRequest
+	6,  // 22: anka.plugin.v1.NetworkPlugin.Validate:input_type -> anka.plugin.v1.ValidateRequest
+	8,  // 23: anka.plugin.v1.NetworkPlugin.Attach:input_type -> anka.plugin.v1.AttachRequest
+	11, // 24: anka.plugin.v1.NetworkPlugin.Detach:input_type -> anka.plugin.v1.DetachRequest
+	13, // 25: anka.plugin.v1.NetworkPlugin.Release:input_type -> anka.plugin.v1.ReleaseRequest
+	15, // 26: anka.plugin.v1.NetworkPlugin.Status:input_type -> anka.plugin.v1.StatusRequest
+	17, // 27: anka.plugin.v1.NetworkPlugin.Suspend:input_type -> anka.plugin.v1.SuspendRequest
+	19, // 28: anka.plugin.v1.NetworkPlugin.Resume:input_type -> anka.plugin.v1.ResumeRequest
+	22, // 29: anka.plugin.v1.NetworkPlugin.AddPortForward:input_type -> anka.plugin.v1.PortForwardRequest
+	22, // 30: anka.plugin.v1.NetworkPlugin.RemovePortForward:input_type -> anka.plugin.v1.PortForwardRequest
+	24, // 31: anka.plugin.v1.NetworkPlugin.ListPortForwards:input_type -> anka.plugin.v1.ListPortForwardsRequest
+	26, // 32: anka.plugin.v1.NetworkPlugin.StartCapture:input_type -> anka.plugin.v1.CaptureRequest
+	26, // 33: anka.plugin.v1.NetworkPlugin.StopCapture:input_type -> anka.plugin.v1.CaptureRequest
+	4,  // 34: anka.plugin.v1.NetworkPlugin.Info:output_type -> anka.plugin.v1.InfoResponse
+	7,  // 35: anka.plugin.v1.NetworkPlugin.Validate:output_type -> anka.plugin.v1.ValidateResponse
+	10, // 36: anka.plugin.v1.NetworkPlugin.Attach:output_type -> anka.plugin.v1.AttachResponse
+	12, // 37: anka.plugin.v1.NetworkPlugin.Detach:output_type -> anka.plugin.v1.DetachResponse
+	14, // 38: anka.plugin.v1.NetworkPlugin.Release:output_type -> anka.plugin.v1.ReleaseResponse
+	16, // 39: anka.plugin.v1.NetworkPlugin.Status:output_type -> anka.plugin.v1.StatusResponse
+	18, // 40: anka.plugin.v1.NetworkPlugin.Suspend:output_type -> anka.plugin.v1.SuspendResponse
+	20, // 41: anka.plugin.v1.NetworkPlugin.Resume:output_type -> anka.plugin.v1.ResumeResponse
+	23, // 42: anka.plugin.v1.NetworkPlugin.AddPortForward:output_type -> anka.plugin.v1.PortForwardResponse
+	23, // 43: anka.plugin.v1.NetworkPlugin.RemovePortForward:output_type -> anka.plugin.v1.PortForwardResponse
+	25, // 44: anka.plugin.v1.NetworkPlugin.ListPortForwards:output_type -> anka.plugin.v1.ListPortForwardsResponse
+	27, // 45: anka.plugin.v1.NetworkPlugin.StartCapture:output_type -> anka.plugin.v1.CaptureResponse
+	27, // 46: anka.plugin.v1.NetworkPlugin.StopCapture:output_type -> anka.plugin.v1.CaptureResponse
+	34, // [34:47] is the sub-list for method output_type
+	21, // [21:34] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_proto_v1_anka_proto_init() }
@@ -1720,7 +1859,7 @@ func file_proto_v1_anka_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_v1_anka_proto_rawDesc), len(file_proto_v1_anka_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   31,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

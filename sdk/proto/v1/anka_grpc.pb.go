@@ -37,6 +37,8 @@ const (
 	NetworkPlugin_AddPortForward_FullMethodName    = "/anka.plugin.v1.NetworkPlugin/AddPortForward"
 	NetworkPlugin_RemovePortForward_FullMethodName = "/anka.plugin.v1.NetworkPlugin/RemovePortForward"
 	NetworkPlugin_ListPortForwards_FullMethodName  = "/anka.plugin.v1.NetworkPlugin/ListPortForwards"
+	NetworkPlugin_StartCapture_FullMethodName      = "/anka.plugin.v1.NetworkPlugin/StartCapture"
+	NetworkPlugin_StopCapture_FullMethodName       = "/anka.plugin.v1.NetworkPlugin/StopCapture"
 )
 
 // NetworkPluginClient is the client API for NetworkPlugin service.
@@ -61,6 +63,9 @@ type NetworkPluginClient interface {
 	AddPortForward(ctx context.Context, in *PortForwardRequest, opts ...grpc.CallOption) (*PortForwardResponse, error)
 	RemovePortForward(ctx context.Context, in *PortForwardRequest, opts ...grpc.CallOption) (*PortForwardResponse, error)
 	ListPortForwards(ctx context.Context, in *ListPortForwardsRequest, opts ...grpc.CallOption) (*ListPortForwardsResponse, error)
+	// Optional (sdk.Capturer).
+	StartCapture(ctx context.Context, in *CaptureRequest, opts ...grpc.CallOption) (*CaptureResponse, error)
+	StopCapture(ctx context.Context, in *CaptureRequest, opts ...grpc.CallOption) (*CaptureResponse, error)
 }
 
 type networkPluginClient struct {
@@ -181,6 +186,26 @@ func (c *networkPluginClient) ListPortForwards(ctx context.Context, in *ListPort
 	return out, nil
 }
 
+func (c *networkPluginClient) StartCapture(ctx context.Context, in *CaptureRequest, opts ...grpc.CallOption) (*CaptureResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CaptureResponse)
+	err := c.cc.Invoke(ctx, NetworkPlugin_StartCapture_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *networkPluginClient) StopCapture(ctx context.Context, in *CaptureRequest, opts ...grpc.CallOption) (*CaptureResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CaptureResponse)
+	err := c.cc.Invoke(ctx, NetworkPlugin_StopCapture_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // NetworkPluginServer is the server API for NetworkPlugin service.
 // All implementations must embed UnimplementedNetworkPluginServer
 // for forward compatibility.
@@ -203,6 +228,9 @@ type NetworkPluginServer interface {
 	AddPortForward(context.Context, *PortForwardRequest) (*PortForwardResponse, error)
 	RemovePortForward(context.Context, *PortForwardRequest) (*PortForwardResponse, error)
 	ListPortForwards(context.Context, *ListPortForwardsRequest) (*ListPortForwardsResponse, error)
+	// Optional (sdk.Capturer).
+	StartCapture(context.Context, *CaptureRequest) (*CaptureResponse, error)
+	StopCapture(context.Context, *CaptureRequest) (*CaptureResponse, error)
 	mustEmbedUnimplementedNetworkPluginServer()
 }
 
@@ -245,6 +273,12 @@ func (UnimplementedNetworkPluginServer) RemovePortForward(context.Context, *Port
 }
 func (UnimplementedNetworkPluginServer) ListPortForwards(context.Context, *ListPortForwardsRequest) (*ListPortForwardsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListPortForwards not implemented")
+}
+func (UnimplementedNetworkPluginServer) StartCapture(context.Context, *CaptureRequest) (*CaptureResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method StartCapture not implemented")
+}
+func (UnimplementedNetworkPluginServer) StopCapture(context.Context, *CaptureRequest) (*CaptureResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method StopCapture not implemented")
 }
 func (UnimplementedNetworkPluginServer) mustEmbedUnimplementedNetworkPluginServer() {}
 func (UnimplementedNetworkPluginServer) testEmbeddedByValue()                       {}
@@ -465,6 +499,42 @@ func _NetworkPlugin_ListPortForwards_Handler(srv interface{}, ctx context.Contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _NetworkPlugin_StartCapture_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CaptureRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NetworkPluginServer).StartCapture(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: NetworkPlugin_StartCapture_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NetworkPluginServer).StartCapture(ctx, req.(*CaptureRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _NetworkPlugin_StopCapture_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CaptureRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NetworkPluginServer).StopCapture(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: NetworkPlugin_StopCapture_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NetworkPluginServer).StopCapture(ctx, req.(*CaptureRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // NetworkPlugin_ServiceDesc is the grpc.ServiceDesc for NetworkPlugin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -515,6 +585,14 @@ var NetworkPlugin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListPortForwards",
 			Handler:    _NetworkPlugin_ListPortForwards_Handler,
+		},
+		{
+			MethodName: "StartCapture",
+			Handler:    _NetworkPlugin_StartCapture_Handler,
+		},
+		{
+			MethodName: "StopCapture",
+			Handler:    _NetworkPlugin_StopCapture_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
