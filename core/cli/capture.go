@@ -67,6 +67,7 @@ func captureRun(cmd *cobra.Command, o *CaptureOptions) error {
 		return err
 	}
 	ctx := cmd.Context()
+	os.Remove(tmp) // left by a capture that was killed
 	if _, err := sv.Capture(ctx, o.Name, tmp, false); err != nil {
 		os.Remove(tmp)
 		return err

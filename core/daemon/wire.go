@@ -2,12 +2,16 @@ package daemon
 
 import (
 	"errors"
+	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/anka-net/anka/core/config"
 	"github.com/anka-net/anka/core/errs"
 	"github.com/anka-net/anka/core/plugins"
+	"github.com/anka-net/anka/core/runtime"
 	"github.com/anka-net/anka/core/vm"
 	"github.com/anka-net/anka/sdk"
 )
@@ -122,15 +126,24 @@ type ShutdownReport struct {
 	KeptPlugins    []string `json:"kept_plugins"`
 }
 
-// LiveProcesses counts the plugin processes (by their reattach files)
-// still running under stateDir.
+// LiveProcesses counts what outlived a daemon under stateDir: plugin
+// processes (by their reattach files), QEMU processes (by their pid files)
+// and attached external VMs.
 func LiveProcesses(stateDir string) int {
-	files, _ := filepath.Glob(filepath.Join(stateDir, "plugins", "*", "reattach.json"))
 	n := 0
+	files, _ := filepath.Glob(filepath.Join(stateDir, "plugins", "*", "reattach.json"))
 	for _, f := range files {
 		if _, ok := plugins.Running(stateDir, filepath.Base(filepath.Dir(f))); ok {
 			n++
 		}
 	}
-	return n
+	pids, _ := filepath.Glob(filepath.Join(stateDir, "vms", "*", runtime.QEMUPid))
+	for _, f := range pids {
+		b, err := os.ReadFile(f)
+		if pid, _ := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 0 && runtime.ProcessAlive(pid) {
+			n++
+		}
+	}
+	ext, _ := filepath.Glob(filepath.Join(stateDir, "vms", "*", runtime.EndpointFile))
+	return n + len(ext)
 }

@@ -111,7 +111,11 @@ func (h *Host) connect(ctx context.Context, fd Found) (sdk.NetworkPlugin, error)
 	// new one must get the running VMs attached again.
 	_, statErr := os.Stat(ReattachFile(h.StateDir, fd.Path))
 	crashed := statErr == nil
-	if ri, ok := Running(h.StateDir, fd.Path); ok {
+	ri, ok := Running(h.StateDir, fd.Path)
+	if crashed && !ok {
+		h.removeSocket(ri)
+	}
+	if ok {
 		p, err = host.Reattach(ctx, ri, cfg)
 		var gone *host.NotRunningError
 		if err != nil && !errors.As(err, &gone) {
@@ -385,11 +389,13 @@ func (h *Host) StopPlugin(path string) error {
 	if p != nil {
 		p.Kill()
 	}
-	if ri, ok := Running(h.StateDir, path); ok {
+	ri, ok := Running(h.StateDir, path)
+	if ok {
 		if err := stopProcess(ri.Pid); err != nil {
 			return fmt.Errorf("stopping plugin %s (pid %d): %w", path, ri.Pid, err)
 		}
 	}
+	h.removeSocket(ri)
 	if err := os.Remove(ReattachFile(h.StateDir, path)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
@@ -413,4 +419,16 @@ func (h *Host) Capabilities(typ string) []string {
 		}
 	}
 	return nil
+}
+
+// removeSocket deletes the gRPC socket a dead plugin process left in the
+// private socket folder (a killed process cannot remove its own).
+func (h *Host) removeSocket(ri host.ReattachInfo) {
+	if ri.Network != "unix" || filepath.Dir(ri.Addr) != h.socketDir() {
+		return
+	}
+	if ri.Pid > 0 && runtime.ProcessAlive(ri.Pid) {
+		return
+	}
+	os.Remove(ri.Addr)
 }
