@@ -16,10 +16,10 @@ binary = anka-net-$(or $(BINARY_$(1)),$(1))
 PLUGIN_BINS := $(foreach p,$(PLUGINS),$(p):$(call binary,$(p)))
 
 # Debian packages the build, the tests and the demo need.
-APT_PKGS := qemu-system-x86 busybox-static cpio iproute2 binutils
+APT_PKGS := qemu-system-x86 busybox-static cpio iproute2 binutils nftables
 PROTO_PKGS := protobuf-compiler
 
-.PHONY: all deps go-check build guest test test-unit demo bench fuzz lint proto install clean
+.PHONY: all deps go-check build guest test test-unit demo demo-stop bench fuzz lint proto install clean
 
 all: build
 
@@ -41,7 +41,7 @@ build: go-check
 	@for pb in $(PLUGIN_BINS); do d=$${pb%%:*}; b=$${pb#*:}; \
 		echo "go build -o bin/$$b ./plugins/$$d"; go build -ldflags '$(LDFLAGS)' -o bin/$$b ./plugins/$$d || exit 1; done
 
-guest: deps
+guest: deps go-check
 	test/guest/build.sh $(GUEST_DIR)
 
 test: deps guest build lint
@@ -60,6 +60,9 @@ test-unit: go-check
 
 demo: deps guest build
 	test/demo.sh
+
+demo-stop:
+	test/demo.sh stop
 
 bench: go-check
 	go test -run '^$$' -bench . -benchmem ./... && cd sdk && go test -run '^$$' -bench . -benchmem ./...

@@ -29,6 +29,9 @@ type env struct {
 	bin   string
 	dir   string
 	extra []string
+	// ns runs anka (and so the daemon and plugins it starts) inside this
+	// network namespace.
+	ns string
 }
 
 var builtBin string
@@ -59,6 +62,8 @@ func TestMain(m *testing.M) {
 		builtBin: "github.com/anka-net/anka/cmd/anka",
 		filepath.Join(dir, "anka-net-disconnected"): "github.com/anka-net/anka/plugins/disconnected",
 		filepath.Join(dir, "anka-net-segment"):      "github.com/anka-net/anka/plugins/example",
+		filepath.Join(dir, "anka-net-shared"):       "github.com/anka-net/anka/plugins/shared",
+		filepath.Join(dir, "anka-net-host"):         "github.com/anka-net/anka/plugins/host",
 	} {
 		cmd := exec.Command("go", "build", "-o", out, pkg)
 		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
@@ -103,6 +108,9 @@ type result struct {
 func (e *env) run(args ...string) result {
 	e.t.Helper()
 	cmd := exec.Command(e.bin, args...)
+	if e.ns != "" {
+		cmd = exec.Command("ip", append([]string{"netns", "exec", e.ns, e.bin}, args...)...)
+	}
 	cmd.Env = append([]string{
 		"PATH=" + os.Getenv("PATH"),
 		"HOME=" + e.dir,

@@ -24,7 +24,7 @@ mkdir -p "$CACHE"
 CACHE=$(cd "$CACHE" && pwd)
 
 # Guest files copied into the initramfs (all but docs), plus this script.
-GUEST_FILES=(init udhcpc.script power-button.sh)
+GUEST_FILES=(init udhcpc.script power-button.sh udpecho/main.go)
 BUSYBOX=/bin/busybox
 
 # Modules the guest needs; their dependencies are resolved from the
@@ -180,6 +180,9 @@ install -m 0755 "$SRC/udhcpc.script" "$STAGE/etc/udhcpc.script"
 # busybox acpid maps the power button (KEY_POWER) to the action PWRF/00000080,
 # which it runs from its config dir /etc/acpi.
 install -m 0755 "$SRC/power-button.sh" "$STAGE/etc/acpi/PWRF/00000080"
+# UDP echo on port 7 (busybox nc has no UDP): a static Go binary.
+command -v go >/dev/null || die "go not found: the guest's UDP echo service is built with Go (see README.md)"
+(cd "$SRC/udpecho" && CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o "$STAGE/bin/udpecho" .) || die "building udpecho failed"
 for m in "${ORDER[@]}"; do
 	cp "${KO[$m]}" "$STAGE/lib/modules/$m.ko"
 done
