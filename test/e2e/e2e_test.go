@@ -52,6 +52,18 @@ func TestMain(m *testing.M) {
 			os.Exit(2)
 		}
 	}
+	// Tests start network plugins (TAPs, nftables, sysctls): as root, the
+	// whole run happens again in network and mount namespaces of its own,
+	// so nothing reaches the host's interfaces, routes or firewall even
+	// when a test forgets to make a namespace.
+	if os.Geteuid() == 0 && os.Getenv("ANKA_E2E_ISOLATED") == "" {
+		os.Exit(isolated())
+	}
+	if os.Getenv("ANKA_E2E_ISOLATED") != "" {
+		if out, err := exec.Command("ip", "link", "set", "lo", "up").CombinedOutput(); err != nil {
+			panic(fmt.Sprintf("loopback up in the test namespace: %v: %s", err, out))
+		}
+	}
 	dir, err := os.MkdirTemp("", "anka-e2e-bin-")
 	if err != nil {
 		panic(err)
@@ -74,6 +86,22 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
+}
+
+// isolated runs this test binary again under unshare(1) in new network
+// and mount namespaces and returns its exit code.
+func isolated() int {
+	cmd := exec.Command("unshare", append([]string{"--net", "--mount", "--propagation", "private", "--", os.Args[0]}, os.Args[1:]...)...)
+	cmd.Env = append(os.Environ(), "ANKA_E2E_ISOLATED=1")
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	if err := cmd.Run(); err != nil {
+		if ee, ok := err.(*exec.ExitError); ok {
+			return ee.ExitCode()
+		}
+		fmt.Fprintln(os.Stderr, "e2e: running the tests in namespaces of their own:", err)
+		return 1
+	}
+	return 0
 }
 
 func newEnv(t *testing.T) *env {
@@ -335,8 +363,16 @@ func TestRealGuestLifecycle(t *testing.T) {
 	t.Cleanup(func() { e.run("delete", "--force", "g1") })
 	e.ok("create", "g1", "--kernel", filepath.Join(g, "vmlinuz"), "--initrd", filepath.Join(g, "initrd.img"), "--ram", "256M")
 
-	// Card 0 is shared and no plugin serves it yet: start says so.
+	// Card 0 is shared and no plugin serves it (anka alone in its folder,
+	// an empty plugin_dir): start says so.
+	alone := filepath.Join(e.dir, "alone", "anka")
+	os.MkdirAll(filepath.Dir(alone), 0o755)
+	if b, err := os.ReadFile(e.bin); err != nil || os.WriteFile(alone, b, 0o755) != nil {
+		t.Fatalf("copying anka: %v", err)
+	}
+	e.bin = alone
 	r := e.run("start", "g1")
+	e.bin = builtBin
 	if r.code == 0 || !strings.Contains(r.stderr, `"shared"`) || !strings.Contains(r.stderr, "delete network-card") {
 		t.Fatalf("start with an unserved card: exit %d, %s", r.code, r.stderr)
 	}
