@@ -16,7 +16,7 @@ binary = anka-net-$(or $(BINARY_$(1)),$(1))
 PLUGIN_BINS := $(foreach p,$(PLUGINS),$(p):$(call binary,$(p)))
 
 # Debian packages the build, the tests and the demo need.
-APT_PKGS := qemu-system-x86 busybox-static cpio iproute2 binutils nftables
+APT_PKGS := qemu-system-x86 busybox-static cpio iproute2 binutils nftables dnsmasq-base
 PROTO_PKGS := protobuf-compiler
 
 .PHONY: all deps go-check build guest test test-unit demo demo-stop bench fuzz lint proto install clean

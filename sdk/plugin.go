@@ -148,6 +148,12 @@ type TypeInfo struct {
 	Endpoints []EndpointKind `json:"endpoints,omitempty"`
 }
 
+// OriginKey is the settings key that says where key's value came from:
+// settings[OriginKey("bridge_name")] is e.g. "env ANKA_BRIDGE_NAME",
+// "flag --bridge-name", "user config /root/.config/anka/config.yaml" or
+// "built-in default", for a plugin to tell a user why it chose a value.
+func OriginKey(key string) string { return key + ".origin" }
+
 // ValidateRequest carries a card to check.
 type ValidateRequest struct {
 	VM   VMRef

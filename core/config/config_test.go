@@ -867,6 +867,10 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	if e, _ := back.Get("bridge_name"); e.Origin() != "env ANKA_BRIDGE_NAME" {
 		t.Fatalf("origin lost: %s", e.Origin())
 	}
+	// Plugins get each value with where it came from.
+	if st := back.Settings(); st["bridge_name"] != "eth7" || st["bridge_name.origin"] != "env ANKA_BRIDGE_NAME" || st["mtu.origin"] != "user config "+user {
+		t.Fatalf("settings: bridge_name %q from %q, mtu from %q", st["bridge_name"], st["bridge_name.origin"], st["mtu.origin"])
+	}
 	// A snapshot is checked again: a bad value is refused with its origin.
 	s := cfg.Snapshot()
 	for i := range s.Entries {

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/anka-net/anka/core/errs"
+	"github.com/anka-net/anka/sdk"
 )
 
 // Options says where Load finds its layers. The zero value reads the
@@ -384,11 +385,16 @@ func broadcast(p netip.Prefix) netip.Addr {
 // Settings are the effective values of every key but the plugin entries:
 // what the core hands each plugin (subnets, lease time, MTU, ...), so a
 // plugin never reads the core's files.
+//
+// Each key also comes with sdk.OriginKey(key) saying where its value came
+// from ("env ANKA_BRIDGE_NAME", "built-in default"), so a plugin can tell a
+// user why it chose what it chose.
 func (c *Config) Settings() map[string]string {
 	m := map[string]string{}
 	for _, e := range c.Entries() {
 		if !strings.HasPrefix(e.Key, "plugins.") {
 			m[e.Key] = e.Value
+			m[sdk.OriginKey(e.Key)] = e.Origin()
 		}
 	}
 	return m

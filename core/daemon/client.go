@@ -18,6 +18,7 @@ import (
 
 	"github.com/anka-net/anka/core/config"
 	"github.com/anka-net/anka/core/errs"
+	"github.com/anka-net/anka/core/fsutil"
 	"github.com/anka-net/anka/core/vm"
 	"github.com/anka-net/anka/sdk"
 )
@@ -175,8 +176,11 @@ func (c *Client) waitListening(deadline time.Time) bool {
 			conn.Close()
 			return true
 		}
-		if _, err := os.Stat(filepath.Join(c.StateDir, PIDName)); err != nil {
-			return false
+		// Whoever won holds the daemon lock from before it listens.
+		l, err := fsutil.TryLockFile(filepath.Join(c.StateDir, LockName))
+		if err == nil {
+			l.Unlock()
+			return false // nobody is about to listen
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

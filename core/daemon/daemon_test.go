@@ -253,3 +253,43 @@ func TestEachCallBringsItsConfig(t *testing.T) {
 		t.Fatalf("bridge_name per call: %v", seen)
 	}
 }
+
+// Commands racing to start the daemon all end up talking to the one that
+// won the lock.
+func TestConcurrentStartsShareOneDaemon(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds anka")
+	}
+	dir := t.TempDir()
+	exe := filepath.Join(dir, "anka")
+	if out, err := exec.Command("go", "build", "-o", exe, "github.com/anka-net/anka/cmd/anka").CombinedOutput(); err != nil {
+		t.Fatalf("building anka: %v\n%s", err, out)
+	}
+	env := map[string]string{"ANKA_STATE_DIR": filepath.Join(dir, "state"), "ANKA_CONFIG": filepath.Join(dir, "u.yaml"),
+		"ANKA_SYSTEM_CONFIG": filepath.Join(dir, "s.yaml"), "ANKA_PLUGIN_DIR": filepath.Join(dir, "plugins")}
+	var envList []string
+	for k, v := range env {
+		envList = append(envList, k+"="+v)
+	}
+	cfg, err := config.Load(config.Options{LookupEnv: func(k string) (string, bool) { v, ok := env[k]; return v, ok }, Environ: func() []string { return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error, 8)
+	for range 8 {
+		go func() {
+			c := &Client{Config: cfg.Snapshot(), StateDir: cfg.StateDir, Exe: exe, Env: envList}
+			_, err := c.Status(context.Background())
+			errc <- err
+		}()
+	}
+	for range 8 {
+		if err := <-errc; err != nil {
+			t.Errorf("a racing command: %v", err)
+		}
+	}
+	c := &Client{Config: cfg.Snapshot(), StateDir: cfg.StateDir, NoStart: true}
+	if _, err := c.Shutdown(context.Background(), true); err != nil {
+		t.Fatal(err)
+	}
+}
