@@ -219,3 +219,41 @@ func TestCompletionListsVMs(t *testing.T) {
 		t.Fatalf("bash completion script: %.80q", out)
 	}
 }
+
+func TestCaptureRefusesBadInput(t *testing.T) {
+	h := newHarness(t)
+	h.ok("create", "vm1", "--kernel", h.kernel())
+	for _, tc := range []struct {
+		args []string
+		code errs.Kind
+		want string
+	}{
+		{[]string{"capture", "vm1"}, errs.Invalid, "needs -w FILE"},
+		{[]string{"capture", "vm1", "-w", filepath.Join(h.dir, "x.pcap"), "--duration", "-1s"}, errs.Invalid, "negative"},
+		{[]string{"capture", "vm1", "-w", filepath.Join(h.dir, "no", "x.pcap")}, errs.Invalid, "does not exist"},
+		{[]string{"capture", "vm1", "-w", h.dir}, errs.Invalid, "is a folder"},
+		{[]string{"capture", "vm1", "-w", filepath.Join(h.dir, "x.pcap")}, errs.State, "is stopped"},
+		{[]string{"capture", "nope", "-w", filepath.Join(h.dir, "x.pcap")}, errs.NotFound, "nope"},
+	} {
+		_, errOut, code := h.run(tc.args...)
+		if code != int(tc.code) || !strings.Contains(errOut, tc.want) {
+			t.Errorf("anka %v: exit %d %q, want %d with %q", tc.args, code, errOut, tc.code, tc.want)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(h.dir, "x.pcap")); err == nil {
+		t.Error("a refused capture left a file")
+	}
+}
+
+// start with --no-wait, and a card no plugin reports on, returns at once.
+func TestStartNoWait(t *testing.T) {
+	h := newHarness(t)
+	h.ok("create", "vm1", "--kernel", h.kernel())
+	h.ok("modify", "vm1", "delete", "network-card")
+	if out := h.ok("start", "--no-wait", "vm1"); !strings.Contains(out, "vm1 is running") || strings.Contains(out, "ip ") {
+		t.Fatalf("start --no-wait: %s", out)
+	}
+	if _, errOut, code := h.run("start", "--timeout", "-1s", "vm1"); code != int(errs.Invalid) || !strings.Contains(errOut, "--timeout -1s") {
+		t.Fatalf("start with a bad timeout: exit %d %s", code, errOut)
+	}
+}

@@ -48,6 +48,9 @@ func lifecycleCmd(f *Factory, out *output, use, short string, runF func(*Lifecyc
 // NewCmdStart builds `anka start NAME`; a suspended VM is resumed.
 func NewCmdStart(f *Factory, out *output, runF func(*LifecycleOptions) error) *cobra.Command {
 	cmd, opts := lifecycleCmd(f, out, "start", "Start a VM, or resume a suspended one, and wait until it has its network address", runF, func(cmd *cobra.Command, o *LifecycleOptions) error {
+		if !o.NoWait && o.Timeout <= 0 {
+			return invalidf("--timeout %s is not positive: give how long to wait for the address, such as 2m, or --no-wait", o.Timeout)
+		}
 		return transition(cmd, o, func(sv daemon.Service) (*vm.Status, error) {
 			st, err := sv.Start(cmd.Context(), o.Name)
 			if err != nil || o.NoWait {
@@ -91,6 +94,9 @@ func waitForAddress(cmd *cobra.Command, o *LifecycleOptions, sv daemon.Service, 
 		}
 		if cur.Network != nil && cur.Network.IP != "" {
 			return cur, nil
+		}
+		if cur.Network == nil && cur.NetworkError == "" {
+			return cur, nil // no plugin reports on this card: nothing to wait for
 		}
 		if cur.Network != nil && !slices.Contains(cur.NetworkCaps, sdk.CapAddress) {
 			return cur, nil // this type gives no address to wait for
