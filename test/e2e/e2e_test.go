@@ -76,6 +76,7 @@ func TestMain(m *testing.M) {
 		filepath.Join(dir, "anka-net-segment"):      "github.com/anka-net/anka/plugins/example",
 		filepath.Join(dir, "anka-net-shared"):       "github.com/anka-net/anka/plugins/shared",
 		filepath.Join(dir, "anka-net-host"):         "github.com/anka-net/anka/plugins/host",
+		filepath.Join(dir, "anka-net-bridge"):       "github.com/anka-net/anka/plugins/bridge",
 	} {
 		cmd := exec.Command("go", "build", "-o", out, pkg)
 		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
