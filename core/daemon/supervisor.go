@@ -105,6 +105,11 @@ func (s *supervisor) check(ctx context.Context, adopting bool) {
 		}
 		return
 	}
+	// A VM whose process died on its own gives its port and forwards back
+	// now, not at the next command about it.
+	if err := l.Manager.ReconcileAll(ctx); err != nil {
+		s.log.Warn("releasing the network of a VM that stopped on its own", "err", err)
+	}
 	h := l.Host
 	seen := map[string]bool{}
 	for _, fd := range h.Finder.All() {

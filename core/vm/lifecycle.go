@@ -366,3 +366,27 @@ func (m *Manager) deleteLocked(ctx context.Context, v *VM, force bool) error {
 	}
 	return m.Store.Remove(name)
 }
+
+// ReconcileAll finds VMs whose process died on its own (kill -9, a guest
+// crash) and runs their stop hook now, so their network ports and port
+// forwards are released without waiting for a command about them. Their
+// addresses stay reserved.
+func (m *Manager) ReconcileAll(ctx context.Context) error {
+	vms, _, err := m.Store.List()
+	if err != nil {
+		return err
+	}
+	var errList []error
+	for _, v := range vms {
+		if v.State == Stopped {
+			continue
+		}
+		if st, _, err := m.effectiveState(ctx, v); err != nil || st != Stopped {
+			continue
+		}
+		if err := m.withVM(ctx, v.Name, false, func(*VM) error { return nil }); err != nil {
+			errList = append(errList, err)
+		}
+	}
+	return errors.Join(errList...)
+}

@@ -425,3 +425,36 @@ func TestRAM(t *testing.T) {
 		t.Fatal(FormatRAM(2048), FormatRAM(512))
 	}
 }
+
+// A VM whose process died is reconciled by ReconcileAll: stopped, with
+// its stop hook run once.
+func TestReconcileAll(t *testing.T) {
+	m, rt, hooks := newManager(t)
+	ctx := context.Background()
+	for _, name := range []string{"a", "b"} {
+		if err := m.Create(ctx, &VM{Name: name, UUID: NewUUID(), Runtime: RuntimeSpec{Kernel: "/k", CPU: 1, RAMMiB: 256}}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := m.Start(ctx, name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rt.Crash(m.Store.Dir("a"))
+	hooks.take()
+	if err := m.ReconcileAll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := hooks.take(); got != "after-stop" {
+		t.Fatalf("hooks after one VM died: %q, want one after-stop", got)
+	}
+	if v, _ := m.Store.Get("a"); v.State != Stopped {
+		t.Fatalf("a is %s after its process died", v.State)
+	}
+	if v, _ := m.Store.Get("b"); v.State != Running {
+		t.Fatalf("b is %s", v.State)
+	}
+	m.ReconcileAll(ctx)
+	if got := hooks.take(); got != "" {
+		t.Fatalf("hooks ran again: %q", got)
+	}
+}

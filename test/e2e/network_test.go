@@ -307,6 +307,29 @@ func TestSharedNetwork(t *testing.T) {
 		t.Fatalf("nftables tables after the restart:\n%s", out)
 	}
 
+	// kill -9 of QEMU: the daemon reports the VM stopped and releases its
+	// port and forwards on its own; its address stays reserved for it.
+	var s1 struct{ PID int }
+	json.Unmarshal(e.jsonOK("show", "s1"), &s1)
+	syscall.Kill(s1.PID, syscall.SIGKILL)
+	waitFor(t, "the forward of the killed VM to close", 15*time.Second, func() bool {
+		var err error
+		l.host.Run(func() error {
+			var c net.Conn
+			if c, err = net.DialTimeout("tcp", "127.0.0.1:18080", time.Second); err == nil {
+				c.Close()
+			}
+			return nil
+		})
+		return err != nil
+	})
+	if out := e.ok("list"); !strings.Contains(out, "stopped") {
+		t.Fatalf("list after QEMU was killed:\n%s", out)
+	}
+	if again := l.start("s1"); again != ip {
+		t.Fatalf("after its QEMU was killed s1 got %s, before %s", again, ip)
+	}
+
 	// Everything stopped: no TAP, no table, no QEMU, no socket left.
 	e.ok("daemon", "stop", "--all")
 	if out := l.host.IP(t, "link", "show"); strings.Contains(out, "anka-shared0") {
