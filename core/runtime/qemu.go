@@ -64,14 +64,21 @@ type QEMUOptions struct {
 	// vCPU with -cpu host (probed once, in a nested VM /dev/kvm may open
 	// but fail at the first vCPU), else TCG software emulation.
 	KVM *bool
+	// VhostNet forces the kernel's vhost-net backend for a TAP NIC on or
+	// off; nil means automatic: on when /dev/vhost-net opens read-write.
+	// The guest's frames then go between its virtio queues and the TAP
+	// in the kernel, without QEMU's I/O thread.
+	VhostNet *bool
 }
 
 // QEMU runs VMs as daemonized qemu-system-x86_64 processes controlled over
 // QMP. The zero value is not usable; call NewQEMU.
 type QEMU struct {
-	opts    QEMUOptions
-	kvmOnce sync.Once
-	kvm     bool
+	opts      QEMUOptions
+	kvmOnce   sync.Once
+	kvm       bool
+	vhostOnce sync.Once
+	vhost     bool
 }
 
 var _ Runtime = (*QEMU)(nil)
@@ -108,6 +115,26 @@ func (q *QEMU) useKVM() bool {
 	}
 	q.kvmOnce.Do(func() { q.kvm = probeKVM(q.binary()) })
 	return q.kvm
+}
+
+// useVhostNet decides the TAP backend.
+func (q *QEMU) useVhostNet() bool {
+	if q.opts.VhostNet != nil {
+		return *q.opts.VhostNet
+	}
+	q.vhostOnce.Do(func() { q.vhost = probeVhostNet() })
+	return q.vhost
+}
+
+// probeVhostNet reports whether /dev/vhost-net opens read-write, as QEMU
+// opens it for vhost=on (which fails the start when it cannot).
+func probeVhostNet() bool {
+	f, err := os.OpenFile("/dev/vhost-net", os.O_RDWR, 0)
+	if err != nil {
+		return false
+	}
+	f.Close()
+	return true
 }
 
 // probeKVM reports whether /dev/kvm opens read-write and QEMU can run a KVM
@@ -337,6 +364,9 @@ func (q *QEMU) Args(s *Spec) ([]string, error) {
 		netdev = "stream,id=" + nicID + ",server=off,addr.type=unix,addr.path=" + escapeOpt(n.Path)
 	case NICTap:
 		netdev = "tap,id=" + nicID + ",ifname=" + n.TAP + ",script=no,downscript=no"
+		if q.useVhostNet() {
+			netdev += ",vhost=on"
+		}
 	}
 	model := n.Model
 	if model == "" {

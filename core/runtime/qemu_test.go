@@ -186,12 +186,51 @@ func TestArgsTable(t *testing.T) {
 			if tc.spec != nil {
 				tc.spec(s)
 			}
-			a, err := NewQEMU(QEMUOptions{KVM: ptr(tc.kvm)}).Args(s)
+			a, err := NewQEMU(QEMUOptions{KVM: ptr(tc.kvm), VhostNet: ptr(false)}).Args(s)
 			if err != nil {
 				t.Fatal(err)
 			}
 			tc.check(t, a)
 		})
+	}
+}
+
+// TestArgsVhostNet: a TAP NIC gets the kernel's vhost-net backend when
+// asked for (automatic: when /dev/vhost-net opens); sockets never do.
+func TestArgsVhostNet(t *testing.T) {
+	spec := func(nic *NIC) *Spec {
+		return &Spec{Name: "vm1", Dir: "/vms/vm1", Kernel: "/k", NIC: nic}
+	}
+	tap := &NIC{Kind: NICTap, TAP: "aks1a2b3c4d", LinkUp: true}
+	dgram := &NIC{Kind: NICDgram, Path: "/run/p.sock", LocalPath: "/run/v.sock", LinkUp: true}
+	for _, tc := range []struct {
+		name  string
+		vhost *bool
+		nic   *NIC
+		want  string
+	}{
+		{"tap with vhost", ptr(true), tap, "tap,id=n0,ifname=aks1a2b3c4d,script=no,downscript=no,vhost=on"},
+		{"tap without", ptr(false), tap, "tap,id=n0,ifname=aks1a2b3c4d,script=no,downscript=no"},
+		{"dgram never", ptr(true), dgram, "dgram,id=n0,local.type=unix,local.path=/run/v.sock,remote.type=unix,remote.path=/run/p.sock"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, err := NewQEMU(QEMUOptions{KVM: ptr(false), VhostNet: tc.vhost}).Args(spec(tc.nic))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if v, _ := valueOf(a, "-netdev"); v != tc.want {
+				t.Errorf("-netdev %q; want %q", v, tc.want)
+			}
+		})
+	}
+	// Automatic follows the device.
+	a, err := NewQEMU(QEMUOptions{KVM: ptr(false)}).Args(spec(tap))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, _ := valueOf(a, "-netdev")
+	if got, want := strings.HasSuffix(v, ",vhost=on"), probeVhostNet(); got != want {
+		t.Errorf("automatic: -netdev %q; /dev/vhost-net usable: %v", v, want)
 	}
 }
 

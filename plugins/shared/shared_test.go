@@ -58,17 +58,32 @@ func inRange(ip netip.Addr) bool {
 }
 
 // TestSharedNetwork: a guest gets a lease by udhcpc, the host and the
-// guest reach each other through the TAP, the guest reaches the outside
-// through NAT and resolves a name through the gateway.
+// guest reach each other, the guest reaches the outside through NAT and
+// resolves a name through the gateway; on both paths: a QEMU VM on its
+// TAP on the kernel bridge, and a socket VM on the user-space switch.
 func TestSharedNetwork(t *testing.T) {
 	routedtest.Skip(t)
+	for _, tc := range []struct {
+		name  string
+		kinds []sdk.EndpointKind
+		want  sdk.EndpointKind
+		path  string
+	}{
+		{"kernel bridge", routedtest.QEMU, sdk.EndpointTAP, "kernel bridge (TAP aks"},
+		{"user-space switch", routedtest.Sockets, sdk.EndpointDgram, "user-space switch"},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testSharedNetwork(t, tc.kinds, tc.want, tc.path) })
+	}
+}
+
+func testSharedNetwork(t *testing.T, kinds []sdk.EndpointKind, want sdk.EndpointKind, path string) {
 	outside := routedtest.Outside(t)
 	routedtest.ServeDNS(t, "web.outside.test", routedtest.OutsideAddr)
 	p := start(t, t.TempDir(), nil)
 	vm := vmRef("vm1")
-	g, ep := routedtest.Attach(t, p, vm, sdk.Card{Type: "shared", DynamicMAC: dyn(1)})
-	if ep.Kind != sdk.EndpointDgram || ep.MTU != 1500 || !ep.LinkUp || ep.MAC != dyn(1) {
-		t.Errorf("endpoint %+v", ep)
+	g, ep := routedtest.AttachWith(t, p, vm, sdk.Card{Type: "shared", DynamicMAC: dyn(1)}, kinds)
+	if ep.Kind != want || ep.MTU != 1500 || !ep.LinkUp || ep.MAC != dyn(1) {
+		t.Errorf("endpoint %+v; want %s", ep, want)
 	}
 	pcap := filepath.Join(t.TempDir(), "vm1.pcap")
 	ctx := context.Background()
@@ -88,6 +103,9 @@ func TestSharedNetwork(t *testing.T) {
 	st := status(t, p, vm)
 	if st.IP != l.IP.String() || !st.Attached || st.LeaseExpiry.Before(time.Now().Add(23*time.Hour)) {
 		t.Errorf("Status: IP %q attached %v expiry %v; the guest got %v", st.IP, st.Attached, st.LeaseExpiry, l.IP)
+	}
+	if !strings.HasPrefix(st.Path, path) {
+		t.Errorf("Status: path %q; want %q...", st.Path, path)
 	}
 	if !lantest.Ping(5*time.Second, "busybox", "ping", "-c", "1", "-W", "1", l.IP.String()) {
 		t.Error("the host cannot ping the guest")
@@ -357,7 +375,7 @@ func TestRestartKeepsTheLease(t *testing.T) {
 }
 
 // TestBinaryStartsAndStops: the built plugin sets the network up when it
-// starts and removes the TAP and the nftables table when anka stops it;
+// starts and removes the bridge and the nftables tables when anka stops it;
 // after a kill -9 the next start cleans up what was left.
 func TestBinaryStartsAndStops(t *testing.T) {
 	routedtest.Skip(t)
@@ -375,7 +393,13 @@ func TestBinaryStartsAndStops(t *testing.T) {
 		}
 		return pl
 	}
-	up := func() bool { return routedtest.LinkExists("anka-shared0") && routedtest.TableExists(t, "anka-shared") }
+	up := func() bool {
+		return routedtest.LinkExists("anka-shared0") && routedtest.TableExists(t, "anka-shared") && routedtest.BridgeTableExists(t, "anka-br-shared")
+	}
+	gone := func() bool {
+		return !routedtest.LinkExists("anka-shared0") && !routedtest.LinkExists("anka-sharedsw") &&
+			!routedtest.TableExists(t, "anka-shared") && !routedtest.BridgeTableExists(t, "anka-br-shared")
+	}
 	defer func() {
 		if t.Failed() {
 			b, _ := os.ReadFile(filepath.Join(cfg.DataDir, "plugin.log"))
@@ -385,11 +409,11 @@ func TestBinaryStartsAndStops(t *testing.T) {
 
 	pl := launch()
 	if !up() {
-		t.Fatal("the started plugin has no TAP anka-shared0 or no table anka-shared")
+		t.Fatal("the started plugin has no bridge anka-shared0 or no tables anka-shared")
 	}
 	pl.Kill() // gracefully: go-plugin's shutdown call
-	if routedtest.LinkExists("anka-shared0") || routedtest.TableExists(t, "anka-shared") {
-		t.Fatal("the stopped plugin left its TAP or its table")
+	if !gone() {
+		t.Fatal("the stopped plugin left its bridge, uplink or a table")
 	}
 
 	pl = launch()
@@ -408,8 +432,8 @@ func TestBinaryStartsAndStops(t *testing.T) {
 		t.Fatal("the plugin started after a crash has no network")
 	}
 	pl.Kill()
-	if routedtest.LinkExists("anka-shared0") || routedtest.TableExists(t, "anka-shared") {
-		t.Fatal("the stopped plugin left its TAP or its table")
+	if !gone() {
+		t.Fatal("the stopped plugin left its bridge, uplink or a table")
 	}
 }
 

@@ -1,8 +1,15 @@
 // Package routed is a routed network type on the host: the glue between
 // the plugin protocol (sdk) and the data plane (sdk/netkit/lan for the
-// switch, DHCP and VM ports; hostnet for the TAP holding the gateway and the
-// nftables rules; dnsfwd; portfwd). plugins/shared (types shared and static,
-// NAT) and plugins/host (type host, isolated) are two Networks of it.
+// switch, DHCP and VM ports; hostnet for the bridge holding the gateway,
+// the VMs' TAPs on it and the nftables rules; dnsfwd; portfwd).
+// plugins/shared (types shared and static, NAT) and plugins/host (type
+// host, isolated) are two Networks of it.
+//
+// Two paths, one network: a VM whose runtime takes a TAP (QEMU) and that
+// has no internal MAC gets a TAP on the kernel bridge (the fast path);
+// the others (socket hypervisors, -m) get a socket on the user-space
+// switch, whose uplink is a port of the same bridge. Status.Path says
+// which.
 //
 // The network is set up when the plugin starts, so what a crashed earlier
 // run left (TAP, nftables table) is cleaned at once, and torn down by Close
@@ -41,9 +48,10 @@ type Network struct {
 	// Binary is the plugin's binary name (anka-net-shared).
 	Binary  string
 	Version string
-	// Name names the host side: TAP anka-<Name>0, nftables table
-	// anka-<Name>, and the files in the data folder. At most 10
-	// characters, so the TAP name fits.
+	// Name names the host side: bridge anka-<Name>0, the switch's TAP
+	// anka-<Name>sw on it, VM TAPs ak<first letter><8 hex>, nftables
+	// tables inet anka-<Name> and bridge anka-br-<Name>, and the files in
+	// the data folder. At most 8 characters, so the interface names fit.
 	Name string
 	Mode hostnet.Mode
 	// KeyPrefix starts the address keys in the settings ("host_").
@@ -101,8 +109,8 @@ type stack struct {
 // the network. A network that cannot be set up is logged and reported by
 // the calls that need it; New fails only for a Network that is wrong.
 func New(env sdk.Env, n Network) (*Plugin, error) {
-	if len(n.Name) == 0 || len(n.Name) > 10 || len(n.Types) == 0 {
-		return nil, fmt.Errorf("routed: network %q: a name of 1 to 10 characters and a type at least", n.Name)
+	if len(n.Name) == 0 || len(n.Name) > 8 || len(n.Types) == 0 {
+		return nil, fmt.Errorf("routed: network %q: a name of 1 to 8 characters and a type at least", n.Name)
 	}
 	log := env.Logger
 	if log == nil {
@@ -211,7 +219,7 @@ func (p *Plugin) setup() (*stack, error) {
 			p.log.Warn("cannot raise net.unix.max_dgram_qlen; frames to QEMU guests may drop in bursts", "error", err)
 		}
 	}
-	host, err := hostnet.Setup(hostnet.Config{Name: p.net.Name, Prefix: a.Prefix, Gateway: a.Gateway, MTU: a.MTU, Mode: p.net.Mode, Logger: p.log})
+	host, err := hostnet.Setup(hostnet.Config{Name: p.net.Name, Prefix: a.Prefix, Gateway: a.Gateway, MTU: a.MTU, Mode: p.net.Mode, Bridge: true, Logger: p.log})
 	if err != nil {
 		if errors.Is(err, hostnet.ErrPrefixInUse) {
 			return nil, sdk.Errorf(sdk.CodeUnavailable, "the %s network cannot start: %v; move it to a free range with `anka config %sstart_address`, `%send_address` and `%ssubnet_mask`",
@@ -224,9 +232,9 @@ func (p *Plugin) setup() (*stack, error) {
 		st.close(p.log)
 		return nil, err
 	}
-	ifc, err := net.InterfaceByName(host.Link().Name())
+	gwMAC, err := host.GatewayMAC()
 	if err != nil {
-		return fail(sdk.Errorf(sdk.CodeUnavailable, "the %s network cannot start: its TAP %s vanished: %v", p.net.Name, host.Link().Name(), err))
+		return fail(sdk.Errorf(sdk.CodeUnavailable, "the %s network cannot start: its bridge %s vanished: %v", p.net.Name, host.Device(), err))
 	}
 	var dns []netip.Addr
 	if p.net.DNS {
@@ -240,9 +248,9 @@ func (p *Plugin) setup() (*stack, error) {
 		}
 	}
 	st.lan, err = lan.New(lan.Config{
-		Name: p.net.Name, Prefix: a.Prefix, Gateway: a.Gateway, GatewayMAC: ifc.HardwareAddr,
+		Name: p.net.Name, Prefix: a.Prefix, Gateway: a.Gateway, GatewayMAC: gwMAC,
 		RangeStart: a.Start, RangeEnd: a.End, LeaseTime: a.LeaseTime, MTU: a.MTU,
-		DNS: dns, NoRouter: p.net.NoRouter, DataDir: p.dataDir, HostLink: host.Link(), Logger: p.log,
+		DNS: dns, NoRouter: p.net.NoRouter, DataDir: p.dataDir, HostLink: host.Link(), Bridge: host, Logger: p.log,
 	})
 	if err != nil {
 		return fail(sdk.Errorf(sdk.CodeUnavailable, "the %s network cannot start: %v", p.net.Name, err))
@@ -312,7 +320,7 @@ func (p *Plugin) Info(context.Context, *sdk.InfoRequest) (*sdk.InfoResponse, err
 		}
 		types = append(types, sdk.TypeInfo{
 			Name: t.Name, Description: t.Description + where, Capabilities: caps,
-			Endpoints: []sdk.EndpointKind{sdk.EndpointDgram, sdk.EndpointStream},
+			Endpoints: []sdk.EndpointKind{sdk.EndpointTAP, sdk.EndpointDgram, sdk.EndpointStream},
 		})
 	}
 	return &sdk.InfoResponse{Name: p.net.Binary, Version: p.net.Version, ProtocolVersions: []int{sdk.ProtocolVersion}, Types: types}, nil
@@ -407,7 +415,7 @@ func (p *Plugin) Attach(_ context.Context, req *sdk.AttachRequest) (*sdk.AttachR
 	if req.Card.DynamicMAC == "" {
 		return nil, sdk.Errorf(sdk.CodeInvalid, "the card of VM %s has no dynamic MAC: the core assigns one before Attach", req.VM.Name)
 	}
-	if req.RunDir == "" {
+	if req.RunDir == "" && !slices.Contains(req.Endpoints, sdk.EndpointTAP) {
 		return nil, sdk.Errorf(sdk.CodeInvalid, "no run folder for the sockets of VM %s", req.VM.Name)
 	}
 	if req.MTU != 0 && (req.MTU < sdk.MinMTU || req.MTU > sdk.MaxMTU) {
@@ -438,7 +446,7 @@ func (p *Plugin) Attach(_ context.Context, req *sdk.AttachRequest) (*sdk.AttachR
 	}
 	p.restoreForwards(st, req.VM)
 	return &sdk.AttachResponse{Endpoint: sdk.Endpoint{
-		Kind: sdk.EndpointKind(ep.Kind), PluginPath: ep.PluginPath, VMPath: ep.VMPath,
+		Kind: sdk.EndpointKind(ep.Kind), PluginPath: ep.PluginPath, VMPath: ep.VMPath, TAP: ep.TAP,
 		MAC: ep.MAC.String(), LinkUp: true, MTU: ep.MTU,
 	}}, nil
 }
@@ -513,8 +521,13 @@ func (p *Plugin) Status(_ context.Context, req *sdk.StatusRequest) (*sdk.StatusR
 			resp.LeaseExpiry = s.Lease.Expiry
 		}
 	}
-	if s.Attached {
+	if s.Attached && s.Endpoint.Kind == frameio.KindTAP {
+		resp.Path = fmt.Sprintf("kernel bridge (TAP %s on %s), routed by the host (%s)", s.Endpoint.TAP, st.host.Device(), p.net.What)
+		resp.Details["tap"] = s.Endpoint.TAP
+	} else if s.Attached {
 		resp.Details["socket"] = fmt.Sprintf("%s %s", s.Endpoint.Kind, s.Endpoint.PluginPath)
+	}
+	if s.Attached {
 		resp.Details["attached_since"] = s.Since.UTC().Format(time.RFC3339)
 		if s.Pinned.IsValid() && !s.IP.IsValid() {
 			resp.Details["waiting_for"] = fmt.Sprintf("the guest to take %s", s.Pinned)

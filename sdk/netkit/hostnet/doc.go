@@ -12,6 +12,24 @@
 //     subnet. Guests still reach the host itself (input is not touched)
 //     and each other (through the plugin's switch, never the kernel).
 //
+// Bridge mode (Config.Bridge), the kernel fast path: the gateway lives on
+// a Linux bridge instead (named like the TAP, anka-<name>0, with a MAC
+// derived from the name, so guests' ARP caches survive a restart), the
+// plugin's switch joins it through a TAP port (Link, anka-<name>sw), and
+// AddPort gives each fast-path VM a persistent TAP port of its own
+// (ak<first letter><8 hex of the VM's id>) that the VM's process opens by
+// name. Each VM TAP is filtered in the nftables table bridge
+// anka-br-<name>: its MAC only; IPv4 and ARP from its pinned address only
+// (PinPort), DHCP from 0.0.0.0 before; no DHCP server replies, router
+// advertisements or VLAN tags; DHCP requests are steered to ServiceMAC,
+// behind the uplink. A TAP a process still holds (a running VM) survives
+// Close and the next Setup's cleanup, down, for AddPort to take back; the
+// others are removed. See bridge_linux.go. The forward chain accepts what
+// the bridge passes between its own ports first: with br_netfilter loaded
+// (Docker loads it) bridged frames cross the IPv4 hooks too, and in
+// isolated mode an accept for them is also put into iptables-nft's
+// FORWARD chain.
+//
 // Everything lives in the plugin's own nftables table, "anka-<name>"
 // (family inet), set up in one atomic batch through netlink; no nft or
 // iptables binary is run. A packet must be accepted by every base chain on

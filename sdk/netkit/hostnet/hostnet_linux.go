@@ -58,6 +58,20 @@ type Config struct {
 	// largest is frameio.MaxMTU (65520).
 	MTU  int
 	Mode Mode
+	// Bridge makes the host side a Linux bridge instead of a TAP: the
+	// device named TAP (default anka-<Name>0) is then a bridge holding the
+	// gateway address, the plugin's switch joins it through a TAP port
+	// named Uplink (Link returns it), and VMs on the kernel fast path get
+	// TAP ports of their own (AddPort), with anti-spoofing in the
+	// nftables bridge table anka-br-<Name>. See bridge_linux.go.
+	Bridge bool
+	// Uplink names the switch's TAP on the bridge; "" means
+	// "anka-" + Name + "sw". Bridge mode only.
+	Uplink string
+	// PortPrefix starts the name of every VM TAP (PortName): the prefix
+	// and 8 hex digits. "" means "ak" and the first character of Name
+	// ("aks" for shared). Bridge mode only.
+	PortPrefix string
 	// Logger gets what Setup cleaned up and set up; nil means
 	// slog.Default().
 	Logger *slog.Logger
@@ -72,10 +86,11 @@ var ErrPrefixInUse = errors.New("hostnet: the subnet is already in use on this h
 type Network struct {
 	cfg     Config
 	tag     string
-	ifindex int
+	ifindex int // the gateway device's: the TAP, or the bridge
 	tap     *frameio.TAPPort
 	env     *env
 	log     *slog.Logger
+	br      *bridgeState // bridge mode only
 
 	mu     sync.Mutex
 	closed bool
@@ -120,7 +135,7 @@ func Setup(cfg Config) (*Network, error) {
 
 func (n *Network) setup() error {
 	cfg := &n.cfg
-	removed, err := n.env.cleanup(n.tag, cfg.TAP)
+	removed, err := n.env.cleanup(n.tag, cfg.TAP, n.sweep(), n.log)
 	if err != nil {
 		return fmt.Errorf("hostnet: removing what an earlier run of network %q left: %w", cfg.Name, err)
 	}
@@ -129,6 +144,9 @@ func (n *Network) setup() error {
 	}
 	if err := n.env.checkPrefix(cfg, n.log); err != nil {
 		return err
+	}
+	if cfg.Bridge {
+		return n.setupBridge()
 	}
 	tap, err := frameio.OpenTAP(cfg.TAP, frameio.TAPOptions{MTU: cfg.MTU, Logger: cfg.Logger})
 	if err != nil {
@@ -173,9 +191,24 @@ func (n *Network) setup() error {
 	return nil
 }
 
-// Link is the TAP port; the plugin attaches it to its switch. Closing it
-// removes the interface, so leave that to Close.
+// Link is the TAP port the plugin attaches to its switch: the TAP holding
+// the gateway, or in bridge mode the switch's uplink port on the bridge.
+// Closing it removes the interface, so leave that to Close.
 func (n *Network) Link() *frameio.TAPPort { return n.tap }
+
+// Device is the interface holding the gateway address: the TAP, or the
+// bridge in bridge mode.
+func (n *Network) Device() string { return n.cfg.TAP }
+
+// GatewayMAC is the MAC of the interface holding the gateway address: the
+// MAC the kernel answers ARP for the gateway with.
+func (n *Network) GatewayMAC() (net.HardwareAddr, error) {
+	l, err := n.env.nl.LinkByIndex(n.ifindex)
+	if err != nil {
+		return nil, fmt.Errorf("hostnet: %s: %w", n.cfg.TAP, err)
+	}
+	return l.Attrs().HardwareAddr, nil
+}
 
 // Close removes the TAP, the table and the rules Setup inserted into
 // iptables-nft's FORWARD chain. It may be called from any goroutine and
@@ -196,17 +229,21 @@ func (n *Network) Close() error {
 		superseded = true
 	}
 	var errs []error
+	if n.br != nil {
+		n.br.stopCaptures()
+	}
 	if err := n.tap.Close(); err != nil {
-		errs = append(errs, fmt.Errorf("hostnet: closing TAP %s: %w", n.cfg.TAP, err))
+		errs = append(errs, fmt.Errorf("hostnet: closing TAP %s: %w", n.tap.Name(), err))
 	}
 	if superseded {
 		n.log.Info("hostnet: TAP was replaced by a newer setup; leaving its rules alone")
 		return errors.Join(errs...)
 	}
-	if _, err := n.env.cleanup(n.tag, n.cfg.TAP); err != nil {
+	removed, err := n.env.cleanup(n.tag, n.cfg.TAP, n.sweep(), n.log)
+	if err != nil {
 		errs = append(errs, fmt.Errorf("hostnet: closing network %q: %w", n.cfg.Name, err))
 	}
-	n.log.Info("hostnet: network down")
+	n.log.Info("hostnet: network down", "removed", strings.Join(removed, ", "))
 	return errors.Join(errs...)
 }
 
@@ -225,14 +262,17 @@ func Cleanup(name string) error {
 		return err
 	}
 	defer e.close()
-	if _, err := e.cleanup(tableName(name), defaultTAP(name)); err != nil {
+	if _, err := e.cleanup(tableName(name), defaultTAP(name), &sweep{prefix: defaultPortPrefix(name), tag: tableName(name)}, slog.Default()); err != nil {
 		return fmt.Errorf("hostnet: cleaning up network %q: %w", name, err)
 	}
 	return nil
 }
 
-func tableName(name string) string  { return "anka-" + name }
-func defaultTAP(name string) string { return "anka-" + name + "0" }
+func tableName(name string) string         { return "anka-" + name }
+func bridgeTableName(name string) string   { return "anka-br-" + name }
+func defaultTAP(name string) string        { return "anka-" + name + "0" }
+func defaultUplink(name string) string     { return "anka-" + name + "sw" }
+func defaultPortPrefix(name string) string { return "ak" + strings.ToLower(name[:1]) }
 
 func checkName(name string) error {
 	if name == "" {
@@ -261,8 +301,25 @@ func (cfg *Config) normalize() error {
 			return fmt.Errorf("hostnet: network name %q makes the TAP name %q longer than 15 bytes; shorten it or set TAP", cfg.Name, cfg.TAP)
 		}
 	}
-	if len(cfg.TAP) >= 16 || strings.ContainsAny(cfg.TAP, "/: \t\n%") || cfg.TAP == "." || cfg.TAP == ".." {
+	if !ifnameOK(cfg.TAP) {
 		return fmt.Errorf("hostnet: %q is not a usable interface name (at most 15 bytes, no '/', ':', '%%' or spaces)", cfg.TAP)
+	}
+	if cfg.Bridge {
+		if cfg.Uplink == "" {
+			cfg.Uplink = defaultUplink(cfg.Name)
+			if len(cfg.Uplink) >= 16 {
+				return fmt.Errorf("hostnet: network name %q makes the uplink name %q longer than 15 bytes; shorten it or set Uplink", cfg.Name, cfg.Uplink)
+			}
+		}
+		if !ifnameOK(cfg.Uplink) || cfg.Uplink == cfg.TAP {
+			return fmt.Errorf("hostnet: uplink %q is not a usable interface name of its own (at most 15 bytes, not the bridge's)", cfg.Uplink)
+		}
+		if cfg.PortPrefix == "" {
+			cfg.PortPrefix = defaultPortPrefix(cfg.Name)
+		}
+		if !ifnameOK(cfg.PortPrefix+"00000000") || strings.HasPrefix(cfg.TAP, cfg.PortPrefix) || strings.HasPrefix(cfg.Uplink, cfg.PortPrefix) {
+			return fmt.Errorf("hostnet: port prefix %q: VM TAPs are named the prefix and 8 hex digits, at most 15 bytes, and no other interface of the network may start with it", cfg.PortPrefix)
+		}
 	}
 	if cfg.Mode != NAT && cfg.Mode != Isolated {
 		return fmt.Errorf("hostnet: unknown mode %d", int(cfg.Mode))
@@ -291,6 +348,10 @@ func (cfg *Config) normalize() error {
 		return fmt.Errorf("hostnet: gateway %v is the network or broadcast address of %v", cfg.Gateway, cfg.Prefix)
 	}
 	return nil
+}
+
+func ifnameOK(s string) bool {
+	return s != "" && len(s) < 16 && !strings.ContainsAny(s, "/: \t\n%") && s != "." && s != ".."
 }
 
 func lastAddr(p netip.Prefix) netip.Addr {
@@ -333,10 +394,24 @@ func (e *env) close() {
 	e.ns.Close()
 }
 
-// cleanup removes the table tag, the FORWARD rules tagged tag and the TAP
-// named tap or tagged tag, and says what it removed.
-func (e *env) cleanup(tag, tap string) ([]string, error) {
+// cleanup removes the table tag, the FORWARD rules tagged tag, the TAP
+// named tap or tagged tag (or the bridge, in bridge mode), and with sw the
+// VM TAPs of the network (those a VM still holds are kept, down, for a
+// later run to take back), and says what it removed.
+func (e *env) cleanup(tag, tap string, sw *sweep, log *slog.Logger) ([]string, error) {
 	var removed []string
+	if sw != nil {
+		r, err := e.sweepPorts(sw, log)
+		removed = append(removed, r...)
+		if err != nil {
+			return removed, err
+		}
+		if found, err := e.removeTableOf(nftables.TableFamilyBridge, sw.bridgeTable()); err != nil {
+			return removed, err
+		} else if found {
+			removed = append(removed, "nftables table bridge "+sw.bridgeTable())
+		}
+	}
 	n, err := e.removeRules(tag)
 	if err != nil {
 		return nil, err
@@ -358,16 +433,21 @@ func (e *env) cleanup(tag, tap string) ([]string, error) {
 		if a.Name != tap && a.Alias != tag {
 			continue
 		}
-		if l.Type() != "tuntap" {
-			if a.Name == tap {
-				return removed, fmt.Errorf("interface %s exists and is not a TAP (it is %s); remove it or pick another network name", tap, l.Type())
-			}
+		what := "TAP"
+		switch {
+		case l.Type() == "tuntap":
+		case l.Type() == "bridge" && a.Alias == tag:
+			// Ours (bridge mode): tagged when it was made.
+			what = "bridge"
+		case a.Name == tap:
+			return removed, fmt.Errorf("interface %s exists and is not a TAP (it is %s); remove it or pick another network name", tap, l.Type())
+		default:
 			continue
 		}
 		if err := e.nl.LinkDel(l); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return removed, fmt.Errorf("removing TAP %s: %w", a.Name, err)
+			return removed, fmt.Errorf("removing %s %s: %w", what, a.Name, err)
 		}
-		removed = append(removed, "TAP "+a.Name)
+		removed = append(removed, what+" "+a.Name)
 	}
 	return removed, nil
 }

@@ -54,6 +54,13 @@ func (e *env) install(cfg *Config, tag string, log *slog.Logger) error {
 		}
 		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: ex})
 	}
+	if cfg.Bridge {
+		// With br_netfilter loaded (Docker loads it), frames the bridge
+		// passes between its ports also cross the IPv4 forward hook, in
+		// and out through the bridge: VM to VM traffic, never routed, is
+		// none of this table's business.
+		rule(fwd, bridged(cfg.TAP), counted(accept()))
+	}
 	hasIPT := false
 	switch cfg.Mode {
 	case NAT:
@@ -81,6 +88,19 @@ func (e *env) install(cfg *Config, tag string, log *slog.Logger) error {
 	case Isolated:
 		rule(fwd, from, counted(&expr.Verdict{Kind: expr.VerdictDrop}))
 		rule(fwd, to, counted(&expr.Verdict{Kind: expr.VerdictDrop}))
+		if cfg.Bridge {
+			var err error
+			if hasIPT, err = e.hasIPTablesForward(); err != nil {
+				return err
+			}
+			if hasIPT {
+				// A drop policy there would cut VM from VM once
+				// br_netfilter hands bridged frames to it.
+				c.InsertRule(&nftables.Rule{Table: iptFilter, Chain: iptFwdChain,
+					UserData: userdata.AppendString(nil, userdata.TypeComment, tag),
+					Exprs:    join(bridged(cfg.TAP), counted(accept()))})
+			}
+		}
 	}
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("hostnet: installing nftables table inet %s: %w", tag, err)
@@ -108,7 +128,12 @@ func (e *env) hasIPTablesForward() (bool, error) {
 
 // removeTable deletes the inet table name if it exists.
 func (e *env) removeTable(name string) (bool, error) {
-	tables, err := e.nft.ListTablesOfFamily(nftables.TableFamilyINet)
+	return e.removeTableOf(nftables.TableFamilyINet, name)
+}
+
+// removeTableOf deletes the table name of family if it exists.
+func (e *env) removeTableOf(family nftables.TableFamily, name string) (bool, error) {
+	tables, err := e.nft.ListTablesOfFamily(family)
 	if err != nil {
 		return false, fmt.Errorf("listing nftables tables: %w", err)
 	}
@@ -118,11 +143,23 @@ func (e *env) removeTable(name string) (bool, error) {
 		}
 		e.nft.DelTable(t)
 		if err := e.nft.Flush(); err != nil && !errors.Is(err, unix.ENOENT) {
-			return false, fmt.Errorf("removing nftables table inet %s: %w", name, err)
+			return false, fmt.Errorf("removing nftables table %s %s: %w", familyName(family), name, err)
 		}
 		return true, nil
 	}
 	return false, nil
+}
+
+func familyName(f nftables.TableFamily) string {
+	switch f {
+	case nftables.TableFamilyINet:
+		return "inet"
+	case nftables.TableFamilyBridge:
+		return "bridge"
+	case nftables.TableFamilyIPv4:
+		return "ip"
+	}
+	return fmt.Sprintf("family %d", f)
 }
 
 // removeRules deletes the rules commented tag from iptables-nft's FORWARD
@@ -257,6 +294,25 @@ func ctEstablishedRelated() []expr.Any {
 }
 
 func accept() expr.Any { return &expr.Verdict{Kind: expr.VerdictAccept} }
+
+// bridged is `iifname br oifname br`: a frame the bridge passes between
+// two of its ports, as br_netfilter shows it to the IP hooks.
+func bridged(br string) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(br)},
+		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(br)},
+	}
+}
+
+// ifname is an interface name as nftables compares it: 16 bytes, zero
+// padded.
+func ifname(name string) []byte {
+	b := make([]byte, 16)
+	copy(b, name)
+	return b
+}
 
 // counted puts a counter before the statement, so `nft list ruleset`
 // shows what each rule did.

@@ -53,6 +53,12 @@ type Config struct {
 	// kernel routing. The LAN owns it from New on and closes it. Nil: no
 	// host side; lan answers ARP for the gateway itself.
 	HostLink frameio.Port
+	// Bridge, when set, is the kernel bridge HostLink is a port of
+	// (hostnet.Network in bridge mode): VMs whose runtime takes a TAP
+	// and that have no internal MAC get a TAP on it, the kernel fast
+	// path; the others, and every VM without a Bridge, get sockets on
+	// the switch. GatewayMAC is then the bridge's MAC. Requires HostLink.
+	Bridge Bridge
 	// Logger gets the LAN's events; nil means slog.Default().
 	Logger *slog.Logger
 	// Now is the clock (tests); nil means time.Now.
@@ -95,6 +101,14 @@ func (c *Config) check() error {
 	}
 	if c.LeaseTime < time.Minute {
 		return errorf(Invalid, "LAN %s: lease time %v is shorter than a minute", c.Name, c.LeaseTime)
+	}
+	if c.Bridge != nil && c.HostLink == nil {
+		return errorf(Invalid, "LAN %s: a kernel bridge needs the host link, the switch's port on it", c.Name)
+	}
+	if c.Bridge != nil {
+		if m := c.Bridge.ServiceMAC(); len(m) != 6 || m[0]&1 != 0 {
+			return errorf(Invalid, "LAN %s: the bridge's service MAC %v is not a unicast Ethernet address", c.Name, m)
+		}
 	}
 	if c.GatewayMAC == nil {
 		if c.HostLink != nil {

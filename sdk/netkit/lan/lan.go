@@ -8,6 +8,23 @@
 //	                                                  ├─ vswitch ── VM ports (dgram or stream sockets)
 //	DHCP server, ARP (in process, a service port) ───┘
 //
+// With a kernel bridge (Config.Bridge, hostnet in bridge mode) the host
+// side is a Linux bridge holding the gateway, the switch joins it through
+// a TAP, and VMs that can take a TAP and need no MAC translation get a TAP
+// port on the bridge: the kernel fast path, where frames never leave the
+// kernel. Both kinds share one subnet, one DHCP server and one lease
+// store, and reach each other through the uplink:
+//
+//	host (gateway .1) = bridge ─┬─ uplink TAP ── vswitch ── socket VMs, DHCP server
+//	                            ├─ VM TAP (QEMU) ─ anti-spoofing in nftables (bridge family)
+//	                            └─ VM TAP ...
+//
+// Fast-path VMs' DHCP requests reach the switch through the uplink (the
+// bridge steers them to the service MAC); the LAN knows them by their
+// dynamic MAC, which the bridge's rules pin. Their anti-spoofing is the
+// bridge's (Bridge.PinPort follows the lease), their counters and capture
+// the TAP's.
+//
 // The host side is a plain frame port, normally the TAP hostnet sets up
 // with the gateway address: host <-> guest traffic is then ordinary kernel
 // routing through that interface, and NAT, forwarding and firewalling are
@@ -32,6 +49,7 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+	"sync/atomic"
 
 	"github.com/anka-net/anka/sdk/netkit/arp"
 	"github.com/anka-net/anka/sdk/netkit/dhcpserver"
@@ -52,6 +70,10 @@ type LAN struct {
 	// ports maps a VM ID to its *attachment for OnLease, which the DHCP
 	// server calls from its goroutines (and from calls made under mu).
 	ports sync.Map
+	// fast maps the dynamic MAC of each VM on the kernel fast path to its
+	// ID, for DHCP coming in through the host link; replaced whole under
+	// mu, read without a lock on the forwarding path.
+	fast atomic.Pointer[map[[6]byte]string]
 
 	mu      sync.Mutex
 	vms     map[string]*vmState // by VM ID: every VM known, attached or not
@@ -80,8 +102,15 @@ func New(cfg Config) (*LAN, error) {
 	if err != nil {
 		return nil, errorf(Unavailable, "LAN %s: opening its leases: %w", cfg.Name, err)
 	}
+	serverMAC := cfg.GatewayMAC
+	if cfg.Bridge != nil {
+		// Replies come from the service port: from the gateway's MAC they
+		// would enter the bridge as frames from the bridge itself.
+		serverMAC = cfg.Bridge.ServiceMAC()
+	}
+	l.fast.Store(&map[[6]byte]string{})
 	dcfg := dhcpserver.Config{
-		ServerIP: cfg.Gateway, ServerMAC: cfg.GatewayMAC, Subnet: cfg.Prefix,
+		ServerIP: cfg.Gateway, ServerMAC: serverMAC, Subnet: cfg.Prefix,
 		DNS: cfg.DNS, Domain: cfg.Domain,
 		RangeStart: cfg.RangeStart, RangeEnd: cfg.RangeEnd,
 		LeaseTime: cfg.LeaseTime, MTU: cfg.MTU, Now: cfg.Now,
@@ -107,6 +136,9 @@ func New(cfg Config) (*LAN, error) {
 		return nil, err
 	}
 	svc := vswitch.PortConfig{Name: "services"}
+	if cfg.Bridge != nil {
+		svc.MAC = cfg.Bridge.ServiceMAC()
+	}
 	if cfg.HostLink == nil {
 		// No host holds the gateway: the service port does, so frames
 		// for it end there, and ARP for it is answered here.
@@ -134,8 +166,17 @@ func New(cfg Config) (*LAN, error) {
 // for the gateway when no host does. It runs on a port's forwarding
 // goroutine.
 func (l *LAN) intercept(from *vswitch.Port, fr []byte) bool {
-	if from == l.host || from == l.svc {
+	if from == l.svc {
 		return false
+	}
+	if from == l.host {
+		// A fast-path VM's DHCP, steered here by the bridge: known by
+		// its source MAC, which the bridge lets no other port send.
+		if l.cfg.Bridge == nil || !l.srv.IsDHCP(fr) {
+			return false
+		}
+		id, ok := (*l.fast.Load())[[6]byte(fr[6:12])]
+		return ok && l.srv.HandleFrame(id, fr, l.sendToBridge)
 	}
 	if id := from.Identity(); id != "" && l.srv.HandleFrame(id, fr, l.sendReply) {
 		return true
@@ -152,6 +193,16 @@ func (l *LAN) intercept(from *vswitch.Port, fr []byte) bool {
 
 func (l *LAN) sendReply(b []byte) { l.svc.Send(b) }
 
+// sendToBridge hands a DHCP reply for a fast-path VM straight to the host
+// link (the bridge), past the switch: the switch has not learnt the VM's
+// MAC from a frame the DHCP server took, and would flood the reply to
+// every socket VM.
+func (l *LAN) sendToBridge(b []byte) {
+	if _, err := l.cfg.HostLink.WriteBatch([]frameio.Frame{{Buf: b, N: len(b)}}); err != nil {
+		l.cfg.Logger.Debug("DHCP reply to the bridge not sent", "lan", l.cfg.Name, "error", err)
+	}
+}
+
 // onLease pins a VM's port to the address the DHCP server just bound for
 // it, or back to its fixed address or the placeholder when the lease
 // ended.
@@ -162,12 +213,12 @@ func (l *LAN) onLease(le dhcpserver.Lease) {
 	}
 	a := v.(*attachment)
 	if le.State == dhcpserver.StateBound && le.IP.IsValid() {
-		a.port.SetIP(le.IP)
+		a.setIP(le.IP)
 		a.confirmed.Store(true)
 		return
 	}
 	a.confirmed.Store(false)
-	a.port.SetIP(a.fallback)
+	a.setIP(a.fallback)
 }
 
 // Close detaches every VM (their leases stay in the data folder) and
@@ -180,7 +231,9 @@ func (l *LAN) Close() error {
 	}
 	l.closed = true
 	for _, v := range l.vms {
-		l.detachLocked(v)
+		// A fast-path VM's TAP stays: its VM may still run, and the
+		// bridge's owner keeps what a running VM holds for the next run.
+		l.detachLocked(v, false)
 	}
 	l.mu.Unlock()
 	err1 := l.sw.Close()

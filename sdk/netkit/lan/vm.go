@@ -4,10 +4,14 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -38,10 +42,14 @@ type VM struct {
 type AttachRequest struct {
 	VM VM
 	// Kinds the runtime can connect, preferred first; the LAN hands out
-	// frameio.KindDgram and frameio.KindStream. Empty means dgram.
+	// frameio.KindDgram and frameio.KindStream, and with a Bridge
+	// frameio.KindTAP. Empty means dgram. A TAP, when offered, wins over
+	// the order (it is the kernel fast path) for a VM without an internal
+	// MAC, unless the VM's datagram socket is live: a VM still running
+	// on sockets (attached again after a restart) keeps them.
 	Kinds []frameio.Kind
 	// RunDir is the VM's folder for sockets; paths must stay under 108
-	// bytes.
+	// bytes. Not needed for a TAP.
 	RunDir string
 	// MTU is what the runtime asks for; 0 takes the LAN's. Less than the
 	// LAN's is refused: DHCP tells every guest the LAN's MTU.
@@ -54,6 +62,9 @@ type Endpoint struct {
 	// PluginPath is the LAN's socket; VMPath the one the VM binds (dgram).
 	PluginPath string
 	VMPath     string
+	// TAP is the VM's TAP on the bridge (tap): the runtime opens it by
+	// name (QEMU -netdev tap,ifname=TAP,script=no,downscript=no).
+	TAP string
 	// MAC is the NIC's address: the internal MAC when set, else the
 	// dynamic one.
 	MAC net.HardwareAddr
@@ -94,9 +105,11 @@ type vmState struct {
 	last vswitch.Stats
 }
 
-// attachment is a VM's port while it is attached.
+// attachment is a VM's port while it is attached: a switch port, or on
+// the kernel fast path a TAP on the bridge (port nil).
 type attachment struct {
 	ep   Endpoint
+	mac  net.HardwareAddr // the dynamic MAC
 	port *vswitch.Port
 	// live is port for the forwarding goroutine, which starts before
 	// Attach sets port.
@@ -108,6 +121,60 @@ type attachment struct {
 	confirmed   atomic.Bool
 	capture     capture.Capture
 	since       time.Time
+
+	// The kernel fast path: the TAP and its bridge.
+	tap    string
+	bridge Bridge
+	log    *slog.Logger
+	pmu    sync.Mutex // orders pins; guards pin, gone, capStop
+	pin    netip.Addr
+	gone   bool
+	// capStop ends the TAP's capture reader.
+	capStop func()
+}
+
+// setIP pins the address the VM may send from.
+func (a *attachment) setIP(ip netip.Addr) {
+	if a.port != nil {
+		a.port.SetIP(ip)
+		return
+	}
+	a.pmu.Lock()
+	defer a.pmu.Unlock()
+	if a.gone {
+		return
+	}
+	a.pin = ip
+	rule := ip
+	if ip == a.placeholder {
+		rule = netip.Addr{} // DHCP only
+	}
+	if err := a.bridge.PinPort(a.tap, rule); err != nil {
+		a.log.Warn("cannot pin the VM's TAP to its address", "tap", a.tap, "ip", ip, "error", err)
+	}
+}
+
+// ip is the pinned address, if any.
+func (a *attachment) ip() (netip.Addr, bool) {
+	if a.port != nil {
+		return a.port.IP()
+	}
+	a.pmu.Lock()
+	defer a.pmu.Unlock()
+	return a.pin, a.pin.IsValid()
+}
+
+// stats counts the port's frames; seen reports, for a TAP, traffic from
+// its pinned address.
+func (a *attachment) stats() (st vswitch.Stats, seen bool) {
+	if a.port != nil {
+		return a.port.Stats(), false
+	}
+	st, seen, err := a.bridge.PortStats(a.tap)
+	if err != nil {
+		a.log.Debug("no counters for the VM's TAP", "tap", a.tap, "error", err)
+	}
+	return st, seen
 }
 
 func (r record) label() string {
@@ -159,20 +226,27 @@ func (l *LAN) Attach(req AttachRequest) (Endpoint, error) {
 	if mtu < l.cfg.MTU {
 		return Endpoint{}, errorf(Conflict, "network %s runs with MTU %d and tells every guest so by DHCP; VM %s asks for %d: set the same MTU for both", l.cfg.Name, l.cfg.MTU, name, req.MTU)
 	}
-	kind, err := chooseKind(req.Kinds)
+	pn, vn := l.socketNames()
+	var pluginPath, vmPath string
+	if req.RunDir != "" {
+		pluginPath, vmPath = filepath.Join(req.RunDir, pn), filepath.Join(req.RunDir, vn)
+	}
+	kind, err := l.chooseKind(req.Kinds, !bytes.Equal(internal, v.DynamicMAC), vmPath)
 	if err != nil {
 		return Endpoint{}, errorf(Unsupported, "VM %s: %w", name, err)
 	}
-	if req.RunDir == "" {
-		return Endpoint{}, errorf(Invalid, "VM %s: no run folder for its sockets", name)
-	}
-	pn, vn := l.socketNames()
-	ep := Endpoint{Kind: kind, PluginPath: filepath.Join(req.RunDir, pn), MAC: slices.Clone(internal), MTU: mtu}
-	if kind == frameio.KindDgram {
-		ep.VMPath = filepath.Join(req.RunDir, vn)
-	}
-	if len(ep.PluginPath) > maxSocketPath || len(ep.VMPath) > maxSocketPath {
-		return Endpoint{}, errorf(Invalid, "VM %s: the run folder %s is too long for a unix socket path (at most %d bytes)", name, req.RunDir, maxSocketPath)
+	ep := Endpoint{Kind: kind, MAC: slices.Clone(internal), MTU: mtu}
+	if kind != frameio.KindTAP {
+		if req.RunDir == "" {
+			return Endpoint{}, errorf(Invalid, "VM %s: no run folder for its sockets", name)
+		}
+		ep.PluginPath = pluginPath
+		if kind == frameio.KindDgram {
+			ep.VMPath = vmPath
+		}
+		if len(ep.PluginPath) > maxSocketPath || len(ep.VMPath) > maxSocketPath {
+			return Endpoint{}, errorf(Invalid, "VM %s: the run folder %s is too long for a unix socket path (at most %d bytes)", name, req.RunDir, maxSocketPath)
+		}
 	}
 
 	l.mu.Lock()
@@ -190,68 +264,27 @@ func (l *LAN) Attach(req AttachRequest) (Endpoint, error) {
 		}
 	}
 	for _, o := range l.vms {
-		if o.att != nil && bytes.Equal(o.att.port.MAC(), v.DynamicMAC) {
+		if o.att != nil && bytes.Equal(o.att.mac, v.DynamicMAC) {
 			return Endpoint{}, errorf(Conflict, "VM %s: dynamic MAC %v is already used on network %s by VM %s", name, v.DynamicMAC, l.cfg.Name, o.rec.label())
 		}
 	}
 
-	var link frameio.Port
 	log := l.cfg.Logger.With("lan", l.cfg.Name, "vm", name)
-	switch kind {
-	case frameio.KindDgram:
-		// Connected to the VM's socket, so the kernel never caps the
-		// frames QEMU queues to us (see frameio's package doc).
-		link, err = frameio.ListenDgram(ep.PluginPath, frameio.DgramOptions{MTU: mtu, Peer: ep.VMPath, Logger: log})
-	case frameio.KindStream:
-		link, err = frameio.ListenStream(ep.PluginPath, frameio.StreamOptions{MTU: mtu, Logger: log})
-	}
-	if err != nil {
-		return Endpoint{}, errorf(Unavailable, "VM %s: cannot create its socket: %w", name, err)
-	}
-
-	a := &attachment{ep: ep, since: l.cfg.Now(), placeholder: l.cfg.Prefix.Addr()}
-	pc := vswitch.PortConfig{Name: name, Identity: v.ID, MAC: slices.Clone(v.DynamicMAC), AntiSpoof: true, Capture: &a.capture}
-	var out, in *mactrans.Translator
-	if !bytes.Equal(internal, v.DynamicMAC) {
-		// One translator per direction: each runs on its own goroutine.
-		out, err = mactrans.New(internal, v.DynamicMAC)
-		if err == nil {
-			in, err = mactrans.New(internal, v.DynamicMAC)
-		}
-		if err != nil {
-			link.Close()
-			return Endpoint{}, errorf(Invalid, "VM %s: MAC translation: %w", name, err)
-		}
-		pc.ToLink = in.ToGuest
-	}
-	pc.FromLink = func(f []byte) bool {
-		if out != nil {
-			out.ToNetwork(f)
-		}
-		if !a.confirmed.Load() {
-			a.observe(f)
-		}
-		return true
-	}
+	a := &attachment{ep: ep, mac: slices.Clone(v.DynamicMAC), since: l.cfg.Now(), placeholder: l.cfg.Prefix.Addr(), log: log}
 	// Before its first lease a VM may send DHCP only: its port is pinned
 	// to the network address, which no guest uses.
 	a.fallback = a.placeholder
 	if v.StaticIP.IsValid() {
 		a.fallback = v.StaticIP
 	}
-	port, err := l.sw.Attach(link, pc)
-	if err != nil {
-		link.Close()
-		return Endpoint{}, errorf(Internal, "VM %s: joining the switch of network %s: %w", name, l.cfg.Name, err)
+	var undo func()
+	if kind == frameio.KindTAP {
+		undo, err = l.attachTAPLocked(a, v, name)
+	} else {
+		undo, err = l.attachSocketLocked(a, v, name, internal, log)
 	}
-	a.port = port
-	port.SetIP(a.pinFor(l.srv, v.ID, v.StaticIP))
-	a.live.Store(port)
-	l.ports.Store(v.ID, a)
-
-	undo := func() {
-		l.ports.Delete(v.ID)
-		port.Detach()
+	if err != nil {
+		return Endpoint{}, err
 	}
 	if v.StaticIP.IsValid() {
 		if err := l.srv.SetReservation(v.ID, v.StaticIP); err != nil {
@@ -290,9 +323,108 @@ func (l *LAN) Attach(req AttachRequest) (Endpoint, error) {
 	st.att = a
 	// The lease may have been bound (or the reservation made) since the
 	// pin was chosen: pin again now that OnLease finds the port.
+	a.setIP(a.pinFor(l.srv, v.ID, v.StaticIP))
+	where := a.ep.PluginPath
+	if kind == frameio.KindTAP {
+		where = a.ep.TAP
+	}
+	log.Info("VM attached", "kind", kind, "endpoint", where, "mac", v.DynamicMAC.String(), "internal_mac", internal.String(), "static_ip", v.StaticIP)
+	return a.ep, nil
+}
+
+// attachSocketLocked gives a VM its socket and switch port; undo takes
+// them back.
+func (l *LAN) attachSocketLocked(a *attachment, v VM, name string, internal net.HardwareAddr, log *slog.Logger) (undo func(), err error) {
+	ep := a.ep
+	var link frameio.Port
+	switch ep.Kind {
+	case frameio.KindDgram:
+		// Connected to the VM's socket, so the kernel never caps the
+		// frames QEMU queues to us (see frameio's package doc).
+		link, err = frameio.ListenDgram(ep.PluginPath, frameio.DgramOptions{MTU: ep.MTU, Peer: ep.VMPath, Logger: log})
+	case frameio.KindStream:
+		link, err = frameio.ListenStream(ep.PluginPath, frameio.StreamOptions{MTU: ep.MTU, Logger: log})
+	}
+	if err != nil {
+		return nil, errorf(Unavailable, "VM %s: cannot create its socket: %w", name, err)
+	}
+	pc := vswitch.PortConfig{Name: name, Identity: v.ID, MAC: slices.Clone(v.DynamicMAC), AntiSpoof: true, Capture: &a.capture}
+	var out, in *mactrans.Translator
+	if !bytes.Equal(internal, v.DynamicMAC) {
+		// One translator per direction: each runs on its own goroutine.
+		out, err = mactrans.New(internal, v.DynamicMAC)
+		if err == nil {
+			in, err = mactrans.New(internal, v.DynamicMAC)
+		}
+		if err != nil {
+			link.Close()
+			return nil, errorf(Invalid, "VM %s: MAC translation: %w", name, err)
+		}
+		pc.ToLink = in.ToGuest
+	}
+	pc.FromLink = func(f []byte) bool {
+		if out != nil {
+			out.ToNetwork(f)
+		}
+		if !a.confirmed.Load() {
+			a.observe(f)
+		}
+		return true
+	}
+	port, err := l.sw.Attach(link, pc)
+	if err != nil {
+		link.Close()
+		return nil, errorf(Internal, "VM %s: joining the switch of network %s: %w", name, l.cfg.Name, err)
+	}
+	a.port = port
 	port.SetIP(a.pinFor(l.srv, v.ID, v.StaticIP))
-	log.Info("VM attached", "kind", kind, "socket", ep.PluginPath, "mac", v.DynamicMAC.String(), "internal_mac", internal.String(), "static_ip", v.StaticIP)
-	return ep, nil
+	a.live.Store(port)
+	l.ports.Store(v.ID, a)
+	return func() {
+		l.ports.Delete(v.ID)
+		port.Detach()
+	}, nil
+}
+
+// attachTAPLocked gives a VM its TAP on the bridge: the kernel fast path.
+// A TAP an earlier run left for a VM that still runs is taken back. undo
+// removes a TAP it made, never one it took back (its VM holds it).
+func (l *LAN) attachTAPLocked(a *attachment, v VM, name string) (undo func(), err error) {
+	br := l.cfg.Bridge
+	tap, adopted, err := br.AddPort(v.ID, v.DynamicMAC)
+	if err != nil {
+		return nil, errorf(Unavailable, "VM %s: cannot make its TAP on the bridge of network %s: %w", name, l.cfg.Name, err)
+	}
+	a.tap, a.bridge = tap, br
+	a.ep.TAP = tap
+	a.setIP(a.pinFor(l.srv, v.ID, v.StaticIP))
+	l.setFastLocked(v.DynamicMAC, v.ID)
+	l.ports.Store(v.ID, a)
+	if adopted {
+		a.log.Info("took back the VM's TAP from an earlier run", "tap", tap)
+	}
+	return func() {
+		l.ports.Delete(v.ID)
+		l.setFastLocked(v.DynamicMAC, "")
+		a.pmu.Lock()
+		a.gone = true
+		a.pmu.Unlock()
+		if !adopted {
+			br.RemovePort(tap)
+		}
+	}, nil
+}
+
+// setFastLocked maps a fast-path VM's MAC to its ID ("" removes it);
+// l.mu is held.
+func (l *LAN) setFastLocked(mac net.HardwareAddr, id string) {
+	m := maps.Clone(*l.fast.Load())
+	if id == "" {
+		delete(m, [6]byte(mac))
+	} else {
+		m[[6]byte(mac)] = id
+	}
+	l.fast.Store(&m)
 }
 
 // pinFor is the address a VM's port may send from now: its fixed
@@ -333,14 +465,31 @@ func (a *attachment) observe(f []byte) {
 	}
 }
 
-func chooseKind(kinds []frameio.Kind) (frameio.Kind, error) {
+// chooseKind picks the endpoint: a TAP (the kernel fast path) when the
+// runtime offers one, the LAN has a bridge and the VM needs no MAC
+// translation, unless the VM's datagram socket is live (a VM running on
+// sockets, attached again after a restart, keeps them); else the first
+// socket kind offered.
+func (l *LAN) chooseKind(kinds []frameio.Kind, translated bool, vmPath string) (frameio.Kind, error) {
 	if len(kinds) == 0 {
 		return frameio.KindDgram, nil
+	}
+	offersTAP := slices.Contains(kinds, frameio.KindTAP)
+	if offersTAP && l.cfg.Bridge != nil && !translated {
+		if !slices.Contains(kinds, frameio.KindDgram) || vmPath == "" || !socketLive(vmPath) {
+			return frameio.KindTAP, nil
+		}
 	}
 	for _, k := range kinds {
 		if k == frameio.KindDgram || k == frameio.KindStream {
 			return k, nil
 		}
+	}
+	if offersTAP && l.cfg.Bridge != nil {
+		return "", errors.New("a VM with an internal MAC (-m) needs its frames translated, which only the user-space switch does, and the runtime offered a TAP only (" + kindList(kinds) + "): offer a dgram or stream socket, or drop the internal MAC")
+	}
+	if l.cfg.Bridge != nil {
+		return "", errors.New("the network hands out TAPs and dgram and stream sockets; the runtime offered " + kindList(kinds))
 	}
 	return "", errors.New("the network hands out dgram and stream sockets; the runtime offered " + kindList(kinds))
 }
@@ -356,24 +505,57 @@ func kindList(kinds []frameio.Kind) string {
 	return s
 }
 
-// Detach removes the VM's port and its socket; its address stays its own.
-// Detaching a VM that is not attached succeeds.
+// Detach removes the VM's port and its socket, or its TAP; its address
+// stays its own. Detaching a VM that is not attached succeeds, and removes
+// a TAP an earlier run left for it.
 func (l *LAN) Detach(id string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if v := l.vms[id]; v != nil {
-		l.detachLocked(v)
+	l.detachIDLocked(id)
+}
+
+func (l *LAN) detachIDLocked(id string) {
+	if v := l.vms[id]; v != nil && v.att != nil {
+		l.detachLocked(v, true)
+		return
+	}
+	if br := l.cfg.Bridge; br != nil && !l.closed {
+		// The VM stopped; a TAP kept for it by an earlier run is of no
+		// use any more.
+		if err := br.RemovePort(br.PortName(id)); err != nil {
+			l.cfg.Logger.Warn("removing a TAP left for a VM", "lan", l.cfg.Name, "vm", id, "error", err)
+		}
 	}
 }
 
-func (l *LAN) detachLocked(v *vmState) {
+// detachLocked takes a VM's port away; remove deletes a fast-path VM's
+// TAP (the VM stopped), else it is left to the bridge's owner (Close).
+func (l *LAN) detachLocked(v *vmState, remove bool) {
 	a := v.att
 	if a == nil {
 		return
 	}
 	l.ports.Delete(v.rec.ID)
-	a.port.Detach()
-	v.last = a.port.Stats()
+	if a.port != nil {
+		a.port.Detach()
+		v.last = a.port.Stats()
+	} else {
+		v.last, _ = a.stats()
+		l.setFastLocked(a.mac, "")
+		a.pmu.Lock()
+		a.gone = true
+		stop := a.capStop
+		a.capStop = nil
+		a.pmu.Unlock()
+		if stop != nil {
+			stop()
+		}
+		if remove {
+			if err := a.bridge.RemovePort(a.tap); err != nil {
+				a.log.Warn("removing the VM's TAP", "tap", a.tap, "error", err)
+			}
+		}
+	}
 	a.capture.Stop()
 	v.att = nil
 	l.cfg.Logger.Info("VM detached", "lan", l.cfg.Name, "vm", v.rec.label())
@@ -385,9 +567,7 @@ func (l *LAN) Release(id string) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	v := l.vms[id]
-	if v != nil {
-		l.detachLocked(v)
-	}
+	l.detachIDLocked(id)
 	if err := l.srv.Release(id); err != nil {
 		return errorf(Internal, "network %s: forgetting the lease of VM %s: %w", l.cfg.Name, id, err)
 	}
@@ -427,7 +607,7 @@ func (l *LAN) Addr(id string) (netip.Addr, bool) {
 		return netip.Addr{}, false
 	}
 	a := v.(*attachment)
-	ip, ok := a.port.IP()
+	ip, ok := a.ip()
 	if !ok || ip == l.cfg.Prefix.Addr() {
 		return netip.Addr{}, false
 	}
@@ -456,9 +636,15 @@ func (l *LAN) Status(id string) (Status, bool) {
 		st.Attached = true
 		st.Since = a.since
 		st.Endpoint = a.ep
-		st.Port = a.port.Stats()
-		if ip, ok := a.port.IP(); ok && ip != l.cfg.Prefix.Addr() {
+		var seen bool
+		st.Port, seen = a.stats()
+		if ip, ok := a.ip(); ok && ip != l.cfg.Prefix.Addr() {
 			st.Pinned = ip
+			if seen && a.port == nil {
+				// A fast-path guest sent from its address: it has it
+				// (kept across a plugin restart, or set by hand).
+				a.confirmed.Store(true)
+			}
 			if a.confirmed.Load() {
 				st.IP = ip
 			}
@@ -480,12 +666,26 @@ func (l *LAN) StartCapture(id, path string, snaplen int) error {
 	if v == nil || v.att == nil {
 		return errorf(Conflict, "VM %s is not attached to network %s: start it before capturing", id, l.cfg.Name)
 	}
-	if err := v.att.capture.Start(path, snaplen); err != nil {
+	a := v.att
+	if err := a.capture.Start(path, snaplen); err != nil {
 		kind := Unavailable
 		if errors.Is(err, capture.ErrActive) {
 			kind = Conflict
 		}
 		return errorf(kind, "capturing VM %s to %s: %w", v.rec.label(), path, err)
+	}
+	if a.port == nil {
+		// The fast path: frames never pass through the switch; a packet
+		// socket on the VM's TAP sees them both ways.
+		stop, err := a.bridge.CapturePort(a.tap, a.capture.Write)
+		if err != nil {
+			a.capture.Stop()
+			os.Remove(path)
+			return errorf(Unavailable, "capturing VM %s on its TAP %s: %w", v.rec.label(), a.tap, err)
+		}
+		a.pmu.Lock()
+		a.capStop = stop
+		a.pmu.Unlock()
 	}
 	return nil
 }
@@ -497,6 +697,13 @@ func (l *LAN) StopCapture(id string) (frames uint64, err error) {
 	v := l.vms[id]
 	if v == nil || v.att == nil {
 		return 0, errorf(Conflict, "VM %s is not attached to network %s", id, l.cfg.Name)
+	}
+	v.att.pmu.Lock()
+	stop := v.att.capStop
+	v.att.capStop = nil
+	v.att.pmu.Unlock()
+	if stop != nil {
+		stop()
 	}
 	if err := v.att.capture.Stop(); err != nil && !errors.Is(err, capture.ErrNotActive) {
 		f, _ := v.att.capture.Stats()

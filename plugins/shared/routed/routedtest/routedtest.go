@@ -2,7 +2,8 @@
 // may set up their network: in a network namespace (and mount namespace)
 // of the test process's own, so the plugin's TAP, nftables table, sysctls
 // and DNS forwarder never touch the host's. It also plays guests (network
-// namespaces behind the plugin's sockets) and the outside world.
+// namespaces behind the plugin's sockets, or behind the TAPs of its kernel
+// fast path, opened by name as QEMU opens them) and the outside world.
 package routedtest
 
 import (
@@ -148,22 +149,46 @@ func (f writerFunc) Write(b []byte) (int, error) { return f(b) }
 
 var _ io.Writer = writerFunc(nil)
 
-// Attach attaches a VM with card and returns a guest namespace behind
-// its endpoint.
+// QEMU is what the core offers for a QEMU VM: a datagram socket or a
+// TAP (the plugin takes the TAP for its fast path when it can).
+var QEMU = []sdk.EndpointKind{sdk.EndpointDgram, sdk.EndpointTAP}
+
+// Sockets is what the core offers a hypervisor it does not launch.
+var Sockets = []sdk.EndpointKind{sdk.EndpointDgram, sdk.EndpointStream}
+
+// Attach attaches a VM with card as a QEMU VM (offering QEMU's endpoints)
+// and returns a guest namespace behind its endpoint: behind its TAP, on
+// the fast path, relayed as QEMU relays it.
 func Attach(t testing.TB, p sdk.NetworkPlugin, vm sdk.VMRef, card sdk.Card) (*lantest.Guest, sdk.Endpoint) {
 	t.Helper()
-	resp, err := p.Attach(t.Context(), &sdk.AttachRequest{VM: vm, Card: card, RunDir: frameiotest.TempDir(t),
-		Endpoints: []sdk.EndpointKind{sdk.EndpointDgram, sdk.EndpointTAP}})
+	return AttachWith(t, p, vm, card, QEMU)
+}
+
+// AttachWith is Attach offering kinds.
+func AttachWith(t testing.TB, p sdk.NetworkPlugin, vm sdk.VMRef, card sdk.Card, kinds []sdk.EndpointKind) (*lantest.Guest, sdk.Endpoint) {
+	t.Helper()
+	resp, err := p.Attach(t.Context(), &sdk.AttachRequest{VM: vm, Card: card, RunDir: frameiotest.TempDir(t), Endpoints: kinds})
 	if err != nil {
 		t.Fatalf("Attach of %s: %v", vm.Name, err)
 	}
 	ep := resp.Endpoint
+	return NewGuest(t, ep), ep
+}
+
+// NewGuest is a guest namespace behind an endpoint the plugin handed out.
+func NewGuest(t testing.TB, ep sdk.Endpoint) *lantest.Guest {
+	t.Helper()
+	return lantest.NewGuest(t, Plug(t, ep))
+}
+
+// Plug is the endpoint as lantest takes it.
+func Plug(t testing.TB, ep sdk.Endpoint) lantest.Plug {
+	t.Helper()
 	mac, err := net.ParseMAC(ep.MAC)
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := lantest.NewGuest(t, lantest.Plug{Kind: frameio.Kind(ep.Kind), PluginPath: ep.PluginPath, VMPath: ep.VMPath, MAC: mac, MTU: ep.MTU})
-	return g, ep
+	return lantest.Plug{Kind: frameio.Kind(ep.Kind), PluginPath: ep.PluginPath, VMPath: ep.VMPath, TAP: ep.TAP, MAC: mac, MTU: ep.MTU}
 }
 
 // Outside is a namespace playing the world beyond the host: a veth joins
@@ -231,11 +256,25 @@ func LinkExists(name string) bool {
 // in the test's namespace.
 func TableExists(t testing.TB, name string) bool {
 	t.Helper()
+	return TableOfExists(t, nftables.TableFamilyINet, name)
+}
+
+// BridgeTableExists reports whether nftables table name of family bridge
+// (the fast path's anti-spoofing) exists in the test's namespace.
+func BridgeTableExists(t testing.TB, name string) bool {
+	t.Helper()
+	return TableOfExists(t, nftables.TableFamilyBridge, name)
+}
+
+// TableOfExists reports whether nftables table name of family exists in
+// the test's namespace.
+func TableOfExists(t testing.TB, family nftables.TableFamily, name string) bool {
+	t.Helper()
 	c, err := nftables.New()
 	if err != nil {
 		t.Fatal(err)
 	}
-	ts, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
+	ts, err := c.ListTablesOfFamily(family)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -22,16 +22,21 @@ import (
 
 // Plug is a VM endpoint as the plugin handed it out.
 type Plug struct {
-	Kind       frameio.Kind // dgram (default) or stream
+	Kind       frameio.Kind // dgram (default), stream or tap
 	PluginPath string
 	VMPath     string
-	MAC        net.HardwareAddr // the NIC's MAC (internal when set)
-	MTU        int
+	// TAP is the VM's TAP (tap), opened by name as QEMU opens it, in
+	// NS or, when NS is nil, in the calling thread's namespace.
+	TAP string
+	NS  *frameiotest.Netns
+	MAC net.HardwareAddr // the NIC's MAC (internal when set)
+	MTU int
 }
 
 // Open is the VM side of p, as QEMU makes it: for dgram it binds VMPath
-// and sends to PluginPath without connecting; for stream it connects.
-// It is closed when tb ends.
+// and sends to PluginPath without connecting; for stream it connects;
+// for tap it opens the TAP by name (QEMU -netdev tap,ifname=...; QEMU
+// holds it by its file descriptor). It is closed when tb ends.
 func Open(tb testing.TB, p Plug) frameio.Port {
 	tb.Helper()
 	var port frameio.Port
@@ -41,6 +46,8 @@ func Open(tb testing.TB, p Plug) frameio.Port {
 		port, err = frameio.ListenDgram(p.VMPath, frameio.DgramOptions{MTU: p.MTU, Peer: p.PluginPath, NoConnect: true, Logger: frameiotest.Quiet})
 	case frameio.KindStream:
 		port, err = frameio.DialStream(p.PluginPath, frameio.StreamOptions{MTU: p.MTU, Logger: frameiotest.Quiet})
+	case frameio.KindTAP:
+		port, err = OpenTAP(p)
 	default:
 		tb.Fatalf("lantest: cannot play the VM behind a %s endpoint", p.Kind)
 	}

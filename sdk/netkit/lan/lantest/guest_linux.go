@@ -45,17 +45,19 @@ func Skip(tb testing.TB) {
 }
 
 // Guest is a network namespace whose eth0 is a TAP relayed to a VM's
-// endpoint, frame by frame, as QEMU relays its NIC: a real Linux network
-// stack behind the plugin's port. It ends with the test.
+// endpoint (its socket, or its TAP on the plugin's bridge), frame by
+// frame, as QEMU relays its NIC: a real Linux network stack behind the
+// plugin's port. It ends with the test.
 type Guest struct {
 	NS  *frameiotest.Netns
 	MAC net.HardwareAddr
 	dir string
 
-	mu   sync.Mutex
-	sock frameio.Port
-	tap  *frameio.TAPPort
-	wg   sync.WaitGroup
+	mu     sync.Mutex
+	sock   frameio.Port // the VM's end of its endpoint
+	tap    *frameio.TAPPort
+	wg     sync.WaitGroup
+	closed bool
 }
 
 // NewGuest makes a guest on endpoint p with eth0 up (MAC p.MAC, MTU
@@ -80,12 +82,32 @@ func NewGuest(tb testing.TB, p Plug) *Guest {
 	g.wg.Add(2)
 	go func() { defer g.wg.Done(); frameio.Relay(context.Background(), g.tap, g.sock, 16) }()
 	go func() { defer g.wg.Done(); frameio.Relay(context.Background(), g.sock, g.tap, 16) }()
-	tb.Cleanup(func() {
-		g.tap.Close()
-		g.sock.Close()
-		g.wg.Wait()
-	})
+	tb.Cleanup(g.Close)
 	return g
+}
+
+// GuestIn is a guest on a namespace whose eth0 the caller made and brought
+// up (a veth on a plugin's bridge, say): DHCP, Reaches and Run work as on
+// any guest; nothing is relayed, and Close does nothing.
+func GuestIn(tb testing.TB, ns *frameiotest.Netns, mac net.HardwareAddr) *Guest {
+	tb.Helper()
+	Skip(tb)
+	return &Guest{NS: ns, MAC: mac, dir: tb.TempDir(), closed: true}
+}
+
+// Close stops relaying and closes the guest's end of the endpoint, as a
+// VM that stops: a TAP endpoint is let go, a socket closed. The
+// namespace stays until the test ends.
+func (g *Guest) Close() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed {
+		return
+	}
+	g.closed = true
+	g.tap.Close()
+	g.sock.Close()
+	g.wg.Wait()
 }
 
 // udhcpcScript configures what udhcpc got and writes it down for DHCP.

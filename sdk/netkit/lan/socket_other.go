@@ -1,0 +1,5 @@
+//go:build !linux
+
+package lan
+
+func socketLive(string) bool { return false }
