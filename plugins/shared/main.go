@@ -7,5 +7,6 @@ package main
 import "github.com/anka-net/anka/sdk"
 
 func main() {
+	startProfiling() // ANKA_PLUGIN_CPUPROFILE, see profile.go
 	sdk.ServeFunc(func(env sdk.Env) (sdk.NetworkPlugin, error) { return New(env) })
 }

@@ -229,6 +229,16 @@ func (p *DgramPort) ReadBatch(frames []Frame) (int, error) {
 // waiting up to WriteTimeout for room. Without a peer every frame is
 // dropped and counted.
 func (p *DgramPort) WriteBatch(frames []Frame) (int, error) {
+	return p.writeBatch(frames, p.s.writeTimeout)
+}
+
+// WriteBatchNoWait is WriteBatch without the wait: what the peer's queue
+// has no room for now is dropped and counted (NoWaitWriter).
+func (p *DgramPort) WriteBatchNoWait(frames []Frame) (int, error) {
+	return p.writeBatch(frames, 0)
+}
+
+func (p *DgramPort) writeBatch(frames []Frame, timeout time.Duration) (int, error) {
 	if p.s.closed.Load() {
 		return 0, ErrClosed
 	}
@@ -246,7 +256,7 @@ func (p *DgramPort) WriteBatch(frames []Frame) (int, error) {
 		p.s.ctr.AddTxDropped(len(frames))
 		return 0, nil
 	}
-	sent, err := p.s.send(frames, name, namelen)
+	sent, err := p.s.sendWait(frames, name, namelen, timeout)
 	switch {
 	case errors.Is(err, ErrClosed):
 		return sent, err
@@ -440,4 +450,7 @@ func sockaddrPath(sa *unix.RawSockaddrUnix, salen uint32) string {
 	return string(b)
 }
 
-var _ Port = (*DgramPort)(nil)
+var (
+	_ Port         = (*DgramPort)(nil)
+	_ NoWaitWriter = (*DgramPort)(nil)
+)

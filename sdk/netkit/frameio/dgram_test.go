@@ -396,3 +396,44 @@ func TestDgramAllocs(t *testing.T) {
 		}
 	}
 }
+
+// A peer that does not read (an idle VM's socket) fills up: WriteBatch
+// then waits WriteTimeout for room, WriteBatchNoWait (the switch's
+// floods) drops at once.
+func TestDgramNoWaitOnFullPeer(t *testing.T) {
+	dir := frameiotest.TempDir(t)
+	pp, gp := filepath.Join(dir, "p.sock"), filepath.Join(dir, "g.sock")
+	guest, err := frameio.ListenDgram(gp, frameio.DgramOptions{Peer: pp, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer guest.Close()
+	plugin, err := frameio.ListenDgram(pp, frameio.DgramOptions{Peer: gp, WriteTimeout: 3 * time.Second, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plugin.Close()
+	waitFor(t, "connected", plugin.Connected)
+	fs := frames(64, 1514, 0)
+	for i := 0; ; i++ { // fill the guest's queue
+		if n, _ := plugin.WriteBatchNoWait(fs); n < len(fs) {
+			break
+		}
+		if i > 10000 {
+			t.Fatal("the peer's queue never filled")
+		}
+	}
+	dropped := plugin.Stats().TxDropped
+	start := time.Now()
+	for range 10 {
+		if n, _ := plugin.WriteBatchNoWait(fs[:1]); n != 0 {
+			t.Fatal("a frame went into a full queue")
+		}
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("10 writes to a full peer took %v: they waited", d)
+	}
+	if got := plugin.Stats().TxDropped - dropped; got != 10 {
+		t.Fatalf("%d frames counted dropped, want 10", got)
+	}
+}

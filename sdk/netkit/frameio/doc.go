@@ -15,7 +15,11 @@
 //     cannot reconnect, so QEMU guests attach by datagram or TAP and the
 //     stream kind serves other hypervisors.
 //   - TAPPort (OpenTAP, AttachTAP): a Linux TAP, one read or write per
-//     frame (a TAP has no mmsg calls).
+//     frame (a TAP has no mmsg calls). With TAPOptions.Offload
+//     (IFF_VNET_HDR, TSO4 and checksum offload) the host's stack hands
+//     64 KiB TCP segments, which the port cuts to the MTU, and runs of one
+//     TCP flow's segments are written as one merged segment; ReadBatch and
+//     WriteBatch still carry plain frames. The switch's uplink uses it.
 //   - PacketPort (OpenPacket): AF_PACKET on a host interface, for bridged
 //     networks. recvmmsg and sendmmsg; VLAN tags the kernel stripped are
 //     put back; frames coalesced by GRO beyond the MTU are dropped.
@@ -34,8 +38,10 @@
 //
 // A full peer makes WriteBatch wait up to WriteTimeout (10 ms by default)
 // and then drop the rest of the batch, so one stalled VM cannot hold up a
-// switch. A stream never drops half a frame: the rest is sent first by the
-// next WriteBatch.
+// switch. A DgramPort's WriteBatchNoWait (NoWaitWriter) does not wait
+// at all: the switch floods with it, so that the full sockets of idle VMs,
+// which nobody reads, cost a broadcast nothing. A stream never drops
+// half a frame: the rest is sent first by the next WriteBatch.
 //
 // # Datagram sockets and net.unix.max_dgram_qlen
 //

@@ -79,6 +79,15 @@ type Port interface {
 	Stats() Stats
 }
 
+// NoWaitWriter is a Port that can also write without waiting for room:
+// what the peer cannot take at once is dropped and counted. The switch
+// floods (broadcast, multicast, unknown unicast) with it, so that a peer
+// that does not read (an idle VM's socket, full) costs a flood nothing
+// instead of WriteTimeout, once per such peer.
+type NoWaitWriter interface {
+	WriteBatchNoWait(frames []Frame) (int, error)
+}
+
 // Stats are a snapshot of a port's counters since it opened. It is a plain
 // value: count with Counters, whose fields are atomic and aligned on every
 // platform.

@@ -181,6 +181,11 @@ func (s *mmsgSock) doRecv(fd uintptr) bool {
 // error that stopped it early, if any (the peer is gone, say). The caller
 // holds wmu.
 func (s *mmsgSock) send(frames []Frame, name *byte, namelen uint32) (int, error) {
+	return s.sendWait(frames, name, namelen, s.writeTimeout)
+}
+
+// sendWait is send waiting up to timeout (0: not at all) for room.
+func (s *mmsgSock) sendWait(frames []Frame, name *byte, namelen uint32, timeout time.Duration) (int, error) {
 	if len(frames) > len(s.whdr) {
 		s.whdr = make([]unix.Mmsghdr, len(frames))
 		s.wiov = make([]unix.Iovec, len(frames))
@@ -214,9 +219,9 @@ func (s *mmsgSock) send(frames []Frame, name *byte, namelen uint32) (int, error)
 	s.wn, s.widx, s.wbytes, s.wdropped, s.werr = k, 0, 0, 0, 0
 	s.wwait, s.wagain = false, false
 	err := s.rc.Write(s.writeFn)
-	if err == nil && s.wagain && s.writeTimeout > 0 {
+	if err == nil && s.wagain && timeout > 0 {
 		s.wwait = true
-		s.f.SetWriteDeadline(time.Now().Add(s.writeTimeout))
+		s.f.SetWriteDeadline(time.Now().Add(timeout))
 		err = s.rc.Write(s.writeFn)
 		s.f.SetWriteDeadline(time.Time{})
 	}

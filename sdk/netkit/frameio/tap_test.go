@@ -242,3 +242,166 @@ func TestTAPPersistAndAttach(t *testing.T) {
 		t.Fatal("Close did not wake the TAP reader")
 	}
 }
+
+// An offloading TAP (the switch's uplink) still reads and writes plain
+// frames: the kernel answers ARP and ping written through it, and a TCP
+// SYN it sends with its checksum left partial arrives completed.
+func TestTAPOffload(t *testing.T) {
+	ns := frameiotest.NewNetns(t)
+	var tap *frameio.TAPPort
+	if err := ns.Run(func() (err error) {
+		tap, err = frameio.OpenTAP("anka0", frameio.TAPOptions{MTU: 1500, Up: true, Offload: true, Logger: testLogger(t)})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer tap.Close()
+	ns.IP(t, "addr", "add", "10.99.0.1/24", "dev", "anka0")
+	if n, err := tap.WriteBatch([]frameio.Frame{{Buf: arpRequest(guestMAC, guestIP, hostIP), N: 60}}); n != 1 || err != nil {
+		t.Fatalf("write ARP request = %d, %v", n, err)
+	}
+	reply := collectMatching(t, tap, 1, func(f []byte) bool {
+		return etherType(f) == 0x0806 && binary.BigEndian.Uint16(f[20:]) == 2 && bytes.Equal(f[28:32], hostIP)
+	})[0]
+	kernelMAC := net.HardwareAddr(reply[22:28])
+	payload := bytes.Repeat([]byte("anka"), (1500-28)/4)
+	req := echoRequest(kernelMAC, guestIP, hostIP, 0x4243, payload)
+	if n, _ := tap.WriteBatch([]frameio.Frame{{Buf: req, N: len(req)}}); n != 1 {
+		t.Fatal("echo request not written")
+	}
+	echo := collectMatching(t, tap, 1, func(f []byte) bool {
+		return etherType(f) == 0x0800 && f[23] == 1 && f[34] == 0 && binary.BigEndian.Uint16(f[38:]) == 0x4243
+	})[0]
+	if !bytes.Equal(echo[42:], payload) {
+		t.Fatal("echo reply payload differs")
+	}
+
+	// The kernel's SYN to the guest: checksum offloaded to the port.
+	go ns.Run(func() error {
+		c, err := net.DialTimeout("tcp4", "10.99.0.2:7", 2*time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return nil
+	})
+	syn := collectMatching(t, tap, 1, func(f []byte) bool {
+		return etherType(f) == 0x0800 && f[23] == 6 && bytes.Equal(f[30:34], guestIP)
+	})[0]
+	ihl := int(syn[14]&0x0f) * 4
+	tcp := syn[14+ihl : 14+int(binary.BigEndian.Uint16(syn[16:]))]
+	pseudo := append(append(append([]byte{}, syn[26:34]...), 0, 6), byte(len(tcp)>>8), byte(len(tcp)))
+	if c := checksum(append(pseudo, tcp...)); c != 0 {
+		t.Fatalf("SYN's TCP checksum not completed (%#x): %x", c, syn)
+	}
+}
+
+// tcpGuestFrame is a TCP/IPv4 frame from the guest to the host's port
+// 7777, checksums filled.
+func tcpGuestFrame(dst net.HardwareAddr, seq, ack uint32, flags byte, payload []byte) []byte {
+	f := make([]byte, 54+len(payload))
+	copy(f[0:], dst)
+	copy(f[6:], guestMAC)
+	f[12], f[13] = 0x08, 0x00
+	ip := f[14:34]
+	ip[0], ip[6], ip[8], ip[9] = 0x45, 0x40, 64, 6
+	binary.BigEndian.PutUint16(ip[2:], uint16(len(f)-14))
+	binary.BigEndian.PutUint16(ip[4:], uint16(seq))
+	copy(ip[12:], guestIP)
+	copy(ip[16:], hostIP)
+	binary.BigEndian.PutUint16(ip[10:], checksum(ip))
+	tcp := f[34:]
+	binary.BigEndian.PutUint16(tcp[0:], 40000)
+	binary.BigEndian.PutUint16(tcp[2:], 7777)
+	binary.BigEndian.PutUint32(tcp[4:], seq)
+	binary.BigEndian.PutUint32(tcp[8:], ack)
+	tcp[12], tcp[13] = 5<<4, flags
+	binary.BigEndian.PutUint16(tcp[14:], 65535)
+	copy(tcp[20:], payload)
+	pseudo := append(append([]byte{}, f[26:34]...), 0, 6, byte(len(tcp)>>8), byte(len(tcp)))
+	binary.BigEndian.PutUint16(tcp[16:], checksum(append(pseudo, tcp...)))
+	return f
+}
+
+// A run of one flow's full-size segments written to an offloading TAP is
+// merged into one segment for the kernel (coalesceRun): the host's socket
+// must read every byte, in order.
+func TestTAPOffloadMergedWrite(t *testing.T) {
+	ns := frameiotest.NewNetns(t)
+	var tap *frameio.TAPPort
+	if err := ns.Run(func() (err error) {
+		tap, err = frameio.OpenTAP("anka0", frameio.TAPOptions{MTU: 1500, Up: true, Offload: true, Logger: testLogger(t)})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer tap.Close()
+	ns.IP(t, "addr", "add", "10.99.0.1/24", "dev", "anka0")
+	var ln net.Listener
+	if err := ns.Run(func() (err error) { ln, err = net.Listen("tcp4", "10.99.0.1:7777"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	const total = 40 * 1448
+	got := make(chan []byte, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			got <- nil
+			return
+		}
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		b := make([]byte, 0, total)
+		buf := make([]byte, 65536)
+		for len(b) < total {
+			n, err := c.Read(buf)
+			b = append(b, buf[:n]...)
+			if err != nil {
+				break
+			}
+		}
+		got <- b
+	}()
+
+	tap.WriteBatch([]frameio.Frame{{Buf: arpRequest(guestMAC, guestIP, hostIP), N: 60}})
+	reply := collectMatching(t, tap, 1, func(f []byte) bool {
+		return etherType(f) == 0x0806 && binary.BigEndian.Uint16(f[20:]) == 2
+	})[0]
+	kmac := net.HardwareAddr(reply[22:28])
+	isTCP := func(flags byte) func([]byte) bool {
+		return func(f []byte) bool {
+			return etherType(f) == 0x0800 && f[23] == 6 && f[47]&flags == flags
+		}
+	}
+	const iss = 1000
+	syn := tcpGuestFrame(kmac, iss, 0, 0x02, nil)
+	tap.WriteBatch([]frameio.Frame{{Buf: syn, N: len(syn)}})
+	synack := collectMatching(t, tap, 1, isTCP(0x12))[0]
+	hostSeq := binary.BigEndian.Uint32(synack[38:]) + 1
+	ack := tcpGuestFrame(kmac, iss+1, hostSeq, 0x10, nil)
+	tap.WriteBatch([]frameio.Frame{{Buf: ack, N: len(ack)}})
+
+	want := make([]byte, total)
+	for i := range want {
+		want[i] = byte(i * 13)
+	}
+	var batch []frameio.Frame
+	for off := 0; off < total; off += 1448 {
+		flags := byte(0x10)
+		if off+1448 == total {
+			flags = 0x18
+		}
+		f := tcpGuestFrame(kmac, iss+1+uint32(off), hostSeq, flags, want[off:off+1448])
+		batch = append(batch, frameio.Frame{Buf: f, N: len(f)})
+	}
+	if n, err := tap.WriteBatch(batch); n != len(batch) || err != nil {
+		t.Fatalf("wrote %d of %d: %v", n, len(batch), err)
+	}
+	b := <-got
+	if !bytes.Equal(b, want) {
+		t.Fatalf("the host read %d bytes of %d, or not the same", len(b), total)
+	}
+	if s := tap.Stats(); s.TxFrames != uint64(3+len(batch)) {
+		t.Fatalf("stats %+v", s)
+	}
+}

@@ -220,7 +220,9 @@ func (n *Network) setupBridge() error {
 	if err := nl.AddrAdd(link, addr); err != nil {
 		return fail(fmt.Errorf("hostnet: adding %s to %s: %w", addr.IPNet, cfg.TAP, err))
 	}
-	up, err = frameio.OpenTAP(cfg.Uplink, frameio.TAPOptions{MTU: cfg.MTU, Logger: cfg.Logger})
+	// Offload: the host hands the switch 64 KiB TCP segments, which the
+	// port cuts to the MTU (see frameio.TAPOptions.Offload).
+	up, err = frameio.OpenTAP(cfg.Uplink, frameio.TAPOptions{MTU: cfg.MTU, Logger: cfg.Logger, Offload: true})
 	if err != nil {
 		return fail(fmt.Errorf("hostnet: %w", err))
 	}

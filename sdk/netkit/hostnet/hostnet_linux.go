@@ -148,7 +148,7 @@ func (n *Network) setup() error {
 	if cfg.Bridge {
 		return n.setupBridge()
 	}
-	tap, err := frameio.OpenTAP(cfg.TAP, frameio.TAPOptions{MTU: cfg.MTU, Logger: cfg.Logger})
+	tap, err := frameio.OpenTAP(cfg.TAP, frameio.TAPOptions{MTU: cfg.MTU, Logger: cfg.Logger, Offload: true})
 	if err != nil {
 		return fmt.Errorf("hostnet: %w", err)
 	}

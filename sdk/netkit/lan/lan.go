@@ -66,6 +66,10 @@ type LAN struct {
 	svc   *vswitch.Port // DHCP replies and ARP answers enter here
 	host  *vswitch.Port // nil without a host link
 	arp   *arp.Responder
+	// replyFn and bridgeFn are sendReply and sendToBridge as func values
+	// made once: a method value made per frame in intercept escapes to
+	// the heap, an allocation per frame on the forwarding path.
+	replyFn, bridgeFn func([]byte)
 
 	// ports maps a VM ID to its *attachment for OnLease, which the DHCP
 	// server calls from its goroutines (and from calls made under mu).
@@ -91,6 +95,7 @@ func New(cfg Config) (*LAN, error) {
 		return nil, errorf(Unavailable, "LAN %s: cannot make its data folder: %w", cfg.Name, err)
 	}
 	l := &LAN{cfg: cfg, vms: map[string]*vmState{}, regPath: filepath.Join(cfg.DataDir, cfg.Name+"-vms.json")}
+	l.replyFn, l.bridgeFn = l.sendReply, l.sendToBridge
 	recs, err := loadRegistry(l.regPath)
 	if err != nil {
 		return nil, errorf(Unavailable, "LAN %s: %w", cfg.Name, err)
@@ -176,9 +181,9 @@ func (l *LAN) intercept(from *vswitch.Port, fr []byte) bool {
 			return false
 		}
 		id, ok := (*l.fast.Load())[[6]byte(fr[6:12])]
-		return ok && l.srv.HandleFrame(id, fr, l.sendToBridge)
+		return ok && l.srv.HandleFrame(id, fr, l.bridgeFn)
 	}
-	if id := from.Identity(); id != "" && l.srv.HandleFrame(id, fr, l.sendReply) {
+	if id := from.Identity(); id != "" && l.srv.HandleFrame(id, fr, l.replyFn) {
 		return true
 	}
 	if l.arp != nil {

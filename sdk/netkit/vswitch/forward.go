@@ -55,7 +55,7 @@ func (s *Switch) forward(from *Port, f *forwarder, frames []frameio.Frame) {
 	f.run = f.run[:0]
 	flush := func() {
 		if runTo != nil && len(f.run) > 0 {
-			runTo.transmit(f.run)
+			runTo.transmit(f.run, false)
 		}
 		f.run, runTo = f.run[:0], nil
 	}
@@ -135,12 +135,16 @@ func (s *Switch) flood(from *Port, f *forwarder, fr []byte) {
 		} else {
 			f.one[0] = frameio.Frame{Buf: fr, N: len(fr)}
 		}
-		to.transmit(f.one)
+		to.transmit(f.one, true)
 	}
 }
 
 // transmit writes frames to the port's link, or hands them to its service.
-func (p *Port) transmit(frames []frameio.Frame) {
+// A flood does not wait for room on a link that can say so
+// (frameio.NoWaitWriter): a peer that does not read, such as an idle VM's
+// full socket, must not hold up the forwarding goroutine WriteTimeout per
+// broadcast, once per idle port.
+func (p *Port) transmit(frames []frameio.Frame, flood bool) {
 	if p.closed.Load() {
 		return
 	}
@@ -160,7 +164,13 @@ func (p *Port) transmit(frames []frameio.Frame) {
 	if p.deliver != nil {
 		p.deliver(frames)
 	} else {
-		n, err := p.link.WriteBatch(frames)
+		var n int
+		var err error
+		if nw, ok := p.link.(frameio.NoWaitWriter); ok && flood {
+			n, err = nw.WriteBatchNoWait(frames)
+		} else {
+			n, err = p.link.WriteBatch(frames)
+		}
 		if err != nil || n < len(frames) {
 			p.stats.txErrors.Add(uint64(len(frames) - n))
 			sent = n

@@ -456,3 +456,37 @@ func TestCaptureOnAndOffWhileAttached(t *testing.T) {
 		t.Fatalf("captured %v, want the frame received and the frame sent while on", srcs)
 	}
 }
+
+// fullLink is a link whose peer never reads: WriteBatch would wait,
+// WriteBatchNoWait drops.
+type fullLink struct {
+	memLink
+	waited, noWait atomic.Int64
+}
+
+func (l *fullLink) WriteBatch(fs []frameio.Frame) (int, error) {
+	l.waited.Add(int64(len(fs)))
+	return 0, nil
+}
+
+func (l *fullLink) WriteBatchNoWait(fs []frameio.Frame) (int, error) {
+	l.noWait.Add(int64(len(fs)))
+	return 0, nil
+}
+
+// A flood never waits for room on a port (idle VMs' full sockets); known
+// unicast still does.
+func TestFloodDoesNotWait(t *testing.T) {
+	sw := New(Config{})
+	defer sw.Close()
+	a, _ := sw.AttachService(PortConfig{Name: "a", MAC: macA}, func([]frameio.Frame) {})
+	idle := &fullLink{memLink: *newMemLink()}
+	if _, err := sw.Attach(idle, PortConfig{Name: "idle", MAC: macB}); err != nil {
+		t.Fatal(err)
+	}
+	a.Send(udpFrame(t, macA, bcast, "10.0.0.1", "10.0.0.255", 1, 2))
+	a.Send(udpFrame(t, macA, macB, "10.0.0.1", "10.0.0.2", 1, 2))
+	if w, nw := idle.waited.Load(), idle.noWait.Load(); w != 1 || nw != 1 {
+		t.Fatalf("unicast writes %d (want 1), flood writes without waiting %d (want 1)", w, nw)
+	}
+}
