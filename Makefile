@@ -18,8 +18,11 @@ PLUGIN_BINS := $(foreach p,$(PLUGINS),$(p):$(call binary,$(p)))
 # Debian packages the build, the tests and the demo need.
 APT_PKGS := qemu-system-x86 busybox-static cpio iproute2 binutils nftables dnsmasq-base
 PROTO_PKGS := protobuf-compiler
+# make bench-peers: the load generator and one of the peers (gvproxy comes
+# from go install, pinned, into build/peers).
+PEERS_APT_PKGS := iperf3 passt
 
-.PHONY: all deps go-check build guest test test-unit demo demo-stop bench fuzz lint proto install clean
+.PHONY: all deps go-check build guest test test-unit demo demo-stop bench bench-peers fuzz lint proto install clean
 
 all: build
 
@@ -48,6 +51,28 @@ test: deps guest build lint
 	ANKA_GUEST_DIR=$(GUEST_DIR) ANKA_E2E=1 go test -count=1 -timeout 15m ./...
 	cd sdk && ANKA_GUEST_DIR=$(GUEST_DIR) ANKA_E2E=1 go test -count=1 -timeout 15m ./...
 	test/fuzz.sh $(FUZZTIME_TEST)
+
+# This project's shared network against gvproxy, passt, the kernel's veth
+# and the adapter's own ceiling, in network namespaces it makes (root):
+# prints the table, writes docs/benchmarks-peers.json and .png and the
+# generated part of docs/benchmarks.md. Harness flags go in
+# BENCH_PEERS_FLAGS ('-t 10s -count 5'; build/peers/benchpeers -h lists
+# them). See test/benchpeers.
+bench-peers: deps go-check build
+	@missing=$$(for p in $(PEERS_APT_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing:" $$missing; \
+		[ "$$(id -u)" = 0 ] || { echo "installing packages needs root: run make as root (sudo make ...)"; exit 1; }; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@if ! build/peers/gvproxy -version 2>/dev/null | grep -qx 'gvproxy version v0.8.9'; then \
+		echo "GOBIN=$(CURDIR)/build/peers go install github.com/containers/gvisor-tap-vsock/cmd/gvproxy@v0.8.9"; \
+		GOBIN=$(CURDIR)/build/peers go install github.com/containers/gvisor-tap-vsock/cmd/gvproxy@v0.8.9 || exit 1; \
+	fi
+	go build -o build/peers/benchpeers ./test/benchpeers/cmd/benchpeers
+	@[ "$$(id -u)" = 0 ] || { echo "make bench-peers makes network namespaces: run it as root"; exit 1; }
+	build/peers/benchpeers run -anka bin/anka -gvproxy build/peers/gvproxy -passt "$$(command -v passt)" \
+		-json docs/benchmarks-peers.json -png docs/benchmarks-peers.png -doc docs/benchmarks.md $(BENCH_PEERS_FLAGS)
 
 # Each fuzz target for FUZZTIME (make fuzz FUZZTIME=10m).
 FUZZTIME ?= 60s
