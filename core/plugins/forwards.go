@@ -26,21 +26,21 @@ func forwardsOf(v *vm.VM) []sdk.PortForward {
 // gone or changed are removed, missing ones added. A type that does not
 // forward ports is fine while the VM has no rule.
 func (h *Host) syncForwards(ctx context.Context, pl sdk.NetworkPlugin, v *vm.VM) error {
-	pf, ok := pl.(sdk.PortForwarder)
 	want := forwardsOf(v)
-	if !ok {
-		if len(want) > 0 {
-			return fmt.Errorf("network type %s does not forward ports: delete the rules (`anka modify %s delete port-forwarding --all`) or pick a type that does (shared)", v.NetworkCard.Type, v.Name)
-		}
-		return nil
-	}
 	typ := v.NetworkCard.Type
-	cur, err := pf.ListPortForwards(ctx, &sdk.ListPortForwardsRequest{VM: ref(v), Type: typ})
-	if sdk.CodeOf(err) == sdk.CodeUnsupported {
+	unsupported := func() error {
 		if len(want) > 0 {
 			return fmt.Errorf("network type %s does not forward ports: delete the rules (`anka modify %s delete port-forwarding --all`) or pick a type that does (shared)", typ, v.Name)
 		}
 		return nil
+	}
+	pf, ok := pl.(sdk.PortForwarder)
+	if !ok {
+		return unsupported()
+	}
+	cur, err := pf.ListPortForwards(ctx, &sdk.ListPortForwardsRequest{VM: ref(v), Type: typ})
+	if sdk.CodeOf(err) == sdk.CodeUnsupported {
+		return unsupported()
 	}
 	if err != nil {
 		return pluginError(typ, err)

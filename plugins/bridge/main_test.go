@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -35,19 +34,7 @@ func TestMain(m *testing.M) {
 		}
 	}
 	if os.Getenv(envIsolated) == "" && canIsolate() {
-		cmd := exec.Command("unshare", append([]string{"--net", "--mount", "--propagation", "private", "--", os.Args[0]}, os.Args[1:]...)...)
-		cmd.Env = append(os.Environ(), envIsolated+"=1")
-		cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-		err := cmd.Run()
-		var ee *exec.ExitError
-		switch {
-		case err == nil:
-			os.Exit(0)
-		case errors.As(err, &ee):
-			os.Exit(ee.ExitCode())
-		}
-		fmt.Fprintf(os.Stderr, "bridge tests: running in namespaces of their own: %v\n", err)
-		os.Exit(1)
+		os.Exit(frameiotest.RerunIsolated(envIsolated))
 	}
 	if isolated() {
 		if out, err := exec.Command("ip", "link", "set", "lo", "up").CombinedOutput(); err != nil {

@@ -3,7 +3,6 @@ package benchpeers
 import (
 	"context"
 	"flag"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/anka-net/anka/sdk/netkit/frameio/frameiotest"
 )
 
 // The smoke run of the peer benchmark under make test: every path passes
@@ -32,17 +33,7 @@ func TestMain(m *testing.M) {
 	// namespaces of its own, with a private /run/netns, so nothing
 	// reaches the host's interfaces, routes, firewall or namespaces.
 	if os.Getenv(isolatedEnv) == "" {
-		cmd := exec.Command("unshare", append([]string{"--net", "--mount", "--propagation", "private", "--", os.Args[0]}, os.Args[1:]...)...)
-		cmd.Env = append(os.Environ(), isolatedEnv+"=1")
-		cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-		if err := cmd.Run(); err != nil {
-			if ee, ok := err.(*exec.ExitError); ok {
-				os.Exit(ee.ExitCode())
-			}
-			fmt.Fprintln(os.Stderr, "benchpeers: running the tests in namespaces of their own:", err)
-			os.Exit(1)
-		}
-		os.Exit(0)
+		os.Exit(frameiotest.RerunIsolated(isolatedEnv))
 	}
 	os.MkdirAll("/run/netns", 0o755)
 	if err := syscall.Mount("benchpeers", "/run/netns", "tmpfs", 0, "mode=755"); err != nil {

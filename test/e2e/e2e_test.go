@@ -57,7 +57,7 @@ func TestMain(m *testing.M) {
 	// so nothing reaches the host's interfaces, routes or firewall even
 	// when a test forgets to make a namespace.
 	if os.Geteuid() == 0 && os.Getenv("ANKA_E2E_ISOLATED") == "" {
-		os.Exit(isolated())
+		os.Exit(frameiotest.RerunIsolated("ANKA_E2E_ISOLATED"))
 	}
 	if os.Getenv("ANKA_E2E_ISOLATED") != "" {
 		if out, err := exec.Command("ip", "link", "set", "lo", "up").CombinedOutput(); err != nil {
@@ -87,22 +87,6 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
-}
-
-// isolated runs this test binary again under unshare(1) in new network
-// and mount namespaces and returns its exit code.
-func isolated() int {
-	cmd := exec.Command("unshare", append([]string{"--net", "--mount", "--propagation", "private", "--", os.Args[0]}, os.Args[1:]...)...)
-	cmd.Env = append(os.Environ(), "ANKA_E2E_ISOLATED=1")
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-	if err := cmd.Run(); err != nil {
-		if ee, ok := err.(*exec.ExitError); ok {
-			return ee.ExitCode()
-		}
-		fmt.Fprintln(os.Stderr, "e2e: running the tests in namespaces of their own:", err)
-		return 1
-	}
-	return 0
 }
 
 func newEnv(t *testing.T) *env {

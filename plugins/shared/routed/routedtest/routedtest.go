@@ -7,7 +7,6 @@
 package routedtest
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -45,19 +44,7 @@ const UpstreamDNS = "127.0.0.1"
 // UpstreamDNS; otherwise it runs them here and Isolated reports false.
 func Main(m *testing.M) {
 	if os.Getenv(envIsolated) == "" && canIsolate() {
-		cmd := exec.Command("unshare", append([]string{"--net", "--mount", "--propagation", "private", "--", os.Args[0]}, os.Args[1:]...)...)
-		cmd.Env = append(os.Environ(), envIsolated+"=1")
-		cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-		err := cmd.Run()
-		var ee *exec.ExitError
-		switch {
-		case err == nil:
-			os.Exit(0)
-		case errors.As(err, &ee):
-			os.Exit(ee.ExitCode())
-		}
-		fmt.Fprintf(os.Stderr, "routedtest: running the tests in namespaces of their own: %v\n", err)
-		os.Exit(1)
+		os.Exit(frameiotest.RerunIsolated(envIsolated))
 	}
 	if !Isolated() {
 		os.Exit(m.Run())

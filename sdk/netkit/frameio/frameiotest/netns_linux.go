@@ -5,9 +5,11 @@ package frameiotest
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
@@ -107,3 +109,24 @@ func (n *Netns) Exec(tb testing.TB, name string, args ...string) string {
 }
 
 func (n *Netns) String() string { return fmt.Sprintf("netns %s", n.Name) }
+
+// RerunIsolated runs this process's command line again under unshare(1)
+// in new network and mount namespaces (private mount propagation), with
+// env=1 set so the rerun knows it is the isolated one, and returns its
+// exit code. A TestMain calls it (as root, env unset) and exits with the
+// code, so nothing its tests do reaches the host's own network.
+func RerunIsolated(env string) int {
+	cmd := exec.Command("unshare", append([]string{"--net", "--mount", "--propagation", "private", "--", os.Args[0]}, os.Args[1:]...)...)
+	cmd.Env = append(os.Environ(), env+"=1")
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	err := cmd.Run()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &ee):
+		return ee.ExitCode()
+	}
+	fmt.Fprintf(os.Stderr, "%s: running the tests in namespaces of their own: %v\n", filepath.Base(os.Args[0]), err)
+	return 1
+}
