@@ -172,6 +172,17 @@ func ratios(r *Results, cfg Config) []Ratio {
 		k := TCPKey(d.key, big)
 		add(fmt.Sprintf("anka / passt, TCP %s, MTU %d", d.label, big), anka, r.Peer(PeerPasst), k, k, 1.5)
 	}
+	// A QEMU VM on Linux takes the kernel fast path unless it needs MAC
+	// translation: the same targets, for what those VMs get.
+	for _, peer := range []struct {
+		name   string
+		target float64
+	}{{PeerGvproxy, 2}, {PeerPasst, 1.5}} {
+		for _, d := range dirs {
+			k := TCPKey(d.key, big)
+			add(fmt.Sprintf("anka fast path / %s, TCP %s, MTU %d", peer.name, d.label, big), r.Peer(PeerAnkaFastPath), r.Peer(peer.name), k, k, peer.target)
+		}
+	}
 	// The ceiling with the framing the plugin handed out.
 	ceil := PeerAdapterDgram
 	if anka != nil && slices.ContainsFunc(anka.Notes, func(n string) bool { return strings.HasPrefix(n, "stream") }) {
