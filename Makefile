@@ -22,7 +22,7 @@ PROTO_PKGS := protobuf-compiler
 # from go install, pinned, into build/peers).
 PEERS_APT_PKGS := iperf3 passt
 
-.PHONY: all deps go-check build guest test test-unit demo demo-stop bench bench-peers fuzz lint proto install clean
+.PHONY: all deps go-check build guest test test-unit soak demo demo-stop bench bench-peers fuzz lint proto install clean
 
 all: build
 
@@ -73,6 +73,13 @@ bench-peers: deps go-check build
 	@[ "$$(id -u)" = 0 ] || { echo "make bench-peers makes network namespaces: run it as root"; exit 1; }
 	build/peers/benchpeers run -anka bin/anka -gvproxy build/peers/gvproxy -passt "$$(command -v passt)" \
 		-json docs/benchmarks-peers.json -png docs/benchmarks-peers.png -doc docs/benchmarks.md $(BENCH_PEERS_FLAGS)
+
+# The long versions of the reliability tests (docs/reliability.md): every
+# test whose name holds Soak, which skip unless ANKA_SOAK=1 (make test runs
+# their short versions).
+soak: deps guest build
+	ANKA_SOAK=1 ANKA_GUEST_DIR=$(GUEST_DIR) ANKA_E2E=1 go test -count=1 -timeout 90m -run 'Soak' -v ./...
+	cd sdk && ANKA_SOAK=1 ANKA_GUEST_DIR=$(GUEST_DIR) ANKA_E2E=1 go test -count=1 -timeout 90m -run 'Soak' -v ./...
 
 # Each fuzz target for FUZZTIME (make fuzz FUZZTIME=10m).
 FUZZTIME ?= 60s

@@ -2,6 +2,8 @@ package benchpeers
 
 import (
 	"bufio"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -130,6 +132,20 @@ type Ratio struct {
 	Target    float64 `json:"target,omitempty"`
 	Met       *bool   `json:"met,omitempty"`
 	Why       string  `json:"unavailable,omitempty"`
+}
+
+// Reload reads a run that run -json wrote and takes its ratios again
+// from its figures.
+func Reload(data []byte) (*Results, error) {
+	var r Results
+	if err := json.Unmarshal(data, &r); err != nil {
+		return nil, fmt.Errorf("not a bench-peers run: %w", err)
+	}
+	if len(r.Peers) == 0 || len(r.Settings.MTUs) == 0 {
+		return nil, errors.New("not a bench-peers run: no peers or MTUs")
+	}
+	r.Ratios = ratios(&r, Config{MTUs: r.Settings.MTUs, Idle: r.Settings.Idle})
+	return &r, nil
 }
 
 func ratios(r *Results, cfg Config) []Ratio {

@@ -41,6 +41,8 @@ func main() {
 	switch cmd {
 	case "run":
 		err = run(args)
+	case "report":
+		err = report(args)
 	case "adapter":
 		err = adapter(args)
 	case "rr-server":
@@ -56,7 +58,7 @@ func main() {
 	case "bulk-client":
 		err = bulkClient(args)
 	default:
-		err = fmt.Errorf("unknown command %q: run, adapter, rr-server, rr-client, udp-sink, udp-blast, bulk-server or bulk-client", cmd)
+		err = fmt.Errorf("unknown command %q: run, report, adapter, rr-server, rr-client, udp-sink, udp-blast, bulk-server or bulk-client", cmd)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "benchpeers:", err)
@@ -272,31 +274,64 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	if *jsonOut != "" {
+	if err := writeOutputs(res, *jsonOut, *pngOut, *doc); err != nil {
+		return err
+	}
+	if res.Failed() && !*keep {
+		return errors.New("some peers failed (see the errors above)")
+	}
+	return nil
+}
+
+// report renders a saved run again: the ratios are taken anew from its
+// figures, so a change to the report needs no new run.
+func report(args []string) error {
+	fs := flag.NewFlagSet("report", flag.ExitOnError)
+	in := fs.String("json", "docs/benchmarks-peers.json", "the run to read (written by run -json)")
+	pngOut := fs.String("png", "", "write the chart here")
+	doc := fs.String("doc", "", "replace the generated part of this Markdown file")
+	fs.Parse(args)
+	b, err := os.ReadFile(*in)
+	if err != nil {
+		return fmt.Errorf("%w (make bench-peers writes it)", err)
+	}
+	res, err := benchpeers.Reload(b)
+	if err != nil {
+		return fmt.Errorf("%s: %w", *in, err)
+	}
+	res.WriteTable(os.Stdout)
+	return writeOutputs(res, *in, *pngOut, *doc)
+}
+
+func writeOutputs(res *benchpeers.Results, jsonOut, pngOut, doc string) error {
+	if jsonOut != "" {
 		b, _ := json.MarshalIndent(res, "", "  ")
-		if err := os.WriteFile(*jsonOut, append(b, '\n'), 0o644); err != nil {
+		// Whole or not at all: report rewrites the file it read.
+		tmp := jsonOut + ".tmp"
+		if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
+			os.Remove(tmp)
+			return err
+		}
+		if err := os.Rename(tmp, jsonOut); err != nil {
 			return err
 		}
 	}
 	chart := ""
-	if *pngOut != "" {
-		if err := res.WriteChart(*pngOut); err != nil {
+	if pngOut != "" {
+		if err := res.WriteChart(pngOut); err != nil {
 			return err
 		}
-		chart = *pngOut
-		if *doc != "" {
-			if rel, err := filepath.Rel(filepath.Dir(*doc), *pngOut); err == nil {
+		chart = pngOut
+		if doc != "" {
+			if rel, err := filepath.Rel(filepath.Dir(doc), pngOut); err == nil {
 				chart = rel
 			}
 		}
 	}
-	if *doc != "" {
-		if err := benchpeers.UpdateDoc(*doc, res, chart); err != nil {
+	if doc != "" {
+		if err := benchpeers.UpdateDoc(doc, res, chart); err != nil {
 			return err
 		}
-	}
-	if res.Failed() && !*keep {
-		return errors.New("some peers failed (see the errors above)")
 	}
 	return nil
 }
