@@ -255,8 +255,21 @@ func (p *Port) Stats() Stats {
 			st.Drops[dropNames[i]] = n
 		}
 	}
+	if p.link != nil {
+		// What the link threw away never reached the switch: runts,
+		// datagrams longer than the MTU allows, a stream's impossible
+		// length prefix. A guest sending junk shows up here.
+		if n := p.link.Stats().RxDropped; n > 0 {
+			st.Drops[DropLink] = n
+		}
+	}
 	return st
 }
+
+// DropLink is the Stats.Drops key of frames the port's link dropped
+// before the switch saw them: shorter than an Ethernet header, longer
+// than the MTU allows, or announced by a malformed stream length prefix.
+const DropLink = "malformed or oversize at the socket"
 
 // Send injects frames from a service port into the switch.
 func (p *Port) Send(frames ...[]byte) {
