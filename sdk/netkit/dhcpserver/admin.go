@@ -195,6 +195,6 @@ func (s *Server) Stats() Stats {
 		Acks: c.acks.Load(), Naks: c.naks.Load(), Declines: c.declines.Load(),
 		Releases: c.releases.Load(), Informs: c.informs.Load(), NoAddress: c.noAddress.Load(),
 		Ignored: c.ignored.Load(), Dropped: c.dropped.Load(), CommitErrors: c.commitErrs.Load(),
-		CorruptRecords: c.corrupt.Load(),
+		CorruptRecords: c.corrupt.Load(), DeclinesRefused: c.declinesRefused.Load(),
 	}
 }

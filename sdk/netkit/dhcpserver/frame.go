@@ -191,11 +191,31 @@ func (s *Server) answerFrame(identity string, frame []byte) (*dhcpv4.DHCPv4, []b
 		s.stats.ignored.Add(1)
 		return nil, nil, nil
 	}
+	if forgedChaddr(frame, req) {
+		s.stats.ignored.Add(1)
+		return nil, nil, nil
+	}
 	d, t := s.process(identity, req)
 	if d.kind == dhcpv4.MessageTypeNone {
 		return req, nil, t
 	}
 	return req, s.replyFrame(frame, req, d), t
+}
+
+// forgedChaddr reports a request whose client hardware address is not the
+// frame's source: a client asks for itself, so that is a guest speaking
+// for another, and its reply (sent to chaddr) would land on another port,
+// or flood every port for an unknown MAC. A relayed request (giaddr set)
+// comes from the relay's MAC and is exempt; its reply goes back to the
+// frame's source anyway.
+func forgedChaddr(frame []byte, req *dhcpv4.DHCPv4) bool {
+	if req.HWType != iana.HWTypeEthernet || len(req.ClientHWAddr) != 6 {
+		return false
+	}
+	if ipU32(req.GatewayIPAddr) != 0 {
+		return false
+	}
+	return string(req.ClientHWAddr) != string(frame[6:12])
 }
 
 // HandleFrameSync answers frame on the caller's goroutine and returns the

@@ -296,6 +296,31 @@ func (p *Port) Send(frames ...[]byte) {
 	p.sw.forward(p, f, batch)
 }
 
+// SendTo injects frames from a service port to port to alone, whatever
+// their destination MAC: a reply meant for the port that asked (DHCP)
+// reaches no other, even when it is addressed to broadcast or to a MAC
+// the asker claims. Frames for a detached port are dropped.
+func (p *Port) SendTo(to *Port, frames ...[]byte) {
+	if p.closed.Load() || to == nil {
+		return
+	}
+	p.svcMu.Lock()
+	defer p.svcMu.Unlock()
+	f := p.svcFwd
+	batch := f.in[:0]
+	for _, b := range frames {
+		if len(b) < frameio.MinFrameLen || len(b) > len(f.scratch.Buf) || len(batch) == cap(batch) {
+			continue
+		}
+		i := len(batch)
+		batch = batch[:i+1]
+		batch[i].N = copy(batch[i].Buf, b)
+	}
+	if len(batch) > 0 {
+		to.transmit(batch, false)
+	}
+}
+
 // Detach removes the port: it stops forwarding, forgets its MACs and
 // addresses, and closes its link.
 func (p *Port) Detach() error {

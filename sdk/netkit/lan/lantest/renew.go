@@ -63,6 +63,13 @@ func (c *Client) exchangeFrom(m *dhcpv4.DHCPv4, src netip.Addr, want dhcpv4.Mess
 	return c.await(frame, m.TransactionID, want, deadline)
 }
 
+// Exchange sends frame, a request with transaction id xid that a test may
+// have built by hand, until a reply of type want arrives (or a NAK:
+// ErrNAK), resending every 300 ms until within passes.
+func (c *Client) Exchange(frame []byte, xid dhcpv4.TransactionID, want dhcpv4.MessageType, within time.Duration) (*dhcpv4.DHCPv4, error) {
+	return c.await(frame, xid, want, time.Now().Add(within))
+}
+
 // await sends frame until a reply with xid of type want (or a NAK)
 // arrives, resending every 300 ms until deadline.
 func (c *Client) await(frame []byte, xid dhcpv4.TransactionID, want dhcpv4.MessageType, deadline time.Time) (*dhcpv4.DHCPv4, error) {
