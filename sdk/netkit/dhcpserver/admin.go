@@ -109,7 +109,7 @@ func (s *Server) Release(identity string) error {
 	if l := s.leases[identity]; l != nil {
 		t.touch(s, identity)
 		s.removeLease(l)
-		t.notify = append(t.notify, Lease{Identity: identity})
+		t.tell(s, Lease{Identity: identity})
 	}
 	if r, ok := s.resv[identity]; ok {
 		delete(s.resv, identity)

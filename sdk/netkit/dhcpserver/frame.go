@@ -93,7 +93,7 @@ func (s *Server) HandleFrame(identity string, frame []byte, send func(frame []by
 	}
 	j := job{identity: identity, frame: append([]byte(nil), frame...), send: send}
 	select {
-	case s.queue <- j:
+	case s.queues[shard(identity, len(s.queues))] <- j:
 	default:
 		s.leave(identity)
 		s.stats.dropped.Add(1)
@@ -134,13 +134,23 @@ func (s *Server) Close() error {
 	return nil
 }
 
-func (s *Server) work() {
+// shard picks an identity's queue (FNV-1a), without allocating.
+func shard(identity string, n int) int {
+	h := uint32(2166136261)
+	for i := 0; i < len(identity); i++ {
+		h ^= uint32(identity[i])
+		h *= 16777619
+	}
+	return int(h % uint32(n))
+}
+
+func (s *Server) work(queue chan job) {
 	defer s.workers.Done()
 	for {
 		select {
 		case <-s.done:
 			return
-		case j := <-s.queue:
+		case j := <-queue:
 			s.leave(j.identity)
 			s.serve(j)
 		}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -93,5 +95,81 @@ func TestForgedChaddr(t *testing.T) {
 	copy(f[6:12], mac(2))
 	if reply, _, err := e.s.HandleFrameSync(context.Background(), "vm-3", f); err != nil || reply == nil {
 		t.Errorf("a relayed request: %d bytes, %v; want an OFFER", len(reply), err)
+	}
+}
+
+// TestOnLeaseOrder: two commits may finish in either order (two in one
+// bbolt batch return together). A RELEASE whose commit finishes after
+// the REQUEST that followed it must not be told last: the plugin would
+// unpin the guest's port from the address it was just ACKed.
+func TestOnLeaseOrder(t *testing.T) {
+	var told []Lease
+	e := newEnv(t, func(c *Config) { c.OnLease = func(l Lease) { told = append(told, l) } })
+	ack := e.dora("vm-1", mac(1))
+	told = nil
+	rel, _ := dhcpv4.New(dhcpv4.WithHwAddr(mac(1)), dhcpv4.WithMessageType(dhcpv4.MessageTypeRelease),
+		dhcpv4.WithClientIP(ack.YourIPAddr), dhcpv4.WithOption(dhcpv4.OptServerIdentifier(net.IP{192, 168, 64, 1})))
+	_, tRel := e.s.process("vm-1", rel)
+	offer := e.handle("vm-1", discover(t, mac(1)))
+	_, tReq := e.s.process("vm-1", requestFrom(t, offer))
+	if tRel == nil || tReq == nil {
+		t.Fatal("RELEASE or REQUEST made no change to commit")
+	}
+	if err := e.s.commit(tReq); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.s.commit(tRel); err != nil {
+		t.Fatal(err)
+	}
+	if len(told) != 1 || told[0].State != StateBound || !told[0].IP.IsValid() {
+		t.Fatalf("told %+v; want the binding only", told)
+	}
+	if le, _ := e.s.Lease("vm-1"); le.State != StateBound {
+		t.Errorf("the lease is %s; want bound", le.State)
+	}
+}
+
+// TestOneIdentityInOrder: the frames of one identity are answered in the
+// order they came, whatever the other workers do. Out of order, a
+// REQUEST the client sent before its RELEASE could be handled after it
+// and bind the address again until the lease ran out.
+func TestOneIdentityInOrder(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.Workers = 4 })
+	const n = 60 // below the port's share of the queue
+	var mu sync.Mutex
+	var order []dhcpv4.TransactionID
+	got := make(chan struct{}, n)
+	send := func(b []byte) {
+		m, err := dhcpv4.FromBytes(b[42:])
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		mu.Lock()
+		order = append(order, m.TransactionID)
+		mu.Unlock()
+		got <- struct{}{}
+	}
+	var want []dhcpv4.TransactionID
+	for range n {
+		d := discover(t, mac(1))
+		want = append(want, d.TransactionID)
+		if !e.s.HandleFrame("vm-1", clientFrame(t, d, nil, nil), send) {
+			t.Fatal("a DISCOVER not taken")
+		}
+	}
+	for range n {
+		select {
+		case <-got:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%d of %d replies", len(order), n)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for i := range want {
+		if order[i] != want[i] {
+			t.Fatalf("reply %d answers request %d: the identity's requests were reordered", i, slices.Index(want, order[i]))
+		}
 	}
 }

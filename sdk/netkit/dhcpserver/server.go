@@ -169,7 +169,11 @@ type Server struct {
 	seq    uint64
 
 	// HandleFrame path.
-	queue     chan job
+	// queues holds one queue per worker; an identity's frames all go
+	// to one (by hash), so they are answered in the order they came: a
+	// RELEASE is never overtaken by the REQUEST the client sent before
+	// it, which would bind the address again until the lease ran out.
+	queues    []chan job
 	qmu       sync.Mutex
 	queued    map[string]int
 	portLimit int
@@ -181,6 +185,11 @@ type Server struct {
 	closed    atomic.Bool
 
 	stats counters
+
+	// nmu orders OnLease calls; told is the newest change told per
+	// identity.
+	nmu  sync.Mutex
+	told map[string]uint64
 }
 
 // ErrClosed is what Handle and HandleFrameSync return after Close.
@@ -217,10 +226,10 @@ func New(cfg Config, st *Store) (*Server, error) {
 		resvIP:   make(map[uint32]string),
 		quar:     make(map[uint32]int64),
 		qby:      make(map[uint32]string),
+		told:     make(map[string]uint64),
 		names:    make(map[string]string),
 		stale:    make(map[string]struct{}),
 		staleQ:   make(map[uint32]struct{}),
-		queue:    make(chan job, cfg.QueueLen),
 		queued:   make(map[string]int),
 		slots:    make(chan struct{}, 4*batchSize),
 		done:     make(chan struct{}),
@@ -231,11 +240,15 @@ func New(cfg Config, st *Store) (*Server, error) {
 	}
 	s.cursor = s.first
 	s.portLimit = max(1, cfg.QueueLen/8)
+	s.queues = make([]chan job, cfg.Workers)
+	for i := range s.queues {
+		s.queues[i] = make(chan job, max(1, cfg.QueueLen/cfg.Workers))
+	}
 	s.opts = newStaticOptions(cfg)
 	s.rebuild(data)
-	for range cfg.Workers {
+	for _, q := range s.queues {
 		s.workers.Add(1)
-		go s.work()
+		go s.work(q)
 	}
 	return s, nil
 }
@@ -488,7 +501,7 @@ func (s *Server) request(id string, req *dhcpv4.DHCPv4, now int64) (decision, *t
 	noteClient(l, req)
 	s.pushExpiry(l.expiry, target)
 	s.finish(t)
-	t.notify = append(t.notify, l.public())
+	t.tell(s, l.public())
 	s.stats.acks.Add(1)
 	return decision{kind: dhcpv4.MessageTypeAck, yiaddr: target, hostname: s.hostnameFor(id, l), lease: true}, t
 }
@@ -521,7 +534,7 @@ func (s *Server) decline(id string, req *dhcpv4.DHCPv4, now int64) *txn {
 		s.stats.declinesRefused.Add(1)
 		s.removeLease(l)
 		s.finish(t)
-		t.notify = append(t.notify, Lease{Identity: id})
+		t.tell(s, Lease{Identity: id})
 		return t
 	}
 	until := now + int64(s.cfg.Quarantine)
@@ -550,7 +563,7 @@ func (s *Server) decline(id string, req *dhcpv4.DHCPv4, now int64) *txn {
 	})
 	s.removeLease(l)
 	s.finish(t)
-	t.notify = append(t.notify, Lease{Identity: id})
+	t.tell(s, Lease{Identity: id})
 	return t
 }
 
@@ -594,6 +607,6 @@ func (s *Server) release(id string, req *dhcpv4.DHCPv4, now int64) *txn {
 	l.expiry = now
 	s.pushExpiry(l.expiry, ip)
 	s.finish(t)
-	t.notify = append(t.notify, l.public())
+	t.tell(s, l.public())
 	return t
 }

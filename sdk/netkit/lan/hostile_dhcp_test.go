@@ -261,3 +261,36 @@ loop:
 	}
 	checkVictim(t, tl, victim, vl)
 }
+
+// TestReleaseThenRebind: a guest that releases its lease and takes it
+// again at once (dhclient -r; dhclient, a reboot) keeps its port pinned
+// to the address it was ACKed. The RELEASE's notice used to arrive after
+// the binding's now and then, unpinning the port: every frame from the
+// guest was dropped until its next renewal, hours later.
+func TestReleaseThenRebind(t *testing.T) {
+	tl := start(t, config(t, t.TempDir()))
+	c, _ := tl.guest(t, lan.VM{ID: "id-x", Name: "x", DynamicMAC: mac(2)})
+	for i := range 30 {
+		l, err := c.DORA(5 * time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(2 * time.Second)
+		for {
+			if st, _ := tl.Status("id-x"); st.Pinned == l.IP {
+				break
+			}
+			if time.Now().After(deadline) {
+				st, _ := tl.Status("id-x")
+				t.Fatalf("cycle %d: ACKed %v, the port is pinned to %v (lease %s)", i, l.IP, st.Pinned, st.LeaseState)
+			}
+			time.Sleep(time.Millisecond)
+		}
+		if err := c.Release(l); err != nil {
+			t.Fatal(err)
+		}
+		if err := released(tl, "id-x"); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
