@@ -299,7 +299,10 @@ func (p *Port) Send(frames ...[]byte) {
 // SendTo injects frames from a service port to port to alone, whatever
 // their destination MAC: a reply meant for the port that asked (DHCP)
 // reaches no other, even when it is addressed to broadcast or to a MAC
-// the asker claims. Frames for a detached port are dropped.
+// the asker claims. It never waits for room: what to's link cannot take
+// at once is dropped and counted (the client asks again), so a guest
+// that floods requests and reads no replies holds up nobody else's.
+// Frames for a detached port are dropped.
 func (p *Port) SendTo(to *Port, frames ...[]byte) {
 	if p.closed.Load() || to == nil {
 		return
@@ -317,7 +320,7 @@ func (p *Port) SendTo(to *Port, frames ...[]byte) {
 		batch[i].N = copy(batch[i].Buf, b)
 	}
 	if len(batch) > 0 {
-		to.transmit(batch, false)
+		to.transmit(batch, true)
 	}
 }
 
