@@ -186,7 +186,7 @@ func runChurn(t *testing.T, spec churnSpec) {
 		return err
 	}
 
-	var restartFirstAck []time.Duration
+	var restartFirstAck, restartSetup []time.Duration
 	var tl *testLAN
 	perPhase := spec.cycles / (spec.restarts + 1)
 	start0 := time.Now()
@@ -200,6 +200,7 @@ func runChurn(t *testing.T, spec churnSpec) {
 			}
 		}
 		if phase > 0 {
+			restartSetup = append(restartSetup, time.Since(t0))
 			// The guests kept their leases through the restart: each
 			// renews and must get the same address back.
 			var first atomic.Int64
@@ -268,9 +269,9 @@ func runChurn(t *testing.T, spec churnSpec) {
 	}
 	acks := led.acks.Load()
 	sort.Slice(restartFirstAck, func(i, j int) bool { return restartFirstAck[i] < restartFirstAck[j] })
-	t.Logf("DHCP churn: %d lease cycles (ACKs checked) over %d ports, %d VMs, %d addresses, %d restarts in %v (%.0f cycles/s while cycling); duplicates %d, moved %d, outside the range %d; %d ACKs gave a VM its previous address again, %d handed an address to another VM; restart to first ACK %v; last server's stats %+v",
+	t.Logf("DHCP churn: %d lease cycles (ACKs checked) over %d ports, %d VMs, %d addresses, %d restarts in %v (%.0f cycles/s while cycling); duplicates %d, moved %d, outside the range %d; %d ACKs gave a VM its previous address again, %d handed an address to another VM; restart to first ACK %v (of which New and 64 attachments %v); last server's stats %+v",
 		acks, churnPorts, churnVMs, 80, spec.restarts, total.Round(time.Millisecond), float64(acks)/busy.Seconds(),
-		led.dups.Load(), led.moved.Load(), led.outside.Load(), led.back.Load(), led.handovers.Load(), restartFirstAck, tl.DHCP().Stats())
+		led.dups.Load(), led.moved.Load(), led.outside.Load(), led.back.Load(), led.handovers.Load(), restartFirstAck, restartSetup, tl.DHCP().Stats())
 	if acks < uint64(spec.cycles) {
 		t.Errorf("%d lease cycles; want %d", acks, spec.cycles)
 	}
