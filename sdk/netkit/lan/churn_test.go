@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"sort"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -268,10 +267,13 @@ func runChurn(t *testing.T, spec churnSpec) {
 		t.Error(e)
 	}
 	acks := led.acks.Load()
-	sort.Slice(restartFirstAck, func(i, j int) bool { return restartFirstAck[i] < restartFirstAck[j] })
-	t.Logf("DHCP churn: %d lease cycles (ACKs checked) over %d ports, %d VMs, %d addresses, %d restarts in %v (%.0f cycles/s while cycling); duplicates %d, moved %d, outside the range %d; %d ACKs gave a VM its previous address again, %d handed an address to another VM; restart to first ACK %v (of which New and 64 attachments %v); last server's stats %+v",
+	var renewAfter []time.Duration // first ACK after the VMs were attached again
+	for i := range min(len(restartFirstAck), len(restartSetup)) {
+		renewAfter = append(renewAfter, restartFirstAck[i]-restartSetup[i])
+	}
+	t.Logf("DHCP churn: %d lease cycles (ACKs checked) over %d ports, %d VMs, %d addresses, %d restarts in %v (%.0f cycles/s while cycling); duplicates %d, moved %d, outside the range %d; %d ACKs gave a VM its previous address again, %d handed an address to another VM; restart to first ACK %v (New and 64 attachments %v, then the first renewal %v); last server's stats %+v",
 		acks, churnPorts, churnVMs, 80, spec.restarts, total.Round(time.Millisecond), float64(acks)/busy.Seconds(),
-		led.dups.Load(), led.moved.Load(), led.outside.Load(), led.back.Load(), led.handovers.Load(), restartFirstAck, restartSetup, tl.DHCP().Stats())
+		led.dups.Load(), led.moved.Load(), led.outside.Load(), led.back.Load(), led.handovers.Load(), restartFirstAck, restartSetup, renewAfter, tl.DHCP().Stats())
 	if acks < uint64(spec.cycles) {
 		t.Errorf("%d lease cycles; want %d", acks, spec.cycles)
 	}
