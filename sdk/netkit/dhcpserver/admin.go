@@ -109,7 +109,7 @@ func (s *Server) Release(identity string) error {
 	if l := s.leases[identity]; l != nil {
 		t.touch(s, identity)
 		s.removeLease(l)
-		t.notify = append(t.notify, Lease{Identity: identity})
+		t.tell(s, Lease{Identity: identity})
 	}
 	if r, ok := s.resv[identity]; ok {
 		delete(s.resv, identity)
@@ -195,6 +195,6 @@ func (s *Server) Stats() Stats {
 		Acks: c.acks.Load(), Naks: c.naks.Load(), Declines: c.declines.Load(),
 		Releases: c.releases.Load(), Informs: c.informs.Load(), NoAddress: c.noAddress.Load(),
 		Ignored: c.ignored.Load(), Dropped: c.dropped.Load(), CommitErrors: c.commitErrs.Load(),
-		CorruptRecords: c.corrupt.Load(),
+		CorruptRecords: c.corrupt.Load(), DeclinesRefused: c.declinesRefused.Load(),
 	}
 }

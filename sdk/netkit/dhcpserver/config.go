@@ -66,7 +66,10 @@ type Config struct {
 	// OnLease, when set, learns every lease change after it is durable:
 	// a binding that was ACKed, a RELEASE, a DECLINE (State zero, no IP).
 	// Anti-spoofing uses it to pin a port to its address. It is called
-	// from the server's goroutines and must not block for long.
+	// from the server's goroutines, one call at a time, and must not
+	// block for long nor call the server. Per identity the calls come in
+	// the order of the changes: a change that became durable after a
+	// newer one was told is not told at all.
 	OnLease func(Lease)
 }
 

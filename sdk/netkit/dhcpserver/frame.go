@@ -93,7 +93,7 @@ func (s *Server) HandleFrame(identity string, frame []byte, send func(frame []by
 	}
 	j := job{identity: identity, frame: append([]byte(nil), frame...), send: send}
 	select {
-	case s.queue <- j:
+	case s.queues[shard(identity, len(s.queues))] <- j:
 	default:
 		s.leave(identity)
 		s.stats.dropped.Add(1)
@@ -134,13 +134,23 @@ func (s *Server) Close() error {
 	return nil
 }
 
-func (s *Server) work() {
+// shard picks an identity's queue (FNV-1a), without allocating.
+func shard(identity string, n int) int {
+	h := uint32(2166136261)
+	for i := 0; i < len(identity); i++ {
+		h ^= uint32(identity[i])
+		h *= 16777619
+	}
+	return int(h % uint32(n))
+}
+
+func (s *Server) work(queue chan job) {
 	defer s.workers.Done()
 	for {
 		select {
 		case <-s.done:
 			return
-		case j := <-s.queue:
+		case j := <-queue:
 			s.leave(j.identity)
 			s.serve(j)
 		}
@@ -191,11 +201,31 @@ func (s *Server) answerFrame(identity string, frame []byte) (*dhcpv4.DHCPv4, []b
 		s.stats.ignored.Add(1)
 		return nil, nil, nil
 	}
+	if forgedChaddr(frame, req) {
+		s.stats.ignored.Add(1)
+		return nil, nil, nil
+	}
 	d, t := s.process(identity, req)
 	if d.kind == dhcpv4.MessageTypeNone {
 		return req, nil, t
 	}
 	return req, s.replyFrame(frame, req, d), t
+}
+
+// forgedChaddr reports a request whose client hardware address is not the
+// frame's source: a client asks for itself, so that is a guest speaking
+// for another, and its reply (sent to chaddr) would land on another port,
+// or flood every port for an unknown MAC. A relayed request (giaddr set)
+// comes from the relay's MAC and is exempt; its reply goes back to the
+// frame's source anyway.
+func forgedChaddr(frame []byte, req *dhcpv4.DHCPv4) bool {
+	if req.HWType != iana.HWTypeEthernet || len(req.ClientHWAddr) != 6 {
+		return false
+	}
+	if ipU32(req.GatewayIPAddr) != 0 {
+		return false
+	}
+	return string(req.ClientHWAddr) != string(frame[6:12])
 }
 
 // HandleFrameSync answers frame on the caller's goroutine and returns the

@@ -92,13 +92,16 @@ type Stats struct {
 	CommitErrors uint64
 	// CorruptRecords counts unreadable records skipped at start.
 	CorruptRecords uint64
+	// DeclinesRefused counts DECLINEs that quarantined nothing because
+	// their identity already kept MaxDeclined addresses in quarantine.
+	DeclinesRefused uint64
 }
 
 type counters struct {
 	discovers, offers, requests, acks, naks atomic.Uint64
 	declines, releases, informs             atomic.Uint64
 	noAddress, ignored, dropped, commitErrs atomic.Uint64
-	corrupt                                 atomic.Uint64
+	corrupt, declinesRefused                atomic.Uint64
 }
 
 // lease is the in-memory record; every field is guarded by Server.mu.
@@ -150,10 +153,14 @@ type Server struct {
 	resv   map[string]uint32 // reservations by identity
 	resvIP map[uint32]string
 	quar   map[uint32]int64 // quarantined address -> until
-	qheap  timeHeap         // quarantine ends, oldest first
-	eheap  timeHeap         // lease and offer ends, oldest first
-	freed  fifo             // pool addresses given back, longest-free first
-	cursor uint32           // next never-handed-out pool address; 0 when used up
+	// qby names who declined each address in quarantine, for the
+	// per-identity limit; memory only (after a restart every identity
+	// starts afresh, the quarantine itself stays).
+	qby    map[uint32]string
+	qheap  timeHeap // quarantine ends, oldest first
+	eheap  timeHeap // lease and offer ends, oldest first
+	freed  fifo     // pool addresses given back, longest-free first
+	cursor uint32   // next never-handed-out pool address; 0 when used up
 	names  map[string]string
 	// Keys whose memory state may differ from disk because they were
 	// dropped from the index outside a commit; the next commit writes them.
@@ -162,7 +169,11 @@ type Server struct {
 	seq    uint64
 
 	// HandleFrame path.
-	queue     chan job
+	// queues holds one queue per worker; an identity's frames all go
+	// to one (by hash), so they are answered in the order they came: a
+	// RELEASE is never overtaken by the REQUEST the client sent before
+	// it, which would bind the address again until the lease ran out.
+	queues    []chan job
 	qmu       sync.Mutex
 	queued    map[string]int
 	portLimit int
@@ -174,6 +185,11 @@ type Server struct {
 	closed    atomic.Bool
 
 	stats counters
+
+	// nmu orders OnLease calls; told is the newest change told per
+	// identity.
+	nmu  sync.Mutex
+	told map[string]uint64
 }
 
 // ErrClosed is what Handle and HandleFrameSync return after Close.
@@ -209,10 +225,11 @@ func New(cfg Config, st *Store) (*Server, error) {
 		resv:     make(map[string]uint32),
 		resvIP:   make(map[uint32]string),
 		quar:     make(map[uint32]int64),
+		qby:      make(map[uint32]string),
+		told:     make(map[string]uint64),
 		names:    make(map[string]string),
 		stale:    make(map[string]struct{}),
 		staleQ:   make(map[uint32]struct{}),
-		queue:    make(chan job, cfg.QueueLen),
 		queued:   make(map[string]int),
 		slots:    make(chan struct{}, 4*batchSize),
 		done:     make(chan struct{}),
@@ -223,11 +240,15 @@ func New(cfg Config, st *Store) (*Server, error) {
 	}
 	s.cursor = s.first
 	s.portLimit = max(1, cfg.QueueLen/8)
+	s.queues = make([]chan job, cfg.Workers)
+	for i := range s.queues {
+		s.queues[i] = make(chan job, max(1, cfg.QueueLen/cfg.Workers))
+	}
 	s.opts = newStaticOptions(cfg)
 	s.rebuild(data)
-	for range cfg.Workers {
+	for _, q := range s.queues {
 		s.workers.Add(1)
-		go s.work()
+		go s.work(q)
 	}
 	return s, nil
 }
@@ -480,7 +501,7 @@ func (s *Server) request(id string, req *dhcpv4.DHCPv4, now int64) (decision, *t
 	noteClient(l, req)
 	s.pushExpiry(l.expiry, target)
 	s.finish(t)
-	t.notify = append(t.notify, l.public())
+	t.tell(s, l.public())
 	s.stats.acks.Add(1)
 	return decision{kind: dhcpv4.MessageTypeAck, yiaddr: target, hostname: s.hostnameFor(id, l), lease: true}, t
 }
@@ -506,12 +527,31 @@ func (s *Server) decline(id string, req *dhcpv4.DHCPv4, now int64) *txn {
 	}
 	t := &txn{}
 	t.touch(s, id)
+	if s.declinedBy(id, now) >= MaxDeclined {
+		// Declining every offer would take an address out of the pool
+		// per round trip: one guest could empty it. Past the limit the
+		// guest loses its offer, and the address goes back to the pool.
+		s.stats.declinesRefused.Add(1)
+		s.removeLease(l)
+		s.finish(t)
+		t.tell(s, Lease{Identity: id})
+		return t
+	}
 	until := now + int64(s.cfg.Quarantine)
 	prevUntil, wasQ := s.quar[ip]
 	s.quar[ip] = until
+	prevBy, hadBy := s.qby[ip]
+	s.qby[ip] = id
 	s.qheap.push(until, ip)
 	t.quarIPs = append(t.quarIPs, ip)
 	t.undo = append(t.undo, func() {
+		if s.qby[ip] == id {
+			if hadBy {
+				s.qby[ip] = prevBy
+			} else {
+				delete(s.qby, ip)
+			}
+		}
 		if s.quar[ip] == until {
 			if wasQ {
 				s.quar[ip] = prevUntil
@@ -523,8 +563,29 @@ func (s *Server) decline(id string, req *dhcpv4.DHCPv4, now int64) *txn {
 	})
 	s.removeLease(l)
 	s.finish(t)
-	t.notify = append(t.notify, Lease{Identity: id})
+	t.tell(s, Lease{Identity: id})
 	return t
+}
+
+// MaxDeclined is how many addresses one identity may keep in quarantine
+// by DECLINE at a time. A real address conflict is rare and short; a
+// guest that declines everything is attacking the pool.
+const MaxDeclined = 2
+
+// declinedBy counts the addresses id declined that are still in
+// quarantine at now, forgetting those that are not.
+func (s *Server) declinedBy(id string, now int64) int {
+	n := 0
+	for ip, who := range s.qby {
+		if !s.quarantined(ip, now) {
+			delete(s.qby, ip)
+			continue
+		}
+		if who == id {
+			n++
+		}
+	}
+	return n
 }
 
 func (s *Server) release(id string, req *dhcpv4.DHCPv4, now int64) *txn {
@@ -546,6 +607,6 @@ func (s *Server) release(id string, req *dhcpv4.DHCPv4, now int64) *txn {
 	l.expiry = now
 	s.pushExpiry(l.expiry, ip)
 	s.finish(t)
-	t.notify = append(t.notify, l.public())
+	t.tell(s, l.public())
 	return t
 }

@@ -17,9 +17,21 @@ type txn struct {
 	quarIPs  []uint32
 	saved    []saved
 	undo     []func()
-	notify   []Lease
+	notify   []notice
 	stale    []string
 	staleQ   []uint32
+}
+
+// notice is a lease change for OnLease, stamped in the order the changes
+// were made (under Server.mu).
+type notice struct {
+	lease Lease
+	seq   uint64
+}
+
+// tell queues l for OnLease once t is durable; s.mu is held.
+func (t *txn) tell(s *Server, l Lease) {
+	t.notify = append(t.notify, notice{lease: l, seq: s.nextSeq()})
 }
 
 type saved struct {
@@ -108,10 +120,22 @@ func (s *Server) commit(t *txn) error {
 		s.mu.Unlock()
 		return err
 	}
-	if s.cfg.OnLease != nil {
-		for _, l := range t.notify {
-			s.cfg.OnLease(l)
+	if s.cfg.OnLease != nil && len(t.notify) > 0 {
+		// Commits finish in any order (two in one batch return at
+		// once): a RELEASE told after the REQUEST that followed it
+		// would leave the plugin thinking the lease ended, and pin the
+		// guest's port away from the address it was just ACKed. Per
+		// identity, a change older than one already told is dropped.
+		s.nmu.Lock()
+		for _, n := range t.notify {
+			id := n.lease.Identity
+			if n.seq < s.told[id] {
+				continue
+			}
+			s.told[id] = n.seq
+			s.cfg.OnLease(n.lease)
 		}
+		s.nmu.Unlock()
 	}
 	return nil
 }

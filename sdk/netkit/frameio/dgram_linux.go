@@ -285,6 +285,10 @@ func (p *DgramPort) learn(sa *unix.RawSockaddrUnix, salen uint32) {
 	}
 	if p.opt.Peer != "" {
 		if src == p.opt.Peer {
+			// The peer is there now: try at once, even if an attempt
+			// made before it was bound failed a moment ago, or the
+			// reply to this very datagram would be dropped.
+			p.nextConnect = time.Time{}
 			p.tryConnectLocked()
 		}
 		return

@@ -42,6 +42,10 @@ type frameReader struct {
 	r, w     int // unread input is buf[r:w]
 	maxFrame int
 	err      error // ends the stream once buffered frames are handed over
+	// cut is set when the stream ended inside a frame (a peer that
+	// closed half way through one) or on a length no frame can have:
+	// one frame lost, for the caller to count.
+	cut bool
 }
 
 func newFrameReader(src io.Reader, mtu, bufSize int) frameReader {
@@ -62,7 +66,7 @@ func (d *frameReader) readBatch(frames []Frame) (n, bytes, dropped int, err erro
 			l := binary.BigEndian.Uint32(d.buf[d.r:])
 			if l < MinFrameLen || uint64(l) > uint64(d.maxFrame) {
 				d.err = &FrameLengthError{Length: l, Max: d.maxFrame}
-				d.r, d.w = 0, 0
+				d.r, d.w, d.cut = 0, 0, true
 				continue
 			}
 			if avail-StreamHeaderLen >= int(l) {
@@ -83,6 +87,9 @@ func (d *frameReader) readBatch(frames []Frame) (n, bytes, dropped int, err erro
 			return n, bytes, dropped, nil
 		}
 		if d.err != nil {
+			if d.r != d.w {
+				d.r, d.w, d.cut = 0, 0, true // the rest of a frame never came
+			}
 			return 0, 0, 0, d.err
 		}
 		if d.r == d.w {

@@ -104,6 +104,10 @@ func (c *streamConn) read(frames []Frame) (int, error) {
 			c.ctr.AddRxDropped(dropped)
 			c.limit.warn(c.log, "frameio: dropping stream frames longer than the read buffers", "port", c.name, "frames", dropped)
 		}
+		if c.rd.cut {
+			c.rd.cut = false
+			c.ctr.AddRxDropped(1)
+		}
 		if n > 0 || err != nil {
 			return n, err
 		}

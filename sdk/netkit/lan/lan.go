@@ -66,10 +66,10 @@ type LAN struct {
 	svc   *vswitch.Port // DHCP replies and ARP answers enter here
 	host  *vswitch.Port // nil without a host link
 	arp   *arp.Responder
-	// replyFn and bridgeFn are sendReply and sendToBridge as func values
-	// made once: a method value made per frame in intercept escapes to
-	// the heap, an allocation per frame on the forwarding path.
-	replyFn, bridgeFn func([]byte)
+	// bridgeFn is sendToBridge as a func value made once: a method value
+	// made per frame in intercept escapes to the heap, an allocation per
+	// frame on the forwarding path.
+	bridgeFn func([]byte)
 
 	// ports maps a VM ID to its *attachment for OnLease, which the DHCP
 	// server calls from its goroutines (and from calls made under mu).
@@ -95,7 +95,7 @@ func New(cfg Config) (*LAN, error) {
 		return nil, errorf(Unavailable, "LAN %s: cannot make its data folder: %w", cfg.Name, err)
 	}
 	l := &LAN{cfg: cfg, vms: map[string]*vmState{}, regPath: filepath.Join(cfg.DataDir, cfg.Name+"-vms.json")}
-	l.replyFn, l.bridgeFn = l.sendReply, l.sendToBridge
+	l.bridgeFn = l.sendToBridge
 	recs, err := loadRegistry(l.regPath)
 	if err != nil {
 		return nil, errorf(Unavailable, "LAN %s: %w", cfg.Name, err)
@@ -183,8 +183,11 @@ func (l *LAN) intercept(from *vswitch.Port, fr []byte) bool {
 		id, ok := (*l.fast.Load())[[6]byte(fr[6:12])]
 		return ok && l.srv.HandleFrame(id, fr, l.bridgeFn)
 	}
-	if id := from.Identity(); id != "" && l.srv.HandleFrame(id, fr, l.replyFn) {
-		return true
+	if id := from.Identity(); id != "" && l.srv.IsDHCP(fr) {
+		// The reply goes to the asking port only, never flooded: a NAK
+		// or a broadcast OFFER is nobody else's business. The closure
+		// is made for DHCP frames only, off the forwarding hot path.
+		return l.srv.HandleFrame(id, fr, func(b []byte) { l.svc.SendTo(from, b) })
 	}
 	if l.arp != nil {
 		var reply [arp.ReplyLen]byte
@@ -195,8 +198,6 @@ func (l *LAN) intercept(from *vswitch.Port, fr []byte) bool {
 	}
 	return false
 }
-
-func (l *LAN) sendReply(b []byte) { l.svc.Send(b) }
 
 // sendToBridge hands a DHCP reply for a fast-path VM straight to the host
 // link (the bridge), past the switch: the switch has not learnt the VM's

@@ -255,8 +255,21 @@ func (p *Port) Stats() Stats {
 			st.Drops[dropNames[i]] = n
 		}
 	}
+	if p.link != nil {
+		// What the link threw away never reached the switch: runts,
+		// datagrams longer than the MTU allows, a stream's impossible
+		// length prefix. A guest sending junk shows up here.
+		if n := p.link.Stats().RxDropped; n > 0 {
+			st.Drops[DropLink] = n
+		}
+	}
 	return st
 }
+
+// DropLink is the Stats.Drops key of frames the port's link dropped
+// before the switch saw them: shorter than an Ethernet header, longer
+// than the MTU allows, or announced by a malformed stream length prefix.
+const DropLink = "malformed or oversize at the socket"
 
 // Send injects frames from a service port into the switch.
 func (p *Port) Send(frames ...[]byte) {
@@ -281,6 +294,34 @@ func (p *Port) Send(frames ...[]byte) {
 		batch[i].N = copy(batch[i].Buf, b)
 	}
 	p.sw.forward(p, f, batch)
+}
+
+// SendTo injects frames from a service port to port to alone, whatever
+// their destination MAC: a reply meant for the port that asked (DHCP)
+// reaches no other, even when it is addressed to broadcast or to a MAC
+// the asker claims. It never waits for room: what to's link cannot take
+// at once is dropped and counted (the client asks again), so a guest
+// that floods requests and reads no replies holds up nobody else's.
+// Frames for a detached port are dropped.
+func (p *Port) SendTo(to *Port, frames ...[]byte) {
+	if p.closed.Load() || to == nil {
+		return
+	}
+	p.svcMu.Lock()
+	defer p.svcMu.Unlock()
+	f := p.svcFwd
+	batch := f.in[:0]
+	for _, b := range frames {
+		if len(b) < frameio.MinFrameLen || len(b) > len(f.scratch.Buf) || len(batch) == cap(batch) {
+			continue
+		}
+		i := len(batch)
+		batch = batch[:i+1]
+		batch[i].N = copy(batch[i].Buf, b)
+	}
+	if len(batch) > 0 {
+		to.transmit(batch, true)
+	}
 }
 
 // Detach removes the port: it stops forwarding, forgets its MACs and

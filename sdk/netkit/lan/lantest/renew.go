@@ -1,0 +1,141 @@
+package lantest
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/google/gopacket"
+	"github.com/google/gopacket/layers"
+	"github.com/insomniacslk/dhcp/dhcpv4"
+)
+
+// ErrNAK is what Renew returns when the server refuses the address.
+var ErrNAK = errNAK
+
+// Renew asks the server to extend the lease on ip (RFC 2131 REBINDING: a
+// REQUEST with ciaddr set and no server identifier, broadcast from ip,
+// as a guest whose lease outlived the server's restart sends it), resending
+// every 300 ms until within passes. It returns the ACK's lease, or ErrNAK.
+func (c *Client) Renew(ip netip.Addr, within time.Duration) (Lease, error) {
+	m, err := dhcpv4.New(
+		dhcpv4.WithHwAddr(c.MAC),
+		dhcpv4.WithMessageType(dhcpv4.MessageTypeRequest),
+		dhcpv4.WithClientIP(ip.AsSlice()),
+	)
+	if err != nil {
+		return Lease{}, err
+	}
+	ack, err := c.exchangeFrom(m, ip, dhcpv4.MessageTypeAck, time.Now().Add(within))
+	if err != nil {
+		return Lease{}, err
+	}
+	return leaseOf(ack), nil
+}
+
+// Release gives l back to server (a DHCPRELEASE from l.IP). No reply is
+// due, so it is sent once.
+func (c *Client) Release(l Lease) error {
+	m, err := dhcpv4.New(
+		dhcpv4.WithHwAddr(c.MAC),
+		dhcpv4.WithMessageType(dhcpv4.MessageTypeRelease),
+		dhcpv4.WithClientIP(l.IP.AsSlice()),
+		dhcpv4.WithOption(dhcpv4.OptServerIdentifier(l.Server.AsSlice())),
+	)
+	if err != nil {
+		return err
+	}
+	f, err := DHCPFrame(c.MAC, layers.EthernetBroadcast, l.IP, netip.IPv4Unspecified(), m.ToBytes())
+	if err != nil {
+		return err
+	}
+	return c.Send(f)
+}
+
+// exchangeFrom is exchange for a message sent from src.
+func (c *Client) exchangeFrom(m *dhcpv4.DHCPv4, src netip.Addr, want dhcpv4.MessageType, deadline time.Time) (*dhcpv4.DHCPv4, error) {
+	frame, err := DHCPFrame(c.MAC, layers.EthernetBroadcast, src, netip.IPv4Unspecified(), m.ToBytes())
+	if err != nil {
+		return nil, err
+	}
+	return c.await(frame, m.TransactionID, want, deadline)
+}
+
+// Exchange sends frame, a request with transaction id xid that a test may
+// have built by hand, until a reply of type want arrives (or a NAK:
+// ErrNAK), resending every 300 ms until within passes.
+func (c *Client) Exchange(frame []byte, xid dhcpv4.TransactionID, want dhcpv4.MessageType, within time.Duration) (*dhcpv4.DHCPv4, error) {
+	return c.await(frame, xid, want, time.Now().Add(within))
+}
+
+// await sends frame until a reply with xid of type want (or a NAK)
+// arrives, resending every 300 ms until deadline.
+func (c *Client) await(frame []byte, xid dhcpv4.TransactionID, want dhcpv4.MessageType, deadline time.Time) (*dhcpv4.DHCPv4, error) {
+	tick := time.NewTicker(300 * time.Millisecond)
+	defer tick.Stop()
+	if err := c.Send(frame); err != nil {
+		return nil, err
+	}
+	for {
+		select {
+		case f := <-c.in:
+			r, err := parseDHCP(f)
+			if err != nil || r.TransactionID != xid {
+				continue
+			}
+			switch r.MessageType() {
+			case want:
+				return r, nil
+			case dhcpv4.MessageTypeNak:
+				return nil, errNAK
+			}
+		case now := <-tick.C:
+			if now.After(deadline) {
+				return nil, fmt.Errorf("no %s for %s", want, dhcpv4.MessageTypeRequest)
+			}
+			c.Send(frame)
+		}
+	}
+}
+
+// Replies returns the DHCP replies (any transaction) that arrive within
+// d: for tests that check what a hostile request earned.
+func (c *Client) Replies(d time.Duration) []*dhcpv4.DHCPv4 {
+	var out []*dhcpv4.DHCPv4
+	t := time.NewTimer(d)
+	defer t.Stop()
+	for {
+		select {
+		case f := <-c.in:
+			if r, err := parseDHCP(f); err == nil {
+				out = append(out, r)
+			}
+		case <-t.C:
+			return out
+		}
+	}
+}
+
+// DHCPFrame wraps a DHCP client payload (which may be malformed: hostile
+// tests build their own) in Ethernet, IPv4 and UDP 68 -> 67, from src to
+// dst; an unspecified dst is the broadcast address.
+func DHCPFrame(srcMAC, dstMAC net.HardwareAddr, src, dst netip.Addr, payload []byte) ([]byte, error) {
+	if !dst.IsValid() || dst.IsUnspecified() {
+		dst = netip.AddrFrom4([4]byte{255, 255, 255, 255})
+	}
+	if !src.IsValid() {
+		src = netip.IPv4Unspecified()
+	}
+	if !src.Is4() || !dst.Is4() {
+		return nil, errors.New("lantest: DHCP runs over IPv4")
+	}
+	eth := &layers.Ethernet{SrcMAC: srcMAC, DstMAC: dstMAC, EthernetType: layers.EthernetTypeIPv4}
+	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolUDP, SrcIP: src.AsSlice(), DstIP: dst.AsSlice()}
+	udp := &layers.UDP{SrcPort: 68, DstPort: 67}
+	udp.SetNetworkLayerForChecksum(ip)
+	buf := gopacket.NewSerializeBuffer()
+	err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, eth, ip, udp, gopacket.Payload(payload))
+	return buf.Bytes(), err
+}
