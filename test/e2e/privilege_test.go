@@ -244,12 +244,12 @@ func TestPluginsRunUnprivileged(t *testing.T) {
 		"read " + filepath.Join(e.dir, "user.yaml"):                "EACCES",
 		"read " + filepath.Join(state, "macpool.yaml"):             "EACCES",
 		"dial " + filepath.Join(state, "anka.sock"):                "EACCES",
-		"list " + state:                                            "EACCES",
-		"write " + state:                                           "EACCES",
-		"read " + filepath.Join(dataDir, "reattach.json"):          "EACCES",
-		"write " + filepath.Join(state, "plugins"):                 "EACCES",
-		"write " + dataDir:                                         "ok",
-		"write " + filepath.Join(state, "net", "p1"):               "ok",
+		"list " + state:  "EACCES",
+		"write " + state: "EACCES",
+		"read " + filepath.Join(dataDir, "reattach.json"): "EACCES",
+		"write " + filepath.Join(state, "plugins"):        "EACCES",
+		"write " + dataDir:                           "ok",
+		"write " + filepath.Join(state, "net", "p1"): "ok",
 	}
 	for k, w := range want {
 		if got[k] != w {
