@@ -1,6 +1,8 @@
 package plugins
 
 import (
+	"encoding/binary"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -8,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/anka-net/anka/core/errs"
+	"golang.org/x/sys/unix"
 )
 
 func mode(t *testing.T, p string) os.FileMode {
@@ -219,5 +222,48 @@ func TestApplySysctlRefuses(t *testing.T) {
 		if err := applySysctl(kv); err == nil || !strings.Contains(err.Error(), "anka sets only") {
 			t.Errorf("applySysctl(%q) = %v, want a refusal", kv, err)
 		}
+	}
+}
+
+// The hypervisor's socket, bound by root with umask 022 in the VM's
+// folder, is open to the plugin user through the folder's default ACL.
+func TestRunDirACLOpensHypervisorSockets(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("giving a folder to another user needs root")
+	}
+	h := &Host{StateDir: t.TempDir(), User: "4242004:4242004"}
+	dir, err := h.runDir("vm1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := syscall.Umask(0o022)
+	defer syscall.Umask(old)
+	sock := filepath.Join(dir, "vm.sock")
+	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	b := make([]byte, 128)
+	n, err := unix.Getxattr(sock, "system.posix_acl_access", b)
+	if err != nil {
+		t.Skipf("no POSIX ACLs here (%v): AfterStart's chown is the fallback", err)
+	}
+	// Entries after the 4-byte header: tag, perm, id.
+	found := false
+	for i := 4; i+8 <= n; i += 8 {
+		tag, perm, id := binary.LittleEndian.Uint16(b[i:]), binary.LittleEndian.Uint16(b[i+2:]), binary.LittleEndian.Uint32(b[i+4:])
+		if tag == 0x02 && id == 4242004 && perm&6 == 6 {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("the socket's ACL %x has no rw entry for the plugin user", b[:n])
+	}
+	// The fallback: AfterStart hands root's sockets over.
+	h.giveSockets("vm1")
+	fi, _ := os.Lstat(sock)
+	if fi.Sys().(*syscall.Stat_t).Uid != 4242004 {
+		t.Error("giveSockets left the socket to root")
 	}
 }
