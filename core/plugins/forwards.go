@@ -78,7 +78,7 @@ func (h *Host) AfterStart(ctx context.Context, v *vm.VM) error {
 	if v.NetworkCard == nil {
 		return nil
 	}
-	h.giveSockets(v.Name)
+	h.giveSockets(v.Name) // QEMU's socket, bound by now
 	return h.call(ctx, v.NetworkCard.Type, func(pl sdk.NetworkPlugin) error { return h.syncForwards(ctx, pl, v) })
 }
 

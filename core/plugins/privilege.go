@@ -1,9 +1,7 @@
 package plugins
 
 import (
-	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -233,47 +231,14 @@ func (h *Host) runDir(v string) (string, error) {
 			return "", err
 		}
 	}
-	// The hypervisor (QEMU as root, or an external one) binds its own
-	// socket here, which the plugin must be able to send to: a default
-	// ACL gives the plugin user rw on every file made in the folder,
-	// whoever makes it and whatever their umask.
-	if err := setDefaultACL(dir, c.UID); err != nil {
-		h.log().Warn("cannot give the plugin user access to sockets the hypervisor makes (no POSIX ACLs on this filesystem?); anka chowns QEMU's after it starts", "dir", dir, "err", err)
-	}
 	return dir, nil
 }
 
-// setDefaultACL sets the default ACL u::rwx,u:UID:rwx,g::---,m::rwx,o::---
-// on dir (the posix_acl_xattr format: version 2, then tag, perm, id).
-func setDefaultACL(dir string, uid uint32) error {
-	const undefined = 0xFFFFFFFF
-	entries := []struct {
-		tag, perm uint16
-		id        uint32
-	}{
-		{0x01, 7, undefined}, // ACL_USER_OBJ
-		{0x02, 7, uid},       // ACL_USER
-		{0x04, 0, undefined}, // ACL_GROUP_OBJ
-		{0x10, 7, undefined}, // ACL_MASK
-		{0x20, 0, undefined}, // ACL_OTHER
-	}
-	b := binary.LittleEndian.AppendUint32(nil, 2)
-	for _, e := range entries {
-		b = binary.LittleEndian.AppendUint16(b, e.tag)
-		b = binary.LittleEndian.AppendUint16(b, e.perm)
-		b = binary.LittleEndian.AppendUint32(b, e.id)
-	}
-	if old := make([]byte, 64); true {
-		if n, err := unix.Getxattr(dir, "system.posix_acl_default", old); err == nil && bytes.Equal(old[:n], b) {
-			return nil
-		}
-	}
-	return unix.Setxattr(dir, "system.posix_acl_default", b, 0)
-}
-
-// giveSockets hands the sockets in v's run folder that root made (QEMU's)
-// to the plugin user, for a filesystem where the default ACL could not
-// be set.
+// giveSockets hands the sockets in v's run folder that root made to the
+// plugin user: QEMU (root, umask 022) binds its datagram socket there,
+// and the plugin, which sends to it, needs write permission on it. (A
+// default ACL on the folder would not do: bind applies the umask to the
+// ACL mask.)
 func (h *Host) giveSockets(name string) {
 	c, err := h.pluginUser()
 	if c == nil || err != nil || folderName(name) != nil {

@@ -100,6 +100,16 @@ const pluginUID = 4242002
 
 var pluginUser = fmt.Sprintf("%d:%d", pluginUID, pluginUID)
 
+// giveToPluginUser is what an external hypervisor does with the datagram
+// socket it binds: the plugin, running as plugin_user, sends to it, so
+// that user needs write permission on it (docs/reliability/privilege.md).
+func giveToPluginUser(t *testing.T, path string) {
+	t.Helper()
+	if err := os.Chown(path, pluginUID, pluginUID); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // openTun gives the unprivileged plugins of these tests a /dev/net/tun
 // they may open (0666, Debian's default) where the machine's is 0600, as
 // in some containers: a node of our own on a tmpfs over /dev/net, in the
@@ -697,6 +707,7 @@ func TestExternalRuntimeOnSegment(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+	giveToPluginUser(t, ep.VMPath)
 	ns.IP(t, "link", "set", "eth0", "address", ep.MAC)
 	ns.IP(t, "link", "set", "eth0", "up")
 	ns.IP(t, "addr", "add", "10.56.0.2/24", "dev", "eth0")
