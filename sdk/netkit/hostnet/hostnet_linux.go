@@ -606,6 +606,10 @@ func enableForwarding(log *slog.Logger) error {
 		return nil
 	}
 	if err := os.WriteFile(ipForwardPath, []byte("1"), 0o644); err != nil {
+		if errors.Is(err, os.ErrPermission) {
+			// Writing /proc/sys takes root, not CAP_NET_ADMIN.
+			return fmt.Errorf("hostnet: enabling IPv4 forwarding (%s): %w: an unprivileged plugin declares sdk.SysctlIPForward in its Info so anka sets it before the start, or the host sets net.ipv4.ip_forward=1", ipForwardPath, err)
+		}
 		return fmt.Errorf("hostnet: enabling IPv4 forwarding (%s): %w", ipForwardPath, err)
 	}
 	log.Info("hostnet: enabled IPv4 forwarding; it stays on")
