@@ -297,3 +297,27 @@ func TestNamesStayInStateDir(t *testing.T) {
 		t.Error("a folder x appeared beside the state dir")
 	}
 }
+
+// A plugin user that does not exist is an error that says how to create
+// it or how to choose root, never a silent run as root.
+func TestMissingPluginUser(t *testing.T) {
+	e := newEnv(t)
+	kernel := filepath.Join(e.dir, "vmlinuz")
+	os.WriteFile(kernel, []byte("not really a kernel"), 0o644)
+	e.ok("create", "m1", "--kernel", kernel)
+	e.extra = []string{"ANKA_PLUGIN_USER=anka-e2e-no-such-user"}
+	r := e.run("modify", "m1", "set", "network-card", "-t", "disconnected")
+	if r.code != 7 || !strings.Contains(r.stderr, "useradd --system --no-create-home --shell /usr/sbin/nologin anka-e2e-no-such-user") ||
+		!strings.Contains(r.stderr, "anka config plugin_user root") {
+		t.Fatalf("exit %d, stderr %s; want 7 and how to create the user or choose root", r.code, r.stderr)
+	}
+	if pid := reattachPID(filepath.Join(e.dir, "state", "plugins", "anka-net-disconnected", "reattach.json")); pid != 0 {
+		t.Fatalf("a plugin started anyway (pid %d)", pid)
+	}
+	e.extra = []string{"ANKA_PLUGIN_USER=root"}
+	e.ok("modify", "m1", "set", "network-card", "-t", "disconnected")
+	pid := reattachPID(filepath.Join(e.dir, "state", "plugins", "anka-net-disconnected", "reattach.json"))
+	if st := procStatus(t, pid); !strings.HasPrefix(st["Uid"], "0 ") {
+		t.Fatalf("plugin_user root: the plugin runs as %q", st["Uid"])
+	}
+}
