@@ -7,6 +7,9 @@ COMMIT  ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -X github.com/anka-net/anka/core/cli.Version=$(VERSION) -X github.com/anka-net/anka/core/cli.Commit=$(COMMIT)
 PREFIX ?= /usr/local
 PLUGIN_DIR ?= $(PREFIX)/lib/anka/plugins
+# The system user plugins run as (the plugin_user default); make install
+# creates it.
+PLUGIN_USER ?= anka-net
 GUEST_DIR := $(CURDIR)/build/guest
 PLUGINS := $(patsubst plugins/%/main.go,%,$(wildcard plugins/*/main.go))
 # A plugin's binary is anka-net-<folder> unless its type differs: the
@@ -124,6 +127,11 @@ install: build
 	install -D -m 0644 configs/anka.service $(DESTDIR)/etc/systemd/system/anka.service
 	install -D -m 0644 configs/anka-vms.service $(DESTDIR)/etc/systemd/system/anka-vms.service
 	install -D -m 0644 configs/config.example.yaml $(DESTDIR)/etc/anka/config.example.yaml
+	@# The user plugins run as (plugin_user); a package does this in its postinst.
+	@if [ -z "$(DESTDIR)" ] && ! id -u $(PLUGIN_USER) >/dev/null 2>&1; then \
+		echo "useradd --system --no-create-home --shell /usr/sbin/nologin $(PLUGIN_USER)"; \
+		useradd --system --no-create-home --shell /usr/sbin/nologin $(PLUGIN_USER) || exit 1; \
+	fi
 	@command -v systemctl >/dev/null && [ -d /run/systemd/system ] && systemctl daemon-reload || true
 
 clean:

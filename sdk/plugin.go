@@ -137,7 +137,41 @@ type InfoResponse struct {
 	// whatever the plugin says.
 	ProtocolVersions []int      `json:"protocol_versions"`
 	Types            []TypeInfo `json:"types"`
+	// Privileges are the Linux capabilities the process needs, as named
+	// in capabilities(7): PrivNetAdmin, PrivNetRaw, PrivNetBindService.
+	// anka runs plugins as an unprivileged user and grants at most these
+	// (as ambient capabilities); a name it does not grant is refused
+	// before the plugin starts. Leave it empty for a plugin that only
+	// moves frames between sockets.
+	Privileges []string `json:"privileges,omitempty"`
+	// Sysctls are "key=value" settings the plugin needs in its network
+	// namespace before it starts; writing /proc/sys takes root, which an
+	// unprivileged plugin lacks, so anka sets them first. anka applies
+	// only SysctlIPForward and SysctlMaxDgramQlen (raised, never
+	// lowered); the plugin still checks and reports what it finds.
+	Sysctls []string `json:"sysctls,omitempty"`
 }
+
+// The capabilities a plugin may ask for in InfoResponse.Privileges.
+const (
+	// PrivNetAdmin: TAPs, bridges, addresses, routes, nftables, ethtool.
+	PrivNetAdmin = "CAP_NET_ADMIN"
+	// PrivNetRaw: AF_PACKET sockets on an interface.
+	PrivNetRaw = "CAP_NET_RAW"
+	// PrivNetBindService: listening on ports below 1024 (DNS on 53, a
+	// port forward asked for a low host port).
+	PrivNetBindService = "CAP_NET_BIND_SERVICE"
+)
+
+// The sysctls anka sets for a plugin that names them in
+// InfoResponse.Sysctls.
+const (
+	// SysctlIPForward turns on IPv4 forwarding (NAT).
+	SysctlIPForward = "net.ipv4.ip_forward=1"
+	// SysctlMaxDgramQlen raises net.unix.max_dgram_qlen (anka raises it,
+	// never lowers it; frameio.RecommendedMaxDgramQlen is 512).
+	SysctlMaxDgramQlen = "net.unix.max_dgram_qlen=512"
+)
 
 // TypeInfo describes one network type a binary serves.
 type TypeInfo struct {

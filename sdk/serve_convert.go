@@ -39,7 +39,7 @@ func cardFromPB(c *ankav1.Card) Card {
 }
 
 func infoResponseToPB(r *InfoResponse) *ankav1.InfoResponse {
-	out := &ankav1.InfoResponse{Name: r.Name, Version: r.Version}
+	out := &ankav1.InfoResponse{Name: r.Name, Version: r.Version, Privileges: cloneSlice(r.Privileges), Sysctls: cloneSlice(r.Sysctls)}
 	for _, v := range r.ProtocolVersions {
 		out.ProtocolVersions = append(out.ProtocolVersions, int32(v))
 	}
@@ -55,7 +55,7 @@ func infoResponseToPB(r *InfoResponse) *ankav1.InfoResponse {
 }
 
 func infoResponseFromPB(r *ankav1.InfoResponse) *InfoResponse {
-	out := &InfoResponse{Name: r.GetName(), Version: r.GetVersion()}
+	out := &InfoResponse{Name: r.GetName(), Version: r.GetVersion(), Privileges: cloneSlice(r.GetPrivileges()), Sysctls: cloneSlice(r.GetSysctls())}
 	for _, v := range r.GetProtocolVersions() {
 		out.ProtocolVersions = append(out.ProtocolVersions, int(v))
 	}

@@ -50,6 +50,7 @@ func fullCases() []roundTrip {
 			Name: "anka-net-shared", Version: "1.2.0", ProtocolVersions: []int{1, 2},
 			Types: []TypeInfo{{Name: "shared", Description: "NAT", Capabilities: []string{CapTraffic, CapPortForward},
 				Endpoints: []EndpointKind{EndpointDgram, EndpointTAP}}},
+			Privileges: []string{PrivNetAdmin, PrivNetBindService}, Sysctls: []string{SysctlIPForward},
 		}, infoResponseToPB, infoResponseFromPB),
 		rt("ValidateRequest", &ValidateRequest{VM: fullVM, Card: fullCard, Settings: map[string]string{"bridge_name": "eth1"}}, validateRequestToPB, validateRequestFromPB),
 		rt("AttachRequest", &AttachRequest{VM: fullVM, Card: fullCard, Settings: map[string]string{"mtu": "9000", "bridge_name": "eth1"}, Endpoints: []EndpointKind{EndpointStream},

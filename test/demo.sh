@@ -13,6 +13,10 @@ NS=anka-demo
 WORK=/tmp/anka-demo
 GUEST="${ANKA_GUEST_DIR:-$PWD/build/guest}"
 export ANKA_STATE_DIR="$WORK/state" ANKA_CONFIG="$WORK/config.yaml" ANKA_SYSTEM_CONFIG="$WORK/system.yaml"
+# Plugins run as the anka-net user once `make install` created it; the
+# demo runs from the checkout (which that user may not be able to enter)
+# on a machine that may not have it, so its plugins run as root.
+export ANKA_PLUGIN_USER="${ANKA_PLUGIN_USER:-root}"
 ANKA="$PWD/bin/anka"
 in_ns() { ip netns exec "$NS" "$@"; }
 

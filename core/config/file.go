@@ -215,7 +215,7 @@ func Apply(o Options, changes ...Change) error {
 		target = t
 	}
 	old, err := os.ReadFile(target)
-	mode := fs.FileMode(0o644)
+	mode := fs.FileMode(0o600) // the plugin user has no business reading it
 	switch {
 	case err == nil:
 		if st, err := os.Stat(target); err == nil {

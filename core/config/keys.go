@@ -72,6 +72,7 @@ var staticKeys = map[string]keyDef{
 	"portfwd_base":       {"10000", "first host port handed out by automatic port forwarding", normIntRange(1, 65535)},
 	"mtu":                {"1500", "MTU of the VM networks", normIntRange(576, 65520)},
 	"log_level":          {"info", "debug, info, warn or error", normLogLevel},
+	"plugin_user":        {"anka-net", "user the network plugins run as (with only the capabilities they need): a user name, uid:gid, or root", normPluginUser},
 }
 
 // Keys returns the static keys, sorted. Plugin keys
@@ -353,6 +354,29 @@ func normIntRange(lo, hi int) func(string) (string, error) {
 		}
 		return strconv.Itoa(n), nil
 	}
+}
+
+// normPluginUser takes a user name as useradd does, a numeric uid:gid
+// (which needs no passwd entry), or root. Whether the user exists is
+// checked when a plugin starts, so it can be set before it is created.
+func normPluginUser(v string) (string, error) {
+	if uid, gid, ok := strings.Cut(v, ":"); ok {
+		for _, n := range []string{uid, gid} {
+			if x, err := strconv.ParseUint(n, 10, 32); err != nil || x == 1<<32-1 {
+				return "", fmt.Errorf("is not uid:gid: give two numbers, like 990:990, or a user name")
+			}
+		}
+		return v, nil
+	}
+	if len(v) == 0 || len(v) > 32 {
+		return "", fmt.Errorf("is not a user name: give a name of 1 to 32 characters, uid:gid, or root")
+	}
+	for i, r := range v {
+		if !(r == '_' || r >= 'a' && r <= 'z' || i > 0 && (r == '-' || r >= '0' && r <= '9')) {
+			return "", fmt.Errorf("is not a user name: use lower-case letters, digits, - and _ (starting with a letter or _), uid:gid, or root")
+		}
+	}
+	return v, nil
 }
 
 func normLogLevel(v string) (string, error) {

@@ -78,6 +78,8 @@ type Config struct {
 	PortFwdBase int
 	MTU         int
 	LogLevel    string
+	// PluginUser is who plugins run as: a name, "uid:gid", or "root".
+	PluginUser string
 	// Plugins holds the types with a path or a sha256 set.
 	Plugins map[string]Plugin
 
@@ -318,6 +320,7 @@ func build(userFile, systemFile string, problems []string, layers ...layer) (*Co
 	v := func(k string) string { return c.entries[k].Value }
 	c.BridgeName, c.StateDir, c.PluginDir, c.LogLevel = v("bridge_name"), v("state_dir"), v("plugin_dir"), v("log_level")
 	c.PortFwdBase, _ = strconv.Atoi(v("portfwd_base"))
+	c.PluginUser = v("plugin_user")
 	c.MTU, _ = strconv.Atoi(v("mtu"))
 	c.LeaseTime, _ = parseLease(v("lease_time"))
 	for t := range types {

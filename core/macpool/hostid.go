@@ -90,7 +90,7 @@ func persistedHostID(stateDir string) (string, error) {
 		return "", err
 	}
 	id = hex.EncodeToString(raw[:]) // same shape as a machine-id
-	if err := fsutil.WriteFileAtomic(path, []byte(id+"\n"), 0o644); err != nil {
+	if err := fsutil.WriteFileAtomic(path, []byte(id+"\n"), 0o600); err != nil {
 		return "", ioErr("write", path, err)
 	}
 	return id, nil

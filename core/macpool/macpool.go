@@ -228,7 +228,7 @@ func (p *Pool) update(fn func(*state) (bool, error)) (err error) {
 	if err != nil {
 		return fmt.Errorf("macpool: encode %s: %w", p.path, err)
 	}
-	if err := fsutil.WriteFileAtomic(p.path, data, 0o644); err != nil {
+	if err := fsutil.WriteFileAtomic(p.path, data, 0o600); err != nil {
 		return ioErr("write", p.path, err)
 	}
 	return nil

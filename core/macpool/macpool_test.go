@@ -565,8 +565,9 @@ func TestFileFormat(t *testing.T) {
 	if string(b) != want {
 		t.Fatalf("file:\n%s\nwant:\n%s", b, want)
 	}
+	// Closed to the plugin user, who may pass through the state dir.
 	st, _ := os.Stat(p.Path())
-	if st.Mode().Perm() != 0o644 {
+	if st.Mode().Perm() != 0o600 {
 		t.Fatalf("mode %v", st.Mode())
 	}
 	// A hand-written file in the documented format is read back.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 
 	"github.com/anka-net/anka/core/errs"
 	"github.com/anka-net/anka/core/vm"
@@ -77,6 +78,7 @@ func (h *Host) AfterStart(ctx context.Context, v *vm.VM) error {
 	if v.NetworkCard == nil {
 		return nil
 	}
+	h.giveSockets(v.Name) // QEMU's socket, bound by now
 	return h.call(ctx, v.NetworkCard.Type, func(pl sdk.NetworkPlugin) error { return h.syncForwards(ctx, pl, v) })
 }
 
@@ -136,7 +138,22 @@ func (h *Host) Capture(ctx context.Context, v *vm.VM, path string, stop bool) (*
 	if !ok {
 		return nil, errs.Unavailablef("network type %s cannot capture traffic", typ)
 	}
-	req := &sdk.CaptureRequest{VM: ref(v), Type: typ, Path: path}
+	// A plugin running as its own user cannot write where the caller
+	// asked (nor should it): it records into the VM's socket folder, and
+	// anka moves the file over when it stops.
+	plugPath := path
+	cred, err := h.pluginUser()
+	if err != nil {
+		return nil, err
+	}
+	if cred != nil {
+		dir, err := h.runDir(v.Name)
+		if err != nil {
+			return nil, vm.PathError(h.StateDir, err)
+		}
+		plugPath = filepath.Join(dir, "capture.pcap")
+	}
+	req := &sdk.CaptureRequest{VM: ref(v), Type: typ, Path: plugPath}
 	var resp *sdk.CaptureResponse
 	if stop {
 		resp, err = c.StopCapture(ctx, req)
@@ -145,6 +162,11 @@ func (h *Host) Capture(ctx context.Context, v *vm.VM, path string, stop bool) (*
 	}
 	if err != nil {
 		return nil, pluginError(typ, err)
+	}
+	if stop && plugPath != path {
+		if err := copyOut(plugPath, path); err != nil {
+			return nil, errs.Permissionf("moving the capture of VM %s to %s: %v", v.Name, path, err)
+		}
 	}
 	return resp, nil
 }

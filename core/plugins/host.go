@@ -34,6 +34,9 @@ type Host struct {
 	LogLevel string
 	MTU      int
 	Logger   *slog.Logger
+	// User is plugin_user: who plugins run as when anka runs as root (a
+	// name, "uid:gid", or "root"); "" is DefaultPluginUser.
+	User string
 	// VMs lists the VMs and DynamicMAC gives a VM's pool MAC, so a plugin
 	// that had to be started again gets every VM attached again.
 	VMs        func() ([]*vm.VM, error)
@@ -95,8 +98,9 @@ func (h *Host) connect(ctx context.Context, fd Found) (sdk.NetworkPlugin, error)
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return nil, vm.PathError(h.StateDir, err)
 	}
-	// One launcher at a time per binary, across anka processes.
-	l, err := fsutil.LockFile(filepath.Join(dataDir, "launch.lock"))
+	// One launcher at a time per binary, across anka processes. The lock
+	// is beside the data dir, not in it: the plugin user owns that.
+	l, err := fsutil.LockFile(launchLock(h.StateDir, fd.Path))
 	if err != nil {
 		return nil, vm.PathError(h.StateDir, err)
 	}
@@ -126,6 +130,9 @@ func (h *Host) connect(ctx context.Context, fd Found) (sdk.NetworkPlugin, error)
 		crashed = false
 	}
 	if p == nil {
+		if cfg.Credential, err = h.credential(ctx, fd); err != nil {
+			return nil, err
+		}
 		if p, err = host.Launch(ctx, cfg); err != nil {
 			return nil, pluginError(typ, err)
 		}
@@ -177,7 +184,11 @@ func (h *Host) reattachVMs(ctx context.Context, p *host.Plugin) {
 		if h.DynamicMAC != nil {
 			dyn = h.DynamicMAC(v.UUID)
 		}
-		if _, err := p.Client().Attach(ctx, h.attachRequest(v, dyn)); err != nil {
+		req, err := h.attachRequest(v, dyn)
+		if err == nil {
+			_, err = p.Client().Attach(ctx, req)
+		}
+		if err != nil {
 			h.log().Warn("attaching a VM to the restarted plugin", "vm", v.Name, "err", err)
 			continue
 		}
@@ -280,7 +291,11 @@ func (h *Host) BeforeStart(ctx context.Context, v *vm.VM, dynamicMAC string) (*r
 		}
 		return nil, err
 	}
-	resp, err := pl.Attach(ctx, h.attachRequest(v, dynamicMAC))
+	req, err := h.attachRequest(v, dynamicMAC)
+	if err != nil {
+		return nil, vm.PathError(h.StateDir, err)
+	}
+	resp, err := pl.Attach(ctx, req)
 	if err != nil {
 		return nil, pluginError(c.Type, err)
 	}
@@ -289,16 +304,20 @@ func (h *Host) BeforeStart(ctx context.Context, v *vm.VM, dynamicMAC string) (*r
 	return nic, nil
 }
 
-func (h *Host) attachRequest(v *vm.VM, dynamicMAC string) *sdk.AttachRequest {
+func (h *Host) attachRequest(v *vm.VM, dynamicMAC string) (*sdk.AttachRequest, error) {
 	// QEMU can take a TAP; a hypervisor anka does not launch gets sockets.
 	kinds := []sdk.EndpointKind{sdk.EndpointDgram, sdk.EndpointTAP}
 	if v.Runtime.Kind == vm.RuntimeExternal {
 		kinds = []sdk.EndpointKind{sdk.EndpointDgram, sdk.EndpointStream}
 	}
+	dir, err := h.runDir(v.Name)
+	if err != nil {
+		return nil, err
+	}
 	return &sdk.AttachRequest{
 		VM: ref(v), Card: card(v.NetworkCard, dynamicMAC), MTU: h.MTU, Endpoints: kinds,
-		RunDir: filepath.Join(h.StateDir, "vms", v.Name), Settings: h.Settings,
-	}
+		RunDir: dir, Settings: h.Settings,
+	}, nil
 }
 
 // AfterStop detaches the port; the address stays reserved.
@@ -312,12 +331,18 @@ func (h *Host) AfterStop(ctx context.Context, v *vm.VM) error {
 	})
 }
 
-// BeforeDelete makes the network forget the VM.
+// BeforeDelete makes the network forget the VM and removes its socket
+// folder.
 func (h *Host) BeforeDelete(ctx context.Context, v *vm.VM) error {
-	if v.NetworkCard == nil {
-		return nil
+	if v.NetworkCard != nil {
+		if err := h.release(ctx, v, v.NetworkCard.Type); err != nil {
+			return err
+		}
 	}
-	return h.release(ctx, v, v.NetworkCard.Type)
+	if folderName(v.Name) != nil {
+		return nil // no such folder can exist
+	}
+	return os.RemoveAll(RunDir(h.StateDir, v.Name))
 }
 
 // CardRemoved makes the network forget the VM's old card.

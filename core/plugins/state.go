@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -31,15 +32,41 @@ func ReattachFile(stateDir, binary string) string {
 	return filepath.Join(DataDir(stateDir, binary), "reattach.json")
 }
 
+// launchLock serialises launches of binary across anka processes. It is
+// beside the plugin's data dir, which the plugin user owns.
+func launchLock(stateDir, binary string) string {
+	return filepath.Join(stateDir, "plugins", filepath.Base(binary)+".lock")
+}
+
 // Running reports the running plugin process for binary, if its reattach
 // file names a live process (a zombie is dead).
 func Running(stateDir, binary string) (host.ReattachInfo, bool) {
 	var info host.ReattachInfo
-	data, err := os.ReadFile(ReattachFile(stateDir, binary))
+	data, err := readOwnFile(ReattachFile(stateDir, binary))
 	if err != nil || json.Unmarshal(data, &info) != nil || info.Pid <= 0 {
 		return info, false
 	}
 	return info, runtime.ProcessAlive(info.Pid)
+}
+
+// readOwnFile reads a file the core wrote into a folder the plugin user
+// owns: the plugin may remove or replace it there, so only a regular file
+// of this process's user counts, and a symlink is never followed (it
+// could lead to a device whose open does something).
+func readOwnFile(path string) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if st := fi.Sys().(*syscall.Stat_t); !fi.Mode().IsRegular() || int(st.Uid) != os.Geteuid() || fi.Size() > 1<<20 {
+		return nil, fmt.Errorf("%s is not a file anka wrote: ignored", path)
+	}
+	return io.ReadAll(f)
 }
 
 // FileSHA256 is the hex SHA-256 of a file, as plugins.<type>.sha256 pins it.

@@ -131,6 +131,11 @@ func (p *Plugin) Info(context.Context, *sdk.InfoRequest) (*sdk.InfoResponse, err
 			Capabilities: []string{sdk.CapTraffic, sdk.CapMACTranslate, sdk.CapAddress, sdk.CapCapture, sdk.CapSuspend},
 			Endpoints:    []sdk.EndpointKind{sdk.EndpointDgram, sdk.EndpointStream},
 		}},
+		// AF_PACKET on the uplink needs CAP_NET_RAW; its ethtool
+		// offload settings CAP_NET_ADMIN. QEMU's datagram sockets need
+		// a longer queue.
+		Privileges: []string{sdk.PrivNetAdmin, sdk.PrivNetRaw},
+		Sysctls:    []string{sdk.SysctlMaxDgramQlen},
 	}, nil
 }
 

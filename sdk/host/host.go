@@ -68,6 +68,10 @@ type Config struct {
 	// StartTimeout bounds the handshake; default one minute, or less when
 	// the context of Launch has an earlier deadline.
 	StartTimeout time.Duration
+	// Credential, when set, runs the plugin as that user (the host must
+	// be root): SocketDir and DataDir are given to it, and it keeps only
+	// Credential.Caps. Nil runs it as the host's own user.
+	Credential *Credential
 }
 
 // ReattachInfo is what a host saves (as JSON) to find a running plugin
@@ -190,6 +194,11 @@ func Launch(ctx context.Context, cfg Config) (*Plugin, error) {
 			logFile = filepath.Join(cfg.DataDir, "plugin.log")
 		}
 	}
+	if cfg.Credential != nil {
+		if err := cfg.Credential.prepare(path, cfg.SocketDir, cfg.DataDir, logFile); err != nil {
+			return nil, err
+		}
+	}
 	env, err := pluginEnv(cfg, logFile)
 	if err != nil {
 		return nil, err
@@ -204,6 +213,7 @@ func Launch(ctx context.Context, cfg Config) (*Plugin, error) {
 	// Its own process group: a signal to the host's group (Ctrl-C, a
 	// service manager stopping the daemon) leaves the data plane running.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cfg.Credential.apply(cmd.SysProcAttr)
 
 	timeout := cfg.StartTimeout
 	if timeout <= 0 {
@@ -222,7 +232,7 @@ func Launch(ctx context.Context, cfg Config) (*Plugin, error) {
 		StartTimeout:     timeout,
 		SkipHostEnv:      true, // pluginEnv has the host's environment, filtered
 	})
-	rpc, err := client.Client()
+	rpc, err := cfg.Credential.start(client)
 	if err != nil {
 		client.Kill()
 		return nil, startError(path, logFile, cfg, err)
@@ -403,6 +413,13 @@ func Describe(ctx context.Context, cfg Config) (*sdk.InfoResponse, error) {
 	cmd := exec.CommandContext(ctx, path, wire.DescribeFlag)
 	cmd.Env = append(hostEnv(), cfg.Env...)
 	cmd.Dir = "/"
+	if c := cfg.Credential; c != nil {
+		// Describing needs no privilege: the plugin user, no capabilities.
+		if err := c.reach(path, 0o1, "run"); err != nil {
+			return nil, err
+		}
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: c.UID, Gid: c.GID, Groups: []uint32{}}}
+	}
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()

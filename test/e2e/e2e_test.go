@@ -63,9 +63,14 @@ func TestMain(m *testing.M) {
 		if out, err := exec.Command("ip", "link", "set", "lo", "up").CombinedOutput(); err != nil {
 			panic(fmt.Sprintf("loopback up in the test namespace: %v: %s", err, out))
 		}
+		openTun()
 	}
 	dir, err := os.MkdirTemp("", "anka-e2e-bin-")
 	if err != nil {
+		panic(err)
+	}
+	// The plugin user runs the plugins from here, as from plugin_dir.
+	if err := os.Chmod(dir, 0o755); err != nil {
 		panic(err)
 	}
 	builtBin = filepath.Join(dir, "anka")
@@ -89,8 +94,50 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// pluginUID is the plugin user of every e2e test: plugins run
+// unprivileged, as installed, with a uid that has no passwd entry.
+const pluginUID = 4242002
+
+var pluginUser = fmt.Sprintf("%d:%d", pluginUID, pluginUID)
+
+// giveToPluginUser is what an external hypervisor does with the datagram
+// socket it binds: the plugin, running as plugin_user, sends to it, so
+// that user needs write permission on it (docs/reliability/privilege.md).
+func giveToPluginUser(t *testing.T, path string) {
+	t.Helper()
+	if err := os.Chown(path, pluginUID, pluginUID); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// openTun gives the unprivileged plugins of these tests a /dev/net/tun
+// they may open (0666, Debian's default) where the machine's is 0600, as
+// in some containers: a node of our own on a tmpfs over /dev/net, in the
+// test's private mount namespace; the machine's /dev is left alone.
+func openTun() {
+	st, err := os.Stat("/dev/net/tun")
+	if err != nil || st.Mode().Perm() == 0o666 {
+		return
+	}
+	for _, args := range [][]string{
+		{"mount", "-t", "tmpfs", "-o", "mode=0755,size=64k", "anka-e2e-tun", "/dev/net"},
+		{"mknod", "-m", "0666", "/dev/net/tun", "c", "10", "200"},
+	} {
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			panic(fmt.Sprintf("%v in the test's mount namespace: %v: %s", args, err, out))
+		}
+	}
+}
+
 func newEnv(t *testing.T) *env {
 	dir := t.TempDir()
+	// The plugin user passes through to its folders in the state dir,
+	// as through /var/lib to /var/lib/anka.
+	for _, d := range []string{filepath.Dir(dir), dir} {
+		if err := os.Chmod(d, 0o711); err != nil {
+			t.Fatal(err)
+		}
+	}
 	// Plugins outlive anka by design: stop the ones this test started.
 	t.Cleanup(func() { killPlugins(filepath.Join(dir, "state")) })
 	return &env{t: t, bin: builtBin, dir: dir}
@@ -131,6 +178,7 @@ func (e *env) run(args ...string) result {
 		"ANKA_CONFIG=" + filepath.Join(e.dir, "user.yaml"),
 		"ANKA_SYSTEM_CONFIG=" + filepath.Join(e.dir, "system.yaml"),
 		"ANKA_PLUGIN_DIR=" + filepath.Join(e.dir, "plugins"),
+		"ANKA_PLUGIN_USER=" + pluginUser,
 	}, e.extra...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
@@ -659,6 +707,7 @@ func TestExternalRuntimeOnSegment(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+	giveToPluginUser(t, ep.VMPath)
 	ns.IP(t, "link", "set", "eth0", "address", ep.MAC)
 	ns.IP(t, "link", "set", "eth0", "up")
 	ns.IP(t, "addr", "add", "10.56.0.2/24", "dev", "eth0")

@@ -466,6 +466,7 @@ func TestFastPathAndSocketGuests(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+	giveToPluginUser(t, ep.VMPath)
 	ns.IP(t, "link", "set", "lo", "up")
 	ns.IP(t, "link", "set", "eth0", "address", ep.MAC)
 	ns.IP(t, "link", "set", "eth0", "up")

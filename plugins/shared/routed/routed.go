@@ -323,7 +323,30 @@ func (p *Plugin) Info(context.Context, *sdk.InfoRequest) (*sdk.InfoResponse, err
 			Endpoints: []sdk.EndpointKind{sdk.EndpointTAP, sdk.EndpointDgram, sdk.EndpointStream},
 		})
 	}
-	return &sdk.InfoResponse{Name: p.net.Binary, Version: p.net.Version, ProtocolVersions: []int{sdk.ProtocolVersion}, Types: types}, nil
+	return &sdk.InfoResponse{Name: p.net.Binary, Version: p.net.Version, ProtocolVersions: []int{sdk.ProtocolVersion}, Types: types,
+		Privileges: p.net.privileges(), Sysctls: p.net.sysctls()}, nil
+}
+
+// privileges: the bridge, TAPs, addresses and nftables need
+// CAP_NET_ADMIN; capturing a fast-path VM reads its TAP with AF_PACKET
+// (CAP_NET_RAW); the DNS forwarder listens on port 53 and a port forward
+// may ask for a host port below 1024 (CAP_NET_BIND_SERVICE).
+func (n Network) privileges() []string {
+	privs := []string{sdk.PrivNetAdmin, sdk.PrivNetRaw}
+	if n.DNS || n.PortForward {
+		privs = append(privs, sdk.PrivNetBindService)
+	}
+	return privs
+}
+
+// sysctls: NAT needs IPv4 forwarding; QEMU's datagram sockets need a
+// longer queue (see setup).
+func (n Network) sysctls() []string {
+	s := []string{sdk.SysctlMaxDgramQlen}
+	if n.Mode == hostnet.NAT {
+		s = append(s, sdk.SysctlIPForward)
+	}
+	return s
 }
 
 func (p *Plugin) typeOf(name string) (Type, bool) {

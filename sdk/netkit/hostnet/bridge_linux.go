@@ -148,7 +148,7 @@ func (e *env) sweepPorts(sw *sweep, log *slog.Logger) ([]string, error) {
 // carrier exactly while a file descriptor is attached to it, up or down
 // (IFLA_CARRIER; the queue count is reported for multi-queue TAPs only).
 func (e *env) held(idx int) (bool, error) {
-	c, err := mnl.Dial(unix.NETLINK_ROUTE, &mnl.Config{NetNS: int(e.ns)})
+	c, err := mnl.Dial(unix.NETLINK_ROUTE, &mnl.Config{NetNS: e.netNS()})
 	if err != nil {
 		return false, fmt.Errorf("netlink: %w", err)
 	}
@@ -223,6 +223,7 @@ func (n *Network) setupBridge() error {
 	// Offload: the host hands the switch 64 KiB TCP segments, which the
 	// port cuts to the MTU (see frameio.TAPOptions.Offload).
 	up, err = frameio.OpenTAP(cfg.Uplink, frameio.TAPOptions{MTU: cfg.MTU, Logger: cfg.Logger, Offload: true})
+	err = tunHint(err)
 	if err != nil {
 		return fail(fmt.Errorf("hostnet: %w", err))
 	}
@@ -358,6 +359,7 @@ func (n *Network) AddPort(id string, mac net.HardwareAddr) (name string, adopted
 		}
 		if err := n.env.do(func() error {
 			tap, err := frameio.OpenTAP(name, frameio.TAPOptions{MTU: n.cfg.MTU, Persist: true, Logger: n.log})
+			err = tunHint(err)
 			if err != nil {
 				return err
 			}
@@ -675,6 +677,10 @@ func (e *env) do(f func() error) error {
 	done := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
+		if e.own {
+			done <- f() // every thread is in it already
+			return
+		}
 		if err := netns.Set(e.ns); err != nil {
 			done <- fmt.Errorf("entering the network's namespace: %w", err)
 			return

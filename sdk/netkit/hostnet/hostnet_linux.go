@@ -15,6 +15,7 @@ import (
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/anka-net/anka/sdk/netkit/frameio"
 )
@@ -367,6 +368,11 @@ type env struct {
 	ns  netns.NsHandle
 	nl  *netlink.Handle
 	nft *nftables.Conn
+	// own is true when the process cannot enter namespaces (setns
+	// takes CAP_SYS_ADMIN): a plugin running unprivileged with
+	// CAP_NET_ADMIN. None of its threads can have left ns then, so its
+	// sockets open where they are, without setns.
+	own bool
 }
 
 // openEnv pins the calling thread's network namespace.
@@ -375,18 +381,59 @@ func openEnv() (*env, error) {
 	if err != nil {
 		return nil, fmt.Errorf("hostnet: opening the network namespace: %w", err)
 	}
-	nl, err := netlink.NewHandleAt(ns, netlinkRoute)
+	own := !canSetns()
+	var nl *netlink.Handle
+	if own {
+		nl, err = netlink.NewHandle(netlinkRoute)
+	} else {
+		nl, err = netlink.NewHandleAt(ns, netlinkRoute)
+	}
 	if err != nil {
 		ns.Close()
 		return nil, fmt.Errorf("hostnet: netlink: %w", err)
 	}
-	nft, err := nftables.New(nftables.WithNetNSFd(int(ns)))
+	var nft *nftables.Conn
+	if own {
+		nft, err = nftables.New()
+	} else {
+		nft, err = nftables.New(nftables.WithNetNSFd(int(ns)))
+	}
 	if err != nil {
 		nl.Close()
 		ns.Close()
 		return nil, fmt.Errorf("hostnet: nftables: %w", err)
 	}
-	return &env{ns: ns, nl: nl, nft: nft}, nil
+	return &env{ns: ns, nl: nl, nft: nft, own: own}, nil
+}
+
+// tunHint explains a TAP that cannot be made for lack of access to
+// /dev/net/tun: CAP_NET_ADMIN is not enough for a process that is not
+// root, the device must be open to it too.
+func tunHint(err error) error {
+	if err == nil || !errors.Is(err, os.ErrPermission) || !strings.Contains(err.Error(), "/dev/net/tun") {
+		return err
+	}
+	return fmt.Errorf("%w: an unprivileged plugin needs /dev/net/tun readable and writable by everyone (mode 0666, as Debian's udev sets it: chmod 0666 /dev/net/tun), or run plugins as root (anka config plugin_user root)", err)
+}
+
+// canSetns reports whether the calling thread has CAP_SYS_ADMIN, which
+// setns(2) needs.
+func canSetns() bool {
+	var hdr = unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return true // assume so: the old behaviour
+	}
+	return data[unix.CAP_SYS_ADMIN/32].Effective&(1<<(unix.CAP_SYS_ADMIN%32)) != 0
+}
+
+// netNS is what mdlayher/netlink's Config.NetNS takes: 0 (no setns) in
+// the process's own namespace.
+func (e *env) netNS() int {
+	if e.own {
+		return 0
+	}
+	return int(e.ns)
 }
 
 func (e *env) close() {
@@ -559,6 +606,10 @@ func enableForwarding(log *slog.Logger) error {
 		return nil
 	}
 	if err := os.WriteFile(ipForwardPath, []byte("1"), 0o644); err != nil {
+		if errors.Is(err, os.ErrPermission) {
+			// Writing /proc/sys takes root, not CAP_NET_ADMIN.
+			return fmt.Errorf("hostnet: enabling IPv4 forwarding (%s): %w: an unprivileged plugin declares sdk.SysctlIPForward in its Info so anka sets it before the start, or the host sets net.ipv4.ip_forward=1", ipForwardPath, err)
+		}
 		return fmt.Errorf("hostnet: enabling IPv4 forwarding (%s): %w", ipForwardPath, err)
 	}
 	log.Info("hostnet: enabled IPv4 forwarding; it stays on")

@@ -191,7 +191,7 @@ func (e *env) removeRules(tag string) (int, error) {
 // comment is tag. It reads only handles and user data, so rules of other
 // tools (xtables matches and all) never fail the listing.
 func (e *env) taggedRules(t *nftables.Table, chain, tag string) ([]uint64, error) {
-	conn, err := mnl.Dial(unix.NETLINK_NETFILTER, &mnl.Config{NetNS: int(e.ns)})
+	conn, err := mnl.Dial(unix.NETLINK_NETFILTER, &mnl.Config{NetNS: e.netNS()})
 	if err != nil {
 		return nil, fmt.Errorf("netlink: %w", err)
 	}

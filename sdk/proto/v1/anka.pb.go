@@ -263,8 +263,14 @@ type InfoResponse struct {
 	Version          string                 `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
 	ProtocolVersions []int32                `protobuf:"varint,3,rep,packed,name=protocol_versions,json=protocolVersions,proto3" json:"protocol_versions,omitempty"`
 	Types            []*TypeInfo            `protobuf:"bytes,4,rep,name=types,proto3" json:"types,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Linux capabilities the process needs ("CAP_NET_ADMIN"); anka grants
+	// at most these when it runs the plugin as an unprivileged user.
+	Privileges []string `protobuf:"bytes,5,rep,name=privileges,proto3" json:"privileges,omitempty"`
+	// Sysctls the plugin needs set before it starts ("net.ipv4.ip_forward=1");
+	// anka sets the ones it allows, since writing /proc/sys needs root.
+	Sysctls       []string `protobuf:"bytes,6,rep,name=sysctls,proto3" json:"sysctls,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *InfoResponse) Reset() {
@@ -321,6 +327,20 @@ func (x *InfoResponse) GetProtocolVersions() []int32 {
 func (x *InfoResponse) GetTypes() []*TypeInfo {
 	if x != nil {
 		return x.Types
+	}
+	return nil
+}
+
+func (x *InfoResponse) GetPrivileges() []string {
+	if x != nil {
+		return x.Privileges
+	}
+	return nil
+}
+
+func (x *InfoResponse) GetSysctls() []string {
+	if x != nil {
+		return x.Sysctls
 	}
 	return nil
 }
@@ -1630,12 +1650,16 @@ const file_proto_v1_anka_proto_rawDesc = "" +
 	"\fOptionsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\r\n" +
-	"\vInfoRequest\"\x99\x01\n" +
+	"\vInfoRequest\"\xd3\x01\n" +
 	"\fInfoResponse\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12+\n" +
 	"\x11protocol_versions\x18\x03 \x03(\x05R\x10protocolVersions\x12.\n" +
-	"\x05types\x18\x04 \x03(\v2\x18.anka.plugin.v1.TypeInfoR\x05types\"\x82\x01\n" +
+	"\x05types\x18\x04 \x03(\v2\x18.anka.plugin.v1.TypeInfoR\x05types\x12\x1e\n" +
+	"\n" +
+	"privileges\x18\x05 \x03(\tR\n" +
+	"privileges\x12\x18\n" +
+	"\asysctls\x18\x06 \x03(\tR\asysctls\"\x82\x01\n" +
 	"\bTypeInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\x12\"\n" +
