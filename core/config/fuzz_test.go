@@ -9,6 +9,16 @@ import (
 	"testing"
 )
 
+// fuzzDir is a folder for the files of every run of one target: on tmpfs
+// when there is one, as config set syncs what it writes.
+func fuzzDir(f *testing.F) string {
+	if d, err := os.MkdirTemp("/dev/shm", "anka-fuzz-"); err == nil {
+		f.Cleanup(func() { os.RemoveAll(d) })
+		return d
+	}
+	return f.TempDir()
+}
+
 // fuzzOptions reads the two files only: no flags, an empty environment.
 func fuzzOptions(user, system string) Options {
 	return Options{
@@ -30,8 +40,8 @@ func FuzzLoad(f *testing.F) {
 	f.Add([]byte("host_start_address: 192.168.64.5\n"), []byte("log_level: debug\n"))
 	f.Add([]byte("mtu: [1]\n"), []byte("Bridge_Name: eth0\n"))
 	f.Add([]byte("a: &x {b: 1}\nc: *x\n"), []byte("\t- x"))
+	dir := fuzzDir(f)
 	f.Fuzz(func(t *testing.T, user, system []byte) {
-		dir := t.TempDir()
 		uf, sf := filepath.Join(dir, "user.yaml"), filepath.Join(dir, "system.yaml")
 		if err := os.WriteFile(uf, user, 0o644); err != nil {
 			t.Fatal(err)
@@ -75,9 +85,9 @@ func FuzzSet(f *testing.F) {
 	f.Add([]byte("- a\n- b\n"), uint8(1), "auto")
 	f.Add([]byte("lease_time: 3600\n"), uint8(9), "30s")
 	keys := append(Keys(), PluginKey("shared", fieldPath), PluginKey("shared", fieldSHA256), PluginKey("x-1", fieldPath))
+	dir := fuzzDir(f)
 	f.Fuzz(func(t *testing.T, old []byte, k uint8, value string) {
 		key := keys[int(k)%len(keys)]
-		dir := t.TempDir()
 		uf, sf := filepath.Join(dir, "user.yaml"), filepath.Join(dir, "none.yaml")
 		if err := os.WriteFile(uf, old, 0o644); err != nil {
 			t.Fatal(err)
