@@ -140,6 +140,7 @@ func FuzzLeaseStore(f *testing.F) {
 	e.st.db.NoSync, e.st.db.MaxBatchDelay = true, 0
 	e.s.Close()
 	e.s = nil
+	f.Cleanup(func() { e.st.Close() }) // e.stop closes it only with a server
 	const newcomer = "fuzz-newcomer"
 	f.Fuzz(func(t *testing.T, data []byte) {
 		if err := fillStore(e.st, data); err != nil {
