@@ -53,7 +53,7 @@ guest: deps go-check
 test: deps guest build lint
 	ANKA_GUEST_DIR=$(GUEST_DIR) ANKA_E2E=1 go test -count=1 -timeout 15m ./...
 	cd sdk && ANKA_GUEST_DIR=$(GUEST_DIR) ANKA_E2E=1 go test -count=1 -timeout 15m ./...
-	test/fuzz.sh $(FUZZTIME_TEST)
+	FUZZ_JOBS=2 test/fuzz.sh $(FUZZTIME_TEST)
 
 # This project's shared network against gvproxy, passt, the kernel's veth
 # and the adapter's own ceiling, in network namespaces it makes (root):
@@ -84,11 +84,16 @@ soak: deps guest build
 	ANKA_SOAK=1 ANKA_GUEST_DIR=$(GUEST_DIR) ANKA_E2E=1 go test -count=1 -timeout 90m -run 'Soak' -v ./...
 	cd sdk && ANKA_SOAK=1 ANKA_GUEST_DIR=$(GUEST_DIR) ANKA_E2E=1 go test -count=1 -timeout 90m -run 'Soak' -v ./...
 
-# Each fuzz target for FUZZTIME (make fuzz FUZZTIME=10m).
+# Each fuzz target for FUZZTIME (make fuzz FUZZTIME=10m), one at a time;
+# the per-target table (executions, new inputs, crashers) is printed and
+# kept in FUZZ_SUMMARY. make test fuzzes two targets at once for
+# FUZZTIME_TEST each.
 FUZZTIME ?= 60s
-FUZZTIME_TEST ?= 5s
+FUZZTIME_TEST ?= 3s
+FUZZ_SUMMARY ?= build/fuzz-summary.tsv
 fuzz: go-check
-	test/fuzz.sh $(FUZZTIME)
+	@mkdir -p $(dir $(FUZZ_SUMMARY))
+	test/fuzz.sh -o $(FUZZ_SUMMARY) $(FUZZTIME)
 
 test-unit: go-check
 	go test -short ./... && cd sdk && go test -short ./...

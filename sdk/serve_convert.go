@@ -71,11 +71,11 @@ func infoResponseFromPB(r *ankav1.InfoResponse) *InfoResponse {
 }
 
 func validateRequestToPB(r *ValidateRequest) *ankav1.ValidateRequest {
-	return &ankav1.ValidateRequest{Vm: vmRefToPB(r.VM), Card: cardToPB(r.Card), Settings: r.Settings}
+	return &ankav1.ValidateRequest{Vm: vmRefToPB(r.VM), Card: cardToPB(r.Card), Settings: cloneMap(r.Settings)}
 }
 
 func validateRequestFromPB(r *ankav1.ValidateRequest) *ValidateRequest {
-	return &ValidateRequest{VM: vmRefFromPB(r.GetVm()), Card: cardFromPB(r.GetCard()), Settings: r.GetSettings()}
+	return &ValidateRequest{VM: vmRefFromPB(r.GetVm()), Card: cardFromPB(r.GetCard()), Settings: cloneMap(r.GetSettings())}
 }
 
 func attachRequestToPB(r *AttachRequest) *ankav1.AttachRequest {
@@ -85,7 +85,7 @@ func attachRequestToPB(r *AttachRequest) *ankav1.AttachRequest {
 		Endpoints: kindsToPB(r.Endpoints),
 		RunDir:    r.RunDir,
 		Mtu:       int32(r.MTU),
-		Settings:  r.Settings,
+		Settings:  cloneMap(r.Settings),
 	}
 }
 
@@ -96,7 +96,7 @@ func attachRequestFromPB(r *ankav1.AttachRequest) *AttachRequest {
 		Endpoints: kindsFromPB(r.GetEndpoints()),
 		RunDir:    r.GetRunDir(),
 		MTU:       int(r.GetMtu()),
-		Settings:  r.GetSettings(),
+		Settings:  cloneMap(r.GetSettings()),
 	}
 }
 

@@ -89,11 +89,21 @@ func toWire(err error) *wireError {
 	return &wireError{Kind: errs.KindOf(err), Message: err.Error()}
 }
 
+// err rebuilds the error on the CLI side. A kind this anka does not know
+// (a missing one reads as 0, which would exit 0) counts as Internal, and an
+// empty message gets a sentence, so a failure never looks like success.
 func (w *wireError) err() error {
 	if w == nil {
 		return nil
 	}
-	return &errs.Error{Kind: w.Kind, Msg: w.Message, Err: errors.New(w.Message)}
+	k, msg := w.Kind, w.Message
+	if k < errs.Internal || k > errs.Unavailable {
+		k = errs.Internal
+	}
+	if msg == "" {
+		msg = "the anka daemon reported a failure without saying what failed: see its log, " + LogName + " in the state dir"
+	}
+	return &errs.Error{Kind: k, Msg: msg, Err: errors.New(msg)}
 }
 
 // Status is what `anka daemon status` shows.
