@@ -72,6 +72,7 @@ var staticKeys = map[string]keyDef{
 	"portfwd_base":       {"10000", "first host port handed out by automatic port forwarding", normIntRange(1, 65535)},
 	"mtu":                {"1500", "MTU of the VM networks", normIntRange(576, 65520)},
 	"log_level":          {"info", "debug, info, warn or error", normLogLevel},
+	"plugin_timeout":     {"30s", "how long one call to a network plugin may take before anka gives up on it (show waits at most 10s)", normPluginTimeout},
 }
 
 // Keys returns the static keys, sorted. Plugin keys
@@ -362,4 +363,22 @@ func normLogLevel(v string) (string, error) {
 		return l, nil
 	}
 	return "", fmt.Errorf("is not a log level: use debug, info, warn or error")
+}
+
+// Bounds of plugin_timeout: under a second a busy host fails healthy
+// calls; over ten minutes a hung plugin looks like a hung anka.
+const (
+	minPluginTimeout = time.Second
+	maxPluginTimeout = 10 * time.Minute
+)
+
+func normPluginTimeout(v string) (string, error) {
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		return "", fmt.Errorf("is not a duration: write it like 30s or 2m")
+	}
+	if d < minPluginTimeout || d > maxPluginTimeout {
+		return "", fmt.Errorf("is out of range: give %s to %s", minPluginTimeout, maxPluginTimeout)
+	}
+	return d.String(), nil
 }

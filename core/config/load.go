@@ -78,6 +78,8 @@ type Config struct {
 	PortFwdBase int
 	MTU         int
 	LogLevel    string
+	// PluginTimeout bounds each call to a plugin (plugin_timeout).
+	PluginTimeout time.Duration
 	// Plugins holds the types with a path or a sha256 set.
 	Plugins map[string]Plugin
 
@@ -320,6 +322,7 @@ func build(userFile, systemFile string, problems []string, layers ...layer) (*Co
 	c.PortFwdBase, _ = strconv.Atoi(v("portfwd_base"))
 	c.MTU, _ = strconv.Atoi(v("mtu"))
 	c.LeaseTime, _ = parseLease(v("lease_time"))
+	c.PluginTimeout, _ = time.ParseDuration(v("plugin_timeout"))
 	for t := range types {
 		p := Plugin{Path: v(PluginKey(t, fieldPath)), SHA256: v(PluginKey(t, fieldSHA256))}
 		if p != (Plugin{}) {

@@ -77,7 +77,7 @@ func (h *Host) AfterStart(ctx context.Context, v *vm.VM) error {
 	if v.NetworkCard == nil {
 		return nil
 	}
-	return h.call(ctx, v.NetworkCard.Type, func(pl sdk.NetworkPlugin) error { return h.syncForwards(ctx, pl, v) })
+	return h.call(ctx, v.NetworkCard.Type, "port forwards", func(ctx context.Context, pl sdk.NetworkPlugin) error { return h.syncForwards(ctx, pl, v) })
 }
 
 // PortForwardsChanged applies a running VM's rules at once.
@@ -91,7 +91,7 @@ func (h *Host) BeforeSuspend(ctx context.Context, v *vm.VM) error {
 	if v.NetworkCard == nil {
 		return nil
 	}
-	return h.call(ctx, v.NetworkCard.Type, func(pl sdk.NetworkPlugin) error {
+	return h.call(ctx, v.NetworkCard.Type, "Suspend", func(ctx context.Context, pl sdk.NetworkPlugin) error {
 		sp, ok := pl.(sdk.Suspender)
 		if !ok {
 			return nil
@@ -110,7 +110,7 @@ func (h *Host) AfterResume(ctx context.Context, v *vm.VM) error {
 	if v.NetworkCard == nil {
 		return nil
 	}
-	return h.call(ctx, v.NetworkCard.Type, func(pl sdk.NetworkPlugin) error {
+	return h.call(ctx, v.NetworkCard.Type, "Resume", func(ctx context.Context, pl sdk.NetworkPlugin) error {
 		if sp, ok := pl.(sdk.Suspender); ok {
 			if _, err := sp.Resume(ctx, &sdk.ResumeRequest{VM: ref(v), Type: v.NetworkCard.Type}); err != nil && sdk.CodeOf(err) != sdk.CodeUnsupported {
 				return err
@@ -128,23 +128,24 @@ func (h *Host) Capture(ctx context.Context, v *vm.VM, path string, stop bool) (*
 		return nil, errs.Statef("VM %s has no network card: there is no traffic to capture", v.Name)
 	}
 	typ := v.NetworkCard.Type
-	pl, err := h.Client(ctx, typ)
-	if err != nil {
-		return nil, err
-	}
-	c, ok := pl.(sdk.Capturer)
-	if !ok {
-		return nil, errs.Unavailablef("network type %s cannot capture traffic", typ)
-	}
 	req := &sdk.CaptureRequest{VM: ref(v), Type: typ, Path: path}
 	var resp *sdk.CaptureResponse
-	if stop {
-		resp, err = c.StopCapture(ctx, req)
-	} else {
-		resp, err = c.StartCapture(ctx, req)
-	}
+	call := map[bool]string{false: "StartCapture", true: "StopCapture"}[stop]
+	err := h.invoke(ctx, typ, call, func(ctx context.Context, pl sdk.NetworkPlugin) error {
+		c, ok := pl.(sdk.Capturer)
+		if !ok {
+			return errs.Unavailablef("network type %s cannot capture traffic", typ)
+		}
+		var err error
+		if stop {
+			resp, err = c.StopCapture(ctx, req)
+		} else {
+			resp, err = c.StartCapture(ctx, req)
+		}
+		return err
+	})
 	if err != nil {
-		return nil, pluginError(typ, err)
+		return nil, err
 	}
 	return resp, nil
 }
