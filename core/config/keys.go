@@ -159,6 +159,9 @@ func knownKey(key string) bool {
 
 // normalize checks value for key and returns its canonical form.
 func normalize(key, value string) (string, error) {
+	if i := strings.IndexFunc(value, isControl); i >= 0 {
+		return "", fmt.Errorf("has a control character (%q at byte %d): no key takes one; retype the value", value[i], i)
+	}
 	if d, ok := staticKeys[key]; ok {
 		return d.norm(value)
 	}
@@ -222,6 +225,10 @@ func editDistance(a, b string) int {
 	}
 	return prev[len(b)]
 }
+
+// isControl reports the bytes no configuration value (and no name) may
+// hold: NUL, newlines, escapes.
+func isControl(r rune) bool { return r < 0x20 || r == 0x7f }
 
 func normBridge(v string) (string, error) {
 	if v == "auto" {

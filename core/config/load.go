@@ -181,6 +181,9 @@ func resolveFiles(o Options) (user, system string, err error) {
 	if user == "" && o.Flags != nil {
 		if f := o.Flags.Lookup(ConfigFlag); f != nil && f.Changed {
 			user = f.Value.String()
+			if user == "" {
+				return "", "", errs.Invalidf("--config is empty: give the path of the user config file, or leave --config out")
+			}
 		}
 	}
 	if user == "" {
@@ -195,6 +198,9 @@ func resolveFiles(o Options) (user, system string, err error) {
 		}
 	}
 	for _, p := range []*string{&user, &system} {
+		if strings.IndexFunc(*p, isControl) >= 0 {
+			return "", "", errs.Invalidf("config file path %q has a control character: give a plain path (--config, %s or %s)", *p, EnvConfig, EnvSystemConfig)
+		}
 		if *p != "" {
 			if *p, err = filepath.Abs(*p); err != nil {
 				return "", "", errs.Invalidf("cannot resolve config path: %v", err)
