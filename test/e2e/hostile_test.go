@@ -194,3 +194,103 @@ func TestBadPlugin(t *testing.T) {
 	e.ok("modify", "good", "add", "port-forwarding", "p", "-g", "80")
 	daemonUp("every misbehaviour")
 }
+
+// A corrupt vm.yaml, config file, MAC pool or plugin lease store gives an
+// error naming the file (its full path) and what to do; what does not
+// depend on the broken file keeps working.
+func TestCorruptFiles(t *testing.T) {
+	e := newEnv(t)
+	t.Cleanup(func() { e.run("daemon", "stop", "--all") })
+	state := filepath.Join(e.dir, "state")
+	e.ok("create", "good", "--runtime", "external")
+	e.ok("modify", "good", "set", "network-card", "-t", "segment")
+	e.ok("create", "broken", "--runtime", "external")
+	goodWorks := func(what string) {
+		t.Helper()
+		if r := e.run("start", "good"); r.code != 0 {
+			t.Fatalf("with %s, another VM does not start: %s", what, r.stderr)
+		}
+		if r := e.run("stop", "good"); r.code != 0 {
+			t.Fatalf("with %s, another VM does not stop: %s", what, r.stderr)
+		}
+	}
+	vmFile := filepath.Join(state, "vms", "broken", "vm.yaml")
+	orig, _ := os.ReadFile(vmFile)
+	for _, c := range []struct{ name, content string }{
+		{"garbage", "\x00\xff\xfe garbage {{{ ]]]"},
+		{"truncated", string(orig[:len(orig)/2])},
+		{"wrong types", strings.Replace(string(orig), "cpu: 1", "cpu: [one, two]", 1)},
+		{"empty", ""},
+	} {
+		os.WriteFile(vmFile, []byte(c.content), 0o644)
+		r := e.run("show", "broken")
+		t.Logf("vm.yaml %s: show: %s", c.name, strings.TrimSpace(r.stderr))
+		if r.code == 0 || !strings.Contains(r.stderr, vmFile) || !strings.Contains(r.stderr, "fix or restore") {
+			t.Errorf("vm.yaml %s: show exit %d: %s", c.name, r.code, r.stderr)
+		}
+		r = e.run("list")
+		if r.code != 0 || !strings.Contains(r.stdout, "good") || !strings.Contains(r.stderr, vmFile) {
+			t.Errorf("vm.yaml %s: list exit %d, should list good and warn about %s:\n%s%s", c.name, r.code, vmFile, r.stdout, r.stderr)
+		}
+		goodWorks("a " + c.name + " vm.yaml")
+	}
+	os.WriteFile(vmFile, orig, 0o644)
+	e.ok("show", "broken")
+
+	// Config files: every command needs the configuration (it may move
+	// the state dir), so each refuses, naming the file and the fix.
+	for _, f := range []string{filepath.Join(e.dir, "user.yaml"), filepath.Join(e.dir, "system.yaml")} {
+		for _, content := range []string{"mtu: [1500\n", "\x00\x01binary", "mtu: many\n", "no_such_key: 1\n"} {
+			os.WriteFile(f, []byte(content), 0o644)
+			r := e.run("list")
+			t.Logf("config %s %q: %s", filepath.Base(f), content, strings.TrimSpace(r.stderr))
+			if r.code != 2 || !strings.Contains(r.stderr, f) {
+				t.Errorf("config %s with %q: exit %d: %s", f, content, r.code, r.stderr)
+			}
+		}
+		os.Remove(f)
+		goodWorks("the config file repaired")
+	}
+
+	// The MAC pool.
+	pool := filepath.Join(state, "macpool.yaml")
+	poolOrig, err := os.ReadFile(pool)
+	if err != nil {
+		t.Fatalf("no MAC pool after a start: %v", err)
+	}
+	os.WriteFile(pool, []byte("version: 1\nowners: [not, a, map\n"), 0o644)
+	r := e.run("start", "good")
+	t.Logf("corrupt macpool.yaml: start: %s", strings.TrimSpace(r.stderr))
+	if r.code == 0 || !strings.Contains(r.stderr, pool) {
+		t.Errorf("start with a corrupt MAC pool: exit %d: %s", r.code, r.stderr)
+	}
+	os.WriteFile(pool, poolOrig, 0o644)
+	goodWorks("the MAC pool restored")
+
+	// A plugin's lease store: the shared plugin refuses to start and the
+	// error, relayed by the daemon, names the file.
+	e.ok("create", "leased", "--runtime", "external")
+	e.ok("start", "leased") // card 0 is shared: launches the shared plugin
+	e.ok("stop", "leased")
+	e.ok("daemon", "stop", "--all")
+	dbs, _ := filepath.Glob(filepath.Join(state, "plugins", "anka-net-shared", "*-leases.db"))
+	if len(dbs) == 0 {
+		t.Fatal("the shared plugin made no lease store")
+	}
+	db := dbs[0]
+	dbOrig, _ := os.ReadFile(db)
+	garbage := bytes.Repeat([]byte("not a bbolt page "), 1024)
+	os.WriteFile(db, garbage, 0o600)
+	r = e.run("start", "leased")
+	t.Logf("corrupt lease store: start: %s", strings.TrimSpace(r.stderr))
+	if r.code == 0 || !strings.Contains(r.stderr, db) {
+		t.Errorf("start with a corrupt lease store: exit %d, want an error naming %s: %s", r.code, db, r.stderr)
+	}
+	if got, _ := os.ReadFile(db); !bytes.Equal(got, garbage) {
+		t.Error("the corrupt lease store was changed: it is the user's to inspect or move aside")
+	}
+	goodWorks("a corrupt lease store of another type")
+	os.WriteFile(db, dbOrig, 0o600)
+	e.ok("start", "leased")
+	e.ok("stop", "leased")
+}
