@@ -269,6 +269,7 @@ func (m *Manager) startLocked(ctx context.Context, v *VM) (*Status, error) {
 		CPUs: v.Runtime.CPU, MemoryMiB: v.Runtime.RAMMiB, NIC: nic,
 	}
 	if err := m.runtimeOf(v).Start(ctx, spec); err != nil {
+		err = StorageError(m.Store.StateDir(), err)
 		if herr := m.Hooks.AfterStop(ctx, v); herr != nil {
 			err = errors.Join(err, herr)
 		}
