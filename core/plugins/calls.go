@@ -86,7 +86,9 @@ func (h *Host) timed(ctx context.Context, fd Found, call string, fn func(context
 			"network type %s: plugin %s did not answer %s within %s: it may hang; its log %s may say why, `anka plugin restart %s` starts it again, and plugin_timeout (ANKA_PLUGIN_TIMEOUT) sets the limit",
 			fd.Type, fd.Path, call, d, LogFile(h.StateDir, fd.Path), fd.Type)}
 	}
-	if !h.alive(fd) {
+	// A refusal with the plugin's own code is its answer; only a failure
+	// the transport could have caused may mean the process died.
+	if c := sdk.CodeOf(err); (c == sdk.CodeUnavailable || c == sdk.CodeInternal) && !h.alive(fd) {
 		return &errs.Error{Kind: errs.Unavailable, Err: err, Msg: fmt.Sprintf(
 			"network type %s: plugin %s exited during %s (%v): anka starts it again; its log %s may say why",
 			fd.Type, fd.Path, call, err, LogFile(h.StateDir, fd.Path))}

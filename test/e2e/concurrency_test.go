@@ -48,7 +48,17 @@ func sockets(stateDir string) []string {
 // Twenty VMs started and stopped by twenty anka processes at once, and
 // ten processes modifying one VM at once: nothing is lost, nothing
 // deadlocks, no port is left behind.
-func TestParallelLifecycle(t *testing.T) {
+func TestParallelLifecycle(t *testing.T) { parallelLifecycle(t, 2) }
+
+// The soak: fifty rounds of twenty parallel starts and stops (make soak).
+func TestSoakParallelLifecycle(t *testing.T) {
+	if os.Getenv("ANKA_SOAK") == "" {
+		t.Skip("the long version runs with ANKA_SOAK=1 (make soak)")
+	}
+	parallelLifecycle(t, 50)
+}
+
+func parallelLifecycle(t *testing.T, rounds int) {
 	e := newEnv(t)
 	t.Cleanup(func() { e.run("daemon", "stop", "--all") })
 	stateDir := filepath.Join(e.dir, "state")
@@ -65,13 +75,15 @@ func TestParallelLifecycle(t *testing.T) {
 	})
 	t.Logf("%d parallel set network-card: %v", n, took.Round(time.Millisecond))
 
-	for round := 0; round < 2; round++ {
+	for round := 0; round < rounds; round++ {
 		took = parallel(t, "start --no-wait", n, 2*time.Minute, func(i int) {
 			if r := e.run("start", "--no-wait", name(i)); r.code != 0 {
 				t.Errorf("start %s: exit %d %s", name(i), r.code, r.stderr)
 			}
 		})
-		t.Logf("round %d: %d parallel start --no-wait: %v", round, n, took.Round(time.Millisecond))
+		if round < 2 || round == rounds-1 {
+			t.Logf("round %d: %d parallel start --no-wait: %v", round, n, took.Round(time.Millisecond))
+		}
 		var list struct {
 			Body []struct{ Name, Status string }
 		}
@@ -93,7 +105,9 @@ func TestParallelLifecycle(t *testing.T) {
 				t.Errorf("stop %s: exit %d %s", name(i), r.code, r.stderr)
 			}
 		})
-		t.Logf("round %d: %d parallel stop: %v", round, n, took.Round(time.Millisecond))
+		if round < 2 || round == rounds-1 {
+			t.Logf("round %d: %d parallel stop: %v", round, n, took.Round(time.Millisecond))
+		}
 		for i := 0; i < n; i++ {
 			var show struct {
 				Status      string
