@@ -303,6 +303,17 @@ func (h *Host) BeforeStart(ctx context.Context, v *vm.VM, dynamicMAC string) (*r
 		resp = r
 		return nil
 	}); err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			// The plugin may finish the Attach later: undo it then, within
+			// a deadline of its own, so no port is left behind.
+			go h.timed(context.WithoutCancel(ctx), fd, "Detach", func(ctx context.Context) error {
+				pl, err := h.connect(ctx, fd)
+				if err == nil {
+					_, err = pl.Detach(ctx, &sdk.DetachRequest{VM: ref(v), Type: c.Type})
+				}
+				return err
+			})
+		}
 		return nil, err
 	}
 	ep := resp.Endpoint
