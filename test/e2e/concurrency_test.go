@@ -100,6 +100,13 @@ func parallelLifecycle(t *testing.T, rounds int) {
 		if s := sockets(stateDir); len(s) < n {
 			t.Fatalf("round %d: %d sockets for %d attached VMs: %v", round, len(s), n, s)
 		}
+		var shown struct {
+			NetworkCard struct{ Attached *bool } `json:"network_card"`
+		}
+		json.Unmarshal(e.jsonOK("show", name(round%n)), &shown)
+		if a := shown.NetworkCard.Attached; a == nil || !*a {
+			t.Fatalf("round %d: a running VM is not attached by the plugin's word: %v", round, a)
+		}
 		took = parallel(t, "stop", n, 2*time.Minute, func(i int) {
 			if r := e.run("stop", name(i)); r.code != 0 {
 				t.Errorf("stop %s: exit %d %s", name(i), r.code, r.stderr)
@@ -112,13 +119,17 @@ func parallelLifecycle(t *testing.T, rounds int) {
 			var show struct {
 				Status      string
 				NetworkCard struct {
-					Path  string
-					Error string `json:"network_error"`
+					Attached *bool
+					Error    string `json:"network_error"`
 				} `json:"network_card"`
 			}
 			json.Unmarshal(e.jsonOK("show", name(i)), &show)
 			if show.Status != "stopped" {
 				t.Errorf("round %d: %s is %s after stop", round, name(i), show.Status)
+			}
+			// The plugin's own word: no port left for the VM.
+			if a := show.NetworkCard.Attached; a == nil || *a {
+				t.Errorf("round %d: %s after stop: the plugin reports attached=%v (%s)", round, name(i), a, show.NetworkCard.Error)
 			}
 		}
 		if s := sockets(stateDir); len(s) != 0 {
