@@ -25,9 +25,9 @@ const (
 	// StatusTimeout caps Status, which `anka show` and `anka start`'s wait
 	// for the address make often: a slow answer is as good as none.
 	StatusTimeout = 10 * time.Second
-	// connectTimeout bounds reaching a plugin: launching it (go-plugin's
+	// ConnectTimeout bounds reaching a plugin: launching it (go-plugin's
 	// handshake) and its first Info.
-	connectTimeout = 90 * time.Second
+	ConnectTimeout = 90 * time.Second
 )
 
 // callTimeout is the deadline of one call named call.
@@ -50,7 +50,7 @@ func (h *Host) invoke(ctx context.Context, typ, call string, fn func(context.Con
 	if err != nil {
 		return err
 	}
-	cctx, cancel := context.WithTimeout(ctx, connectTimeout)
+	cctx, cancel := context.WithTimeout(ctx, ConnectTimeout)
 	pl, err := h.connect(cctx, fd)
 	cancel()
 	if err != nil {
@@ -88,7 +88,7 @@ func (h *Host) timed(ctx context.Context, fd Found, call string, fn func(context
 	}
 	// A refusal with the plugin's own code is its answer; only a failure
 	// the transport could have caused may mean the process died.
-	if c := sdk.CodeOf(err); (c == sdk.CodeUnavailable || c == sdk.CodeInternal) && !h.alive(fd) {
+	if c := sdk.CodeOf(err); (c == sdk.CodeUnavailable || c == sdk.CodeInternal) && h.exits(fd) {
 		return &errs.Error{Kind: errs.Unavailable, Err: err, Msg: fmt.Sprintf(
 			"network type %s: plugin %s exited during %s (%v): anka starts it again; its log %s may say why",
 			fd.Type, fd.Path, call, err, LogFile(h.StateDir, fd.Path))}
@@ -99,6 +99,23 @@ func (h *Host) timed(ctx context.Context, fd Found, call string, fn func(context
 	}
 	return pluginError(fd.Type, err)
 }
+
+// exits reports whether the plugin process ends within a moment: its
+// sockets close while it exits, so the call can fail a little before the
+// process is seen gone.
+func (h *Host) exits(fd Found) bool {
+	deadline := time.Now().Add(exitGrace)
+	for h.alive(fd) {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return true
+}
+
+// exitGrace is how long a failed call waits to see whether the plugin died.
+const exitGrace = 500 * time.Millisecond
 
 // alive reports whether the plugin process behind fd still runs.
 func (h *Host) alive(fd Found) bool {

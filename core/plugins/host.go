@@ -280,7 +280,7 @@ func (h *Host) BeforeStart(ctx context.Context, v *vm.VM, dynamicMAC string) (*r
 	}
 	fd, err := h.Finder.Find(c.Type)
 	if err == nil {
-		cctx, cancel := context.WithTimeout(ctx, connectTimeout)
+		cctx, cancel := context.WithTimeout(ctx, ConnectTimeout)
 		_, err = h.connect(cctx, fd)
 		cancel()
 	}
