@@ -49,6 +49,18 @@ func baseArgs(kernel string) map[string][]string {
 	}
 }
 
+// flagBase replaces the base command line for a flag that only means
+// something with another flag: --ip on a static card, -b on a bridge one.
+func flagBase(key string, base []string) []string {
+	switch key {
+	case "modify set network-card --ip":
+		return append(append([]string{}, base...), "-t", "static")
+	case "modify set network-card --bridge":
+		return append(append([]string{}, base...), "-t", "bridge")
+	}
+	return base
+}
+
 // anyString lists flag values that are legitimately accepted, each with
 // the reason; every other malformed value must be refused.
 var anyString = map[string]map[string]string{
@@ -94,6 +106,37 @@ func malformed(kind string) []string {
 		return append(common, "abc", "-1s", "99999999999h", "5")
 	}
 	return common
+}
+
+// specific are the malformed values of a flag's own domain (MAC, IP,
+// port, CIDR, size...), on top of those of its kind.
+var specific = map[string][]string{
+	"mac":                {"zz:zz:zz:zz:zz:zz", "01:00:5e:00:00:01", "ff:ff:ff:ff:ff:ff", "52:54:00:12:34", "52-54-00-12-34-56-78"},
+	"ip":                 {"256.1.1.1", "192.168.64.0/24", "::1", "192.168.64.1", "192.168.64.255", "10.0.0.5"},
+	"host-ip":            {"256.0.0.1", "0.0.0.0/0", "localhost", "1.2.3"},
+	"guest-port":         {"0", "65536", "70000"},
+	"host-port":          {"65536", "70000"},
+	"protocol":           {"sctp", "icmp", "tcp udp"},
+	"type":               {"wifi", "Shared", "shared;rm", "-t"},
+	"bridge":             {"eth0:1", "eth 0", "sixteen-chars-ab", ".."},
+	"ram":                {"0", "31M", "2T", "1.5G", "G"},
+	"option":             {"=v", "a b=c", "k\x00=v", "segment=x\x00y", "segment=line\nbreak"},
+	"cpu":                {"0", "65"},
+	"runtime":            {"kvm", "QEMU"},
+	"start-address":      {"192.168.64.0/24", "256.1.1.1", "192.168.64.1", "224.0.0.1"},
+	"end-address":        {"192.168.65.10", "192.168.64.255", "::1"},
+	"subnet-mask":        {"255.0.255.0", "255.255.255.255", "/24", "24"},
+	"host-start-address": {"192.168.64.10"}, // overlaps the shared network
+	"host-subnet-mask":   {"0.0.0.0"},
+	"mtu":                {"100", "65521"},
+	"portfwd-base":       {"0", "65536"},
+	"lease-time":         {"1ms", "59s", "1.5s", "forever"},
+	"log-level":          {"loud", "trace"},
+	"plugin-timeout":     {"0s", "1h", "100ms"},
+	"state-dir":          {"var/lib/anka", "relative"},
+	"plugin-dir":         {"plugins"},
+	"bridge-name":        {"eth0 eth1", "a-very-long-interface", "eth0:1"},
+	"timeout":            {"0s"}, // start waits for an address: 0 is no wait, use --no-wait
 }
 
 type fileSnap map[string][]byte
@@ -171,7 +214,7 @@ func TestEveryFlagRefusesMalformedValues(t *testing.T) {
 			// loads the configuration.
 			root.PersistentFlags().VisitAll(func(fl *pflag.Flag) {
 				flagsSeen++
-				for _, v := range malformed(fl.Value.Type()) {
+				for _, v := range append(malformed(fl.Value.Type()), specific[fl.Name]...) {
 					if anyGlobal(fl.Name, v) || (fl.Name == "config" && (v == "../../x" || v == "a/b")) {
 						continue // a relative --config path is a file like any other
 					}
@@ -188,11 +231,15 @@ func TestEveryFlagRefusesMalformedValues(t *testing.T) {
 		c.LocalNonPersistentFlags().VisitAll(func(fl *pflag.Flag) {
 			flagsSeen++
 			key := path + " --" + fl.Name
-			for _, v := range malformed(fl.Value.Type()) {
+			vals := malformed(fl.Value.Type())
+			if fl.Name != "timeout" || path == "start" {
+				vals = append(vals, specific[fl.Name]...)
+			}
+			for _, v := range vals {
 				if _, ok := anyString[key][v]; ok {
 					continue
 				}
-				args := append(append([]string{}, base...), "--"+fl.Name+"="+v)
+				args := append(append([]string{}, flagBase(key, base)...), "--"+fl.Name+"="+v)
 				cases = append(cases, tc{key, args, fl, v})
 			}
 		})
