@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -34,6 +35,9 @@ func NewCmdCapture(f *Factory, out *output, runF func(*CaptureOptions) error) *c
 			if opts.File == "" {
 				return invalidf("capture needs -w FILE: the pcap file to write (open it with Wireshark or tcpdump -r)")
 			}
+			if err := checkPath("-w", opts.File); err != nil {
+				return err
+			}
 			if opts.Duration < 0 {
 				return invalidf("--duration %s is negative: give how long to record, e.g. 10s (0 records until Ctrl-C)", opts.Duration)
 			}
@@ -46,6 +50,24 @@ func NewCmdCapture(f *Factory, out *output, runF func(*CaptureOptions) error) *c
 	cmd.Flags().StringVarP(&opts.File, "write", "w", "", "pcap file to write (replaced when it exists)")
 	cmd.Flags().DurationVar(&opts.Duration, "duration", 0, "how long to record (0: until Ctrl-C)")
 	return cmd
+}
+
+// checkPath refuses a path the kernel would refuse anyway, before anything
+// is asked of the daemon: a NUL byte, a name over NAME_MAX, a path over
+// PATH_MAX.
+func checkPath(flag, p string) error {
+	if i := strings.IndexByte(p, 0); i >= 0 {
+		return invalidf("%s %q has a NUL byte at %d: give a plain file path", flag, p, i)
+	}
+	if len(p) >= 4096 {
+		return invalidf("%s is %d bytes long: Linux paths are at most 4095 bytes", flag, len(p))
+	}
+	for _, part := range strings.Split(p, "/") {
+		if len(part) > 255 {
+			return invalidf("%s has a name of %d bytes (%.40s...): Linux file names are at most 255 bytes", flag, len(part), part)
+		}
+	}
+	return nil
 }
 
 // captureRun records into a file beside the destination and renames it

@@ -54,6 +54,9 @@ func createRun(cmd *cobra.Command, o *CreateOptions) error {
 	if err := vm.ValidateName("VM", o.Name); err != nil {
 		return err
 	}
+	if o.Runtime != vm.RuntimeQEMU && o.Runtime != vm.RuntimeExternal {
+		return errs.Invalidf("--runtime %q is not known: use qemu or external", o.Runtime)
+	}
 	ram, err := vm.ParseRAM(o.RAM)
 	if err != nil {
 		return err
@@ -62,7 +65,13 @@ func createRun(cmd *cobra.Command, o *CreateOptions) error {
 	for _, flag := range []string{"--kernel", "--initrd", "--disk"} {
 		p := paths[flag]
 		if *p == "" {
+			if cmd.Flags().Changed(flag[2:]) {
+				return errs.Invalidf("%s is empty: give the path of an existing file, or leave %s out", flag, flag)
+			}
 			continue
+		}
+		if err := checkPath(flag, *p); err != nil {
+			return err
 		}
 		abs, err := regularFile(flag, *p)
 		if err != nil {

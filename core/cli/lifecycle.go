@@ -140,6 +140,9 @@ func NewCmdSuspend(f *Factory, out *output, runF func(*LifecycleOptions) error) 
 // NewCmdStop builds `anka stop NAME|--all [--force] [--timeout D]`.
 func NewCmdStop(f *Factory, out *output, runF func(*LifecycleOptions) error) *cobra.Command {
 	cmd, opts := lifecycleCmd(f, out, "stop", "Shut a VM down (ACPI power button, then kill after --timeout)", runF, func(cmd *cobra.Command, o *LifecycleOptions) error {
+		if o.Timeout < 0 {
+			return invalidf("--timeout %s is negative: give how long the guest may take to power off, such as 30s, or --force to kill it at once", o.Timeout)
+		}
 		if o.All {
 			return stopAll(cmd, o)
 		}

@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/anka-net/anka/core/vm"
 )
@@ -66,6 +67,9 @@ func NewCmdCard(f *Factory, out *output, action string, runF func(*CardOptions) 
 			fl := cmd.Flags()
 			opts.typeSet, opts.bridgeSet = fl.Changed("type"), fl.Changed("bridge")
 			opts.macSet, opts.ipSet = fl.Changed("mac"), fl.Changed("ip")
+			if err := notEmpty(fl, map[string]string{"type": "a network type such as shared", "bridge": "an interface name such as eth0, or auto", "mac": "a MAC such as 52:54:00:12:34:56, or auto", "ip": "an address such as 192.168.64.50"}); err != nil {
+				return err
+			}
 			if runF != nil {
 				return runF(opts)
 			}
@@ -115,6 +119,23 @@ func cardRun(cmd *cobra.Command, o *CardOptions) error {
 	}
 	body := cardBody(st)
 	return o.out.ok(body, func(w io.Writer) { printCard(w, body) })
+}
+
+// notEmpty refuses a flag given with an empty value (`-b "$UNSET"`), which
+// would otherwise silently mean its default; want says what to give.
+func notEmpty(fl *pflag.FlagSet, want map[string]string) error {
+	for _, name := range []string{"type", "bridge", "mac", "ip", "host-ip", "protocol"} {
+		f := fl.Lookup(name)
+		if f == nil || want[name] == "" || !f.Changed || f.Value.String() != "" {
+			continue
+		}
+		short := ""
+		if f.Shorthand != "" {
+			short = "-" + f.Shorthand + "/"
+		}
+		return invalidf("%s--%s is empty: give %s, or leave it out", short, name, want[name])
+	}
+	return nil
 }
 
 // DeleteCardOptions are the inputs of `modify NAME delete network-card [0]`.
@@ -172,6 +193,9 @@ func NewCmdAddPortForward(f *Factory, out *output, runF func(*PortForwardOptions
 			opts.Name, opts.Rule.Name = args[0], args[1]
 			if !cmd.Flags().Changed("guest-port") {
 				return invalidf("add port-forwarding needs -g/--guest-port: the port the guest listens on")
+			}
+			if err := notEmpty(cmd.Flags(), map[string]string{"host-ip": "an address such as 127.0.0.1, or 0.0.0.0 for all", "protocol": "tcp or udp"}); err != nil {
+				return err
 			}
 			if runF != nil {
 				return runF(opts)

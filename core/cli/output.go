@@ -43,12 +43,28 @@ func (o *output) ok(body any, human func(w io.Writer)) error {
 // fail reports err and returns its exit code.
 func (o *output) fail(err error) int {
 	code := ExitCode(err)
+	msg := printableMessage(err.Error())
 	if o.json {
-		_ = writeJSON(o.f.IO.Out, errEnvelope{Status: "ERROR", Code: code, Message: err.Error()})
+		_ = writeJSON(o.f.IO.Out, errEnvelope{Status: "ERROR", Code: code, Message: msg})
 	} else {
-		fmt.Fprintf(o.f.IO.ErrOut, "anka: %s\n", err)
+		fmt.Fprintf(o.f.IO.ErrOut, "anka: %s\n", msg)
 	}
 	return code
+}
+
+// printableMessage escapes the control characters a hostile value may
+// carry into an error (NUL, escape sequences), so a message never
+// rewrites the user's terminal; newlines and tabs stay.
+func printableMessage(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		if r == '\n' || r == '\t' || (r >= 0x20 && r != 0x7f) {
+			b.WriteRune(r)
+			continue
+		}
+		fmt.Fprintf(&b, `\x%02x`, r)
+	}
+	return b.String()
 }
 
 func writeJSON(w io.Writer, v any) error {

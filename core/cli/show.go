@@ -150,15 +150,18 @@ type showJSON struct {
 }
 
 type cardJSON struct {
-	Index        int               `json:"index"`
-	Mode         string            `json:"mode"`
-	Bridge       string            `json:"bridge,omitempty"`
-	MAC          string            `json:"mac,omitempty"`
-	InternalMAC  string            `json:"internal_mac,omitempty"`
-	DynamicMAC   string            `json:"dynamic_mac,omitempty"`
-	LeaseExpiry  *time.Time        `json:"lease_expiry,omitempty"`
-	IP           string            `json:"ip,omitempty"`
-	Path         string            `json:"path,omitempty"`
+	Index       int        `json:"index"`
+	Mode        string     `json:"mode"`
+	Bridge      string     `json:"bridge,omitempty"`
+	MAC         string     `json:"mac,omitempty"`
+	InternalMAC string     `json:"internal_mac,omitempty"`
+	DynamicMAC  string     `json:"dynamic_mac,omitempty"`
+	LeaseExpiry *time.Time `json:"lease_expiry,omitempty"`
+	IP          string     `json:"ip,omitempty"`
+	Path        string     `json:"path,omitempty"`
+	// Attached is the plugin's word on whether the VM has a port now;
+	// absent when no plugin reported.
+	Attached     *bool             `json:"attached,omitempty"`
 	Counters     map[string]uint64 `json:"counters,omitempty"`
 	Details      map[string]string `json:"details,omitempty"`
 	Error        string            `json:"network_error,omitempty"`
@@ -205,6 +208,8 @@ func cardBody(st *vm.Status) *cardJSON {
 			cj.LeaseExpiry = &t
 		}
 		cj.Path, cj.Counters, cj.Details = ns.Path, ns.Counters, ns.Details
+		attached := ns.Attached
+		cj.Attached = &attached
 	}
 	return cj
 }

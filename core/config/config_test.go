@@ -404,6 +404,11 @@ func TestValidation(t *testing.T) {
 		{name: "empty bridge flag", args: []string{"--bridge-name="}, want: []string{"bridge_name", "is empty"}},
 		{name: "malformed plugin env", env: map[string]string{"ANKA_PLUGINS_SHARED": "/x"}, want: []string{"ANKA_PLUGINS_SHARED", "ANKA_PLUGINS_<TYPE>_PATH"}},
 		{name: "several problems at once", user: "mtu: 1\nlog_level: loud\n", want: []string{"mtu", "log_level"}},
+		{name: "plugin_timeout not a duration", env: map[string]string{"ANKA_PLUGIN_TIMEOUT": "soon"}, want: []string{"plugin_timeout", "30s or 2m"}},
+		{name: "plugin_timeout too short", args: []string{"--plugin-timeout=10ms"}, want: []string{"plugin_timeout", "1s to 10m0s"}},
+		{name: "plugin_timeout too long", user: "plugin_timeout: 1h\n", want: []string{"plugin_timeout", "out of range"}},
+		{name: "control character in a value", args: []string{"--bridge-name=eth\x1b[2J0"}, want: []string{"bridge_name", "control character"}},
+		{name: "NUL in a path", env: map[string]string{"ANKA_STATE_DIR": "/var/lib/an\x00ka"}, want: []string{"state_dir", "control character"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -880,5 +885,30 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	}
 	if _, err := FromSnapshot(s); err == nil || !strings.Contains(err.Error(), "mtu") || !strings.Contains(err.Error(), user) {
 		t.Fatalf("bad snapshot value: %v", err)
+	}
+}
+
+func TestPluginTimeout(t *testing.T) {
+	f := newFixture(t)
+	cfg, err := Load(f.opts())
+	if err != nil || cfg.PluginTimeout != 30*time.Second {
+		t.Fatalf("default plugin_timeout: %v %v", cfg, err)
+	}
+	f.env["ANKA_PLUGIN_TIMEOUT"] = "90s"
+	if cfg, err = Load(f.opts()); err != nil || cfg.PluginTimeout != 90*time.Second {
+		t.Fatalf("env plugin_timeout: %v %v", cfg.PluginTimeout, err)
+	}
+	if e, _ := cfg.Get("plugin_timeout"); e.Value != "1m30s" {
+		t.Fatalf("canonical form %q", e.Value)
+	}
+}
+
+// --config given empty is a mistake, not "use the default".
+func TestEmptyConfigFlag(t *testing.T) {
+	f := newFixture(t)
+	o := f.opts("--config=")
+	o.UserFile = "" // the fixture pins the file; the flag must decide here
+	if _, err := Load(o); err == nil || !strings.Contains(err.Error(), "--config is empty") {
+		t.Fatalf("--config '': %v", err)
 	}
 }

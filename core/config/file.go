@@ -294,7 +294,13 @@ func effectiveNote(o Options, key string) string {
 
 // writeError turns a failed write into a sentence saying what to do.
 func writeError(path string, err error) error {
-	if errors.Is(err, fs.ErrPermission) || errors.Is(err, syscall.EROFS) {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return errs.Unavailablef("cannot write the user config %s: no space left on its filesystem (%v): free some space there and retry; the file is as it was", path, err)
+	}
+	if errors.Is(err, syscall.EROFS) {
+		return errs.Permissionf("cannot write the user config %s: its filesystem is read-only (%v): remount it read-write, or point --config or %s at a writable file; the file is as it was", path, err, EnvConfig)
+	}
+	if errors.Is(err, fs.ErrPermission) {
 		return errs.Permissionf("cannot write the user config %s: %v: run anka as the user who owns it, or point --config or %s at a file you can write", path, err, EnvConfig)
 	}
 	return fmt.Errorf("cannot write the user config %s: %w", path, err)

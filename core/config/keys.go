@@ -73,6 +73,7 @@ var staticKeys = map[string]keyDef{
 	"mtu":                {"1500", "MTU of the VM networks", normIntRange(576, 65520)},
 	"log_level":          {"info", "debug, info, warn or error", normLogLevel},
 	"plugin_user":        {"anka-net", "user the network plugins run as (with only the capabilities they need): a user name, uid:gid, or root", normPluginUser},
+	"plugin_timeout":     {"30s", "how long one call to a network plugin may take before anka gives up on it (show waits at most 10s)", normPluginTimeout},
 }
 
 // Keys returns the static keys, sorted. Plugin keys
@@ -159,6 +160,9 @@ func knownKey(key string) bool {
 
 // normalize checks value for key and returns its canonical form.
 func normalize(key, value string) (string, error) {
+	if i := strings.IndexFunc(value, isControl); i >= 0 {
+		return "", fmt.Errorf("has a control character (%q at byte %d): no key takes one; retype the value", value[i], i)
+	}
 	if d, ok := staticKeys[key]; ok {
 		return d.norm(value)
 	}
@@ -222,6 +226,10 @@ func editDistance(a, b string) int {
 	}
 	return prev[len(b)]
 }
+
+// isControl reports the bytes no configuration value (and no name) may
+// hold: NUL, newlines, escapes.
+func isControl(r rune) bool { return r < 0x20 || r == 0x7f }
 
 func normBridge(v string) (string, error) {
 	if v == "auto" {
@@ -386,4 +394,22 @@ func normLogLevel(v string) (string, error) {
 		return l, nil
 	}
 	return "", fmt.Errorf("is not a log level: use debug, info, warn or error")
+}
+
+// Bounds of plugin_timeout: under a second a busy host fails healthy
+// calls; over ten minutes a hung plugin looks like a hung anka.
+const (
+	minPluginTimeout = time.Second
+	maxPluginTimeout = 10 * time.Minute
+)
+
+func normPluginTimeout(v string) (string, error) {
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		return "", fmt.Errorf("is not a duration: write it like 30s or 2m")
+	}
+	if d < minPluginTimeout || d > maxPluginTimeout {
+		return "", fmt.Errorf("is out of range: give %s to %s", minPluginTimeout, maxPluginTimeout)
+	}
+	return d.String(), nil
 }

@@ -80,6 +80,8 @@ type Config struct {
 	LogLevel    string
 	// PluginUser is who plugins run as: a name, "uid:gid", or "root".
 	PluginUser string
+	// PluginTimeout bounds each call to a plugin (plugin_timeout).
+	PluginTimeout time.Duration
 	// Plugins holds the types with a path or a sha256 set.
 	Plugins map[string]Plugin
 
@@ -181,6 +183,9 @@ func resolveFiles(o Options) (user, system string, err error) {
 	if user == "" && o.Flags != nil {
 		if f := o.Flags.Lookup(ConfigFlag); f != nil && f.Changed {
 			user = f.Value.String()
+			if user == "" {
+				return "", "", errs.Invalidf("--config is empty: give the path of the user config file, or leave --config out")
+			}
 		}
 	}
 	if user == "" {
@@ -195,6 +200,9 @@ func resolveFiles(o Options) (user, system string, err error) {
 		}
 	}
 	for _, p := range []*string{&user, &system} {
+		if strings.IndexFunc(*p, isControl) >= 0 {
+			return "", "", errs.Invalidf("config file path %q has a control character: give a plain path (--config, %s or %s)", *p, EnvConfig, EnvSystemConfig)
+		}
 		if *p != "" {
 			if *p, err = filepath.Abs(*p); err != nil {
 				return "", "", errs.Invalidf("cannot resolve config path: %v", err)
@@ -323,6 +331,7 @@ func build(userFile, systemFile string, problems []string, layers ...layer) (*Co
 	c.PluginUser = v("plugin_user")
 	c.MTU, _ = strconv.Atoi(v("mtu"))
 	c.LeaseTime, _ = parseLease(v("lease_time"))
+	c.PluginTimeout, _ = time.ParseDuration(v("plugin_timeout"))
 	for t := range types {
 		p := Plugin{Path: v(PluginKey(t, fieldPath)), SHA256: v(PluginKey(t, fieldSHA256))}
 		if p != (Plugin{}) {

@@ -318,14 +318,18 @@ func (s *Server) shutdown(ctx context.Context, l *Local, all bool) (*ShutdownRep
 			continue
 		}
 		types := []string{fd.Type}
-		if pl, err := l.Host.Connect(ctx, fd); err == nil {
-			if info, err := pl.Info(ctx, &sdk.InfoRequest{}); err == nil {
+		// A hung plugin costs the stop a bounded wait, then counts as
+		// serving only the type it was found for.
+		cctx, cancel := context.WithTimeout(ctx, plugins.StatusTimeout)
+		if pl, err := l.Host.Connect(cctx, fd); err == nil {
+			if info, err := pl.Info(cctx, &sdk.InfoRequest{}); err == nil {
 				types = types[:0]
 				for _, t := range info.Types {
 					types = append(types, t.Name)
 				}
 			}
 		}
+		cancel()
 		keep := slices.ContainsFunc(types, func(t string) bool { return needed[t] })
 		if keep {
 			rep.KeptPlugins = append(rep.KeptPlugins, fd.Path)

@@ -139,7 +139,10 @@ func (s *supervisor) check(ctx context.Context, adopting bool) {
 		if !alive {
 			s.log.Warn("plugin died: starting it again and attaching its VMs", "binary", fd.Path)
 		}
-		_, err := h.Connect(ctx, fd)
+		// A plugin hung at start must not stop the supervision of the rest.
+		cctx, cancel := context.WithTimeout(ctx, plugins.ConnectTimeout)
+		_, err := h.Connect(cctx, fd)
+		cancel()
 		s.mu.Lock()
 		if err != nil {
 			st.lastErr = err.Error()

@@ -76,6 +76,11 @@ func TryLockFile(path string) (*Lock, error) { return lockFile(path, unix.LOCK_E
 
 func lockFile(path string, how int) (*Lock, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
+	if errors.Is(err, unix.EROFS) {
+		// flock needs no write access: on a read-only filesystem an
+		// existing lock file still serialises readers.
+		f, err = os.OpenFile(path, os.O_RDONLY|unix.O_CLOEXEC, 0)
+	}
 	if err != nil {
 		return nil, err
 	}

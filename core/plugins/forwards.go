@@ -79,7 +79,7 @@ func (h *Host) AfterStart(ctx context.Context, v *vm.VM) error {
 		return nil
 	}
 	h.giveSockets(v.Name) // QEMU's socket, bound by now
-	return h.call(ctx, v.NetworkCard.Type, func(pl sdk.NetworkPlugin) error { return h.syncForwards(ctx, pl, v) })
+	return h.call(ctx, v.NetworkCard.Type, "port forwards", func(ctx context.Context, pl sdk.NetworkPlugin) error { return h.syncForwards(ctx, pl, v) })
 }
 
 // PortForwardsChanged applies a running VM's rules at once.
@@ -93,7 +93,7 @@ func (h *Host) BeforeSuspend(ctx context.Context, v *vm.VM) error {
 	if v.NetworkCard == nil {
 		return nil
 	}
-	return h.call(ctx, v.NetworkCard.Type, func(pl sdk.NetworkPlugin) error {
+	return h.call(ctx, v.NetworkCard.Type, "Suspend", func(ctx context.Context, pl sdk.NetworkPlugin) error {
 		sp, ok := pl.(sdk.Suspender)
 		if !ok {
 			return nil
@@ -112,7 +112,7 @@ func (h *Host) AfterResume(ctx context.Context, v *vm.VM) error {
 	if v.NetworkCard == nil {
 		return nil
 	}
-	return h.call(ctx, v.NetworkCard.Type, func(pl sdk.NetworkPlugin) error {
+	return h.call(ctx, v.NetworkCard.Type, "Resume", func(ctx context.Context, pl sdk.NetworkPlugin) error {
 		if sp, ok := pl.(sdk.Suspender); ok {
 			if _, err := sp.Resume(ctx, &sdk.ResumeRequest{VM: ref(v), Type: v.NetworkCard.Type}); err != nil && sdk.CodeOf(err) != sdk.CodeUnsupported {
 				return err
@@ -130,14 +130,6 @@ func (h *Host) Capture(ctx context.Context, v *vm.VM, path string, stop bool) (*
 		return nil, errs.Statef("VM %s has no network card: there is no traffic to capture", v.Name)
 	}
 	typ := v.NetworkCard.Type
-	pl, err := h.Client(ctx, typ)
-	if err != nil {
-		return nil, err
-	}
-	c, ok := pl.(sdk.Capturer)
-	if !ok {
-		return nil, errs.Unavailablef("network type %s cannot capture traffic", typ)
-	}
 	// A plugin running as its own user cannot write where the caller
 	// asked (nor should it): it records into the VM's socket folder, and
 	// anka moves the file over when it stops.
@@ -155,13 +147,22 @@ func (h *Host) Capture(ctx context.Context, v *vm.VM, path string, stop bool) (*
 	}
 	req := &sdk.CaptureRequest{VM: ref(v), Type: typ, Path: plugPath}
 	var resp *sdk.CaptureResponse
-	if stop {
-		resp, err = c.StopCapture(ctx, req)
-	} else {
-		resp, err = c.StartCapture(ctx, req)
-	}
+	call := map[bool]string{false: "StartCapture", true: "StopCapture"}[stop]
+	err = h.invoke(ctx, typ, call, func(ctx context.Context, pl sdk.NetworkPlugin) error {
+		c, ok := pl.(sdk.Capturer)
+		if !ok {
+			return errs.Unavailablef("network type %s cannot capture traffic", typ)
+		}
+		var err error
+		if stop {
+			resp, err = c.StopCapture(ctx, req)
+		} else {
+			resp, err = c.StartCapture(ctx, req)
+		}
+		return err
+	})
 	if err != nil {
-		return nil, pluginError(typ, err)
+		return nil, err
 	}
 	if stop && plugPath != path {
 		if err := copyOut(plugPath, path); err != nil {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/anka-net/anka/core/errs"
 	"github.com/anka-net/anka/core/fsutil"
@@ -37,6 +38,9 @@ type Host struct {
 	// User is plugin_user: who plugins run as when anka runs as root (a
 	// name, "uid:gid", or "root"); "" is DefaultPluginUser.
 	User string
+	// CallTimeout bounds each call to a plugin (plugin_timeout); zero
+	// means DefaultCallTimeout. Status waits at most StatusTimeout.
+	CallTimeout time.Duration
 	// VMs lists the VMs and DynamicMAC gives a VM's pool MAC, so a plugin
 	// that had to be started again gets every VM attached again.
 	VMs        func() ([]*vm.VM, error)
@@ -184,15 +188,19 @@ func (h *Host) reattachVMs(ctx context.Context, p *host.Plugin) {
 		if h.DynamicMAC != nil {
 			dyn = h.DynamicMAC(v.UUID)
 		}
+		fd := Found{Type: v.NetworkCard.Type, Path: p.Path()}
 		req, err := h.attachRequest(v, dyn)
 		if err == nil {
-			_, err = p.Client().Attach(ctx, req)
+			err = h.timed(ctx, fd, "Attach", func(ctx context.Context) error {
+				_, err := p.Client().Attach(ctx, req)
+				return err
+			})
 		}
 		if err != nil {
 			h.log().Warn("attaching a VM to the restarted plugin", "vm", v.Name, "err", err)
 			continue
 		}
-		if err := h.syncForwards(ctx, p.Client(), v); err != nil {
+		if err := h.timed(ctx, fd, "port forwards", func(ctx context.Context) error { return h.syncForwards(ctx, p.Client(), v) }); err != nil {
 			h.log().Warn("port forwards of a VM on the restarted plugin", "vm", v.Name, "err", err)
 		}
 	}
@@ -265,17 +273,14 @@ func card(c *vm.NetworkCard, dynamicMAC string) sdk.Card {
 
 // ValidateCard asks the plugin whether it takes the card.
 func (h *Host) ValidateCard(ctx context.Context, v *vm.VM, c *vm.NetworkCard) error {
-	pl, err := h.Client(ctx, c.Type)
-	if err != nil {
-		if errors.Is(err, ErrNoPlugin) && contains(BuiltinTypes, c.Type) {
-			return nil // a built-in type may be chosen before its plugin is installed
-		}
+	err := h.invoke(ctx, c.Type, "Validate", func(ctx context.Context, pl sdk.NetworkPlugin) error {
+		_, err := pl.Validate(ctx, &sdk.ValidateRequest{VM: ref(v), Card: card(c, ""), Settings: h.Settings})
 		return err
+	})
+	if errors.Is(err, ErrNoPlugin) && contains(BuiltinTypes, c.Type) {
+		return nil // a built-in type may be chosen before its plugin is installed
 	}
-	if _, err := pl.Validate(ctx, &sdk.ValidateRequest{VM: ref(v), Card: card(c, ""), Settings: h.Settings}); err != nil {
-		return pluginError(c.Type, err)
-	}
-	return nil
+	return err
 }
 
 // BeforeStart attaches the card and hands the endpoint to the runtime.
@@ -284,7 +289,12 @@ func (h *Host) BeforeStart(ctx context.Context, v *vm.VM, dynamicMAC string) (*r
 	if c == nil {
 		return nil, nil
 	}
-	pl, err := h.Client(ctx, c.Type)
+	fd, err := h.Finder.Find(c.Type)
+	if err == nil {
+		cctx, cancel := context.WithTimeout(ctx, ConnectTimeout)
+		_, err = h.connect(cctx, fd)
+		cancel()
+	}
 	if err != nil {
 		if errs.Is(err, errs.Unavailable) {
 			return nil, &errs.Error{Kind: errs.Unavailable, Err: err, Msg: err.Error() + "; or boot without a NIC: `anka modify " + v.Name + " delete network-card`"}
@@ -295,9 +305,30 @@ func (h *Host) BeforeStart(ctx context.Context, v *vm.VM, dynamicMAC string) (*r
 	if err != nil {
 		return nil, vm.PathError(h.StateDir, err)
 	}
-	resp, err := pl.Attach(ctx, req)
-	if err != nil {
-		return nil, pluginError(c.Type, err)
+	var resp *sdk.AttachResponse
+	if err := h.invoke(ctx, c.Type, "Attach", func(ctx context.Context, pl sdk.NetworkPlugin) error {
+		r, err := pl.Attach(ctx, req)
+		if err != nil {
+			return err
+		}
+		if bad := checkEndpoint(req, r); bad != "" {
+			return h.malformed(fd, "Attach", bad)
+		}
+		resp = r
+		return nil
+	}); err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			// The plugin may finish the Attach later: undo it then, within
+			// a deadline of its own, so no port is left behind.
+			go h.timed(context.WithoutCancel(ctx), fd, "Detach", func(ctx context.Context) error {
+				pl, err := h.connect(ctx, fd)
+				if err == nil {
+					_, err = pl.Detach(ctx, &sdk.DetachRequest{VM: ref(v), Type: c.Type})
+				}
+				return err
+			})
+		}
+		return nil, err
 	}
 	ep := resp.Endpoint
 	nic := &runtime.NIC{Kind: string(ep.Kind), Path: ep.PluginPath, LocalPath: ep.VMPath, TAP: ep.TAP, LinkUp: ep.LinkUp}
@@ -325,7 +356,7 @@ func (h *Host) AfterStop(ctx context.Context, v *vm.VM) error {
 	if v.NetworkCard == nil {
 		return nil
 	}
-	return h.call(ctx, v.NetworkCard.Type, func(pl sdk.NetworkPlugin) error {
+	return h.call(ctx, v.NetworkCard.Type, "Detach", func(ctx context.Context, pl sdk.NetworkPlugin) error {
 		_, err := pl.Detach(ctx, &sdk.DetachRequest{VM: ref(v), Type: v.NetworkCard.Type})
 		return err
 	})
@@ -351,26 +382,21 @@ func (h *Host) CardRemoved(ctx context.Context, v *vm.VM, old *vm.NetworkCard) e
 }
 
 func (h *Host) release(ctx context.Context, v *vm.VM, typ string) error {
-	return h.call(ctx, typ, func(pl sdk.NetworkPlugin) error {
+	return h.call(ctx, typ, "Release", func(ctx context.Context, pl sdk.NetworkPlugin) error {
 		_, err := pl.Release(ctx, &sdk.ReleaseRequest{VM: ref(v), Type: typ})
 		return err
 	})
 }
 
-// call runs fn on the plugin of typ. A type without a plugin has nothing
-// attached to undo, so it is not an error here.
-func (h *Host) call(ctx context.Context, typ string, fn func(sdk.NetworkPlugin) error) error {
-	pl, err := h.Client(ctx, typ)
-	if err != nil {
-		if errors.Is(err, ErrNoPlugin) {
-			return nil
-		}
-		return err
+// call runs fn on the plugin of typ under the deadline of the call named
+// name. A type without a plugin has nothing attached to undo, so it is not
+// an error here.
+func (h *Host) call(ctx context.Context, typ, name string, fn func(context.Context, sdk.NetworkPlugin) error) error {
+	err := h.invoke(ctx, typ, name, fn)
+	if errors.Is(err, ErrNoPlugin) {
+		return nil
 	}
-	if err := fn(pl); err != nil {
-		return pluginError(typ, err)
-	}
-	return nil
+	return err
 }
 
 // Status asks the plugin about the VM's network. It does not start a
@@ -386,13 +412,20 @@ func (h *Host) Status(ctx context.Context, v *vm.VM) (*sdk.StatusResponse, error
 	if _, ok := Running(h.StateDir, fd.Path); !ok {
 		return nil, nil
 	}
-	pl, err := h.Client(ctx, v.NetworkCard.Type)
+	var st *sdk.StatusResponse
+	err = h.invoke(ctx, v.NetworkCard.Type, "Status", func(ctx context.Context, pl sdk.NetworkPlugin) error {
+		r, err := pl.Status(ctx, &sdk.StatusRequest{VM: ref(v), Type: v.NetworkCard.Type})
+		if err != nil {
+			return err
+		}
+		if bad := checkStatus(r); bad != "" {
+			return h.malformed(fd, "Status", bad)
+		}
+		st = r
+		return nil
+	})
 	if err != nil {
 		return nil, err
-	}
-	st, err := pl.Status(ctx, &sdk.StatusRequest{VM: ref(v), Type: v.NetworkCard.Type})
-	if err != nil {
-		return nil, pluginError(v.NetworkCard.Type, err)
 	}
 	return st, nil
 }

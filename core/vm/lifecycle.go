@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/anka-net/anka/core/errs"
@@ -40,6 +41,10 @@ type Manager struct {
 	// every port is taken to be free.
 	Bindable func(proto, ip string, port int) bool
 }
+
+// MaxAppend is the longest --append: x86's COMMAND_LINE_SIZE (2048,
+// with the final NUL) less the "console=ttyS0 " anka puts first.
+const MaxAppend = 2047 - len("console=ttyS0 ")
 
 // Runtime kinds a VM may have.
 const (
@@ -150,6 +155,10 @@ func (m *Manager) Create(ctx context.Context, v *VM) error {
 		return errs.Invalidf("give either --kernel or --disk, not both")
 	case r.Kernel == "" && (r.Initrd != "" || r.Append != ""):
 		return errs.Invalidf("--initrd and --append need --kernel")
+	case strings.IndexFunc(r.Append, func(c rune) bool { return c < 0x20 || c == 0x7f }) >= 0:
+		return errs.Invalidf("--append %q has a control character (a NUL, a newline): the kernel command line is one line of text", r.Append)
+	case len(r.Append) > MaxAppend:
+		return errs.Invalidf("--append is %d bytes: the kernel command line holds at most %d besides the console=ttyS0 anka adds; shorten it", len(r.Append), MaxAppend)
 	case r.CPU < 1 || r.CPU > 64:
 		return errs.Invalidf("--cpu %d is out of range: use 1 to 64", r.CPU)
 	}
@@ -260,6 +269,7 @@ func (m *Manager) startLocked(ctx context.Context, v *VM) (*Status, error) {
 		CPUs: v.Runtime.CPU, MemoryMiB: v.Runtime.RAMMiB, NIC: nic,
 	}
 	if err := m.runtimeOf(v).Start(ctx, spec); err != nil {
+		err = StorageError(m.Store.StateDir(), err)
 		if herr := m.Hooks.AfterStop(ctx, v); herr != nil {
 			err = errors.Join(err, herr)
 		}

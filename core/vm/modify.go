@@ -84,8 +84,11 @@ func (m *Manager) applyCard(card *NetworkCard, ch CardChange, others []*VM) erro
 		}
 	}
 	for k, val := range ch.Options {
-		if k == "" || strings.ContainsAny(k, "= \t\n") {
+		if k == "" || strings.ContainsAny(k, "= ") || strings.IndexFunc(k, isControl) >= 0 {
 			return errs.Invalidf("card option %q is not a valid name: use -o KEY=VALUE", k)
+		}
+		if strings.IndexFunc(val, isControl) >= 0 {
+			return errs.Invalidf("card option %s=%q has a control character (a NUL, a newline): option values are one line of text", k, val)
 		}
 		if val == "" {
 			delete(card.Options, k)
@@ -137,12 +140,16 @@ func (m *Manager) applyCard(card *NetworkCard, ch CardChange, others []*VM) erro
 	return nil
 }
 
+// isControl reports bytes no name or option value may hold.
+func isControl(r rune) bool { return r < 0x20 || r == 0x7f }
+
 func validateIfName(s string) error {
 	if s == "" {
 		return nil
 	}
-	if len(s) > 15 || strings.ContainsAny(s, "/ \t\n:") || s == "." || s == ".." {
-		return errs.Invalidf("%q is not a network interface name: use a name such as eth0, or auto", s)
+	control := strings.IndexFunc(s, isControl) >= 0
+	if len(s) > 15 || control || strings.ContainsAny(s, "/ :") || s == "." || s == ".." {
+		return errs.Invalidf("-b %q is not a network interface name (at most 15 characters, no '/', ':', space or control character): use a name such as eth0, or auto", s)
 	}
 	return nil
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"syscall"
 
 	"go.yaml.in/yaml/v3"
 
@@ -37,9 +38,24 @@ func OpenStore(stateDir string) (*Store, error) {
 	return s, nil
 }
 
+// StorageError explains a full or read-only state filesystem and leaves
+// every other error as it is.
+func StorageError(stateDir string, err error) error {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) || errors.Is(err, syscall.EROFS) {
+		return PathError(stateDir, err)
+	}
+	return err
+}
+
 // PathError turns a permission problem under the state dir into the plain
 // advice the seed's `sudo anka` implies; other errors keep their cause.
 func PathError(stateDir string, err error) error {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return &errs.Error{Kind: errs.Unavailable, Err: err, Msg: fmt.Sprintf("no space left in the state dir %s (%v): free space on its filesystem and retry; the VM files are as they were", stateDir, err)}
+	}
+	if errors.Is(err, syscall.EROFS) {
+		return &errs.Error{Kind: errs.Unavailable, Err: err, Msg: fmt.Sprintf("the state dir %s is on a read-only filesystem (%v): remount it read-write, or point --state-dir (ANKA_STATE_DIR) at a writable folder; the VM files are as they were", stateDir, err)}
+	}
 	if errors.Is(err, fs.ErrPermission) {
 		if os.Geteuid() != 0 {
 			return &errs.Error{Kind: errs.Permission, Err: err, Msg: fmt.Sprintf("anka needs root to write its state in %s: run it with sudo, or point --state-dir (ANKA_STATE_DIR) at a folder you own", stateDir)}

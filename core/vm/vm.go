@@ -86,6 +86,8 @@ func ValidateName(what, name string) error {
 		return errs.Invalidf("%s name %q is %d characters long: the limit is %d", what, name, len(name), maxNameLen)
 	case name == "." || name == ".." || strings.HasPrefix(name, "."):
 		return errs.Invalidf("%s name %q may not start with '.': use letters, digits, '_', '.' and '-'", what, name)
+	case strings.HasPrefix(name, "-"):
+		return errs.Invalidf("%s name %q may not start with '-' (it reads as a flag): start it with a letter or digit", what, name)
 	case !nameRE.MatchString(name):
 		return errs.Invalidf("%s name %q has a character other than letters, digits, '_', '.' and '-'", what, name)
 	}

@@ -1,0 +1,194 @@
+package plugins
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/anka-net/anka/core/errs"
+	"github.com/anka-net/anka/sdk"
+)
+
+// Deadlines of plugin calls. A plugin is another program: one that hangs
+// must cost a command a bounded wait, never the daemon.
+const (
+	// DefaultCallTimeout bounds one call (Validate, Attach, Detach,
+	// Release, port forwards, suspend, capture) when plugin_timeout is
+	// not set.
+	DefaultCallTimeout = 30 * time.Second
+	// StatusTimeout caps Status, which `anka show` and `anka start`'s wait
+	// for the address make often: a slow answer is as good as none.
+	StatusTimeout = 10 * time.Second
+	// ConnectTimeout bounds reaching a plugin: launching it (go-plugin's
+	// handshake) and its first Info.
+	ConnectTimeout = 90 * time.Second
+)
+
+// callTimeout is the deadline of one call named call.
+func (h *Host) callTimeout(call string) time.Duration {
+	d := h.CallTimeout
+	if d <= 0 {
+		d = DefaultCallTimeout
+	}
+	if call == "Status" {
+		d = min(d, StatusTimeout)
+	}
+	return d
+}
+
+// invoke runs fn on the plugin serving typ under the deadline of call. A
+// type without a plugin is ErrNoPlugin (the caller decides whether that
+// matters).
+func (h *Host) invoke(ctx context.Context, typ, call string, fn func(context.Context, sdk.NetworkPlugin) error) error {
+	fd, err := h.Finder.Find(typ)
+	if err != nil {
+		return err
+	}
+	cctx, cancel := context.WithTimeout(ctx, ConnectTimeout)
+	pl, err := h.connect(cctx, fd)
+	cancel()
+	if err != nil {
+		return err
+	}
+	return h.timed(ctx, fd, call, func(ctx context.Context) error { return fn(ctx, pl) })
+}
+
+// timed runs fn with the deadline of call and turns what went wrong into
+// a sentence naming the plugin binary and the call. fn runs in its own
+// goroutine so even a client that ignores its context cannot hold the
+// caller past the deadline.
+func (h *Host) timed(ctx context.Context, fd Found, call string, fn func(context.Context) error) error {
+	d := h.callTimeout(call)
+	cctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- fn(cctx) }()
+	var err error
+	select {
+	case err = <-done:
+	case <-cctx.Done():
+		err = cctx.Err()
+	}
+	if err == nil {
+		return nil
+	}
+	if ctx.Err() != nil {
+		return ctx.Err() // the caller gave up: not the plugin's fault
+	}
+	if errors.Is(cctx.Err(), context.DeadlineExceeded) {
+		return &errs.Error{Kind: errs.Unavailable, Err: err, Msg: fmt.Sprintf(
+			"network type %s: plugin %s did not answer %s within %s: it may hang; its log %s may say why, `anka plugin restart %s` starts it again, and plugin_timeout (ANKA_PLUGIN_TIMEOUT) sets the limit",
+			fd.Type, fd.Path, call, d, LogFile(h.StateDir, fd.Path), fd.Type)}
+	}
+	// A refusal with the plugin's own code is its answer; only a failure
+	// the transport could have caused may mean the process died.
+	if c := sdk.CodeOf(err); (c == sdk.CodeUnavailable || c == sdk.CodeInternal) && h.exits(fd) {
+		return &errs.Error{Kind: errs.Unavailable, Err: err, Msg: fmt.Sprintf(
+			"network type %s: plugin %s exited during %s (%v): anka starts it again; its log %s may say why",
+			fd.Type, fd.Path, call, err, LogFile(h.StateDir, fd.Path))}
+	}
+	var ke *errs.Error
+	if errors.As(err, &ke) {
+		return err // already a core error (a bad endpoint, forwards)
+	}
+	return pluginError(fd.Type, err)
+}
+
+// exits reports whether the plugin process ends within a moment: its
+// sockets close while it exits, so the call can fail a little before the
+// process is seen gone.
+func (h *Host) exits(fd Found) bool {
+	deadline := time.Now().Add(exitGrace)
+	for h.alive(fd) {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return true
+}
+
+// exitGrace is how long a failed call waits to see whether the plugin died.
+const exitGrace = 500 * time.Millisecond
+
+// alive reports whether the plugin process behind fd still runs.
+func (h *Host) alive(fd Found) bool {
+	if p := h.conns().Loaded()[fd.Path]; p != nil && p.Exited() {
+		return false
+	}
+	_, ok := Running(h.StateDir, fd.Path)
+	return ok
+}
+
+// malformed is the error for an answer the core cannot use.
+func (h *Host) malformed(fd Found, call, what string) error {
+	return &errs.Error{Kind: errs.Unavailable, Msg: fmt.Sprintf(
+		"network type %s: plugin %s answered %s with %s: the plugin is broken; its log %s may say why, and its author should hear of it",
+		fd.Type, fd.Path, call, what, LogFile(h.StateDir, fd.Path))}
+}
+
+// checkEndpoint refuses an Attach answer the runtime cannot connect to,
+// or one that points outside the VM's own folder (another VM's socket).
+func checkEndpoint(req *sdk.AttachRequest, resp *sdk.AttachResponse) string {
+	if resp == nil {
+		return "no endpoint"
+	}
+	ep := resp.Endpoint
+	if !slices.Contains(req.Endpoints, ep.Kind) {
+		return fmt.Sprintf("endpoint kind %q where %v were offered", ep.Kind, req.Endpoints)
+	}
+	inRunDir := func(p string) bool {
+		return filepath.IsAbs(p) && filepath.Clean(p) == p && strings.HasPrefix(p, filepath.Clean(req.RunDir)+"/") && len(p) <= 107
+	}
+	switch ep.Kind {
+	case sdk.EndpointDgram:
+		if !inRunDir(ep.PluginPath) || !inRunDir(ep.VMPath) || ep.PluginPath == ep.VMPath {
+			return fmt.Sprintf("dgram socket paths %q and %q, which are not two sockets in the VM's folder %s", ep.PluginPath, ep.VMPath, req.RunDir)
+		}
+	case sdk.EndpointStream:
+		if !inRunDir(ep.PluginPath) {
+			return fmt.Sprintf("stream socket path %q, which is not a socket in the VM's folder %s", ep.PluginPath, req.RunDir)
+		}
+	case sdk.EndpointTAP:
+		if ep.TAP == "" || len(ep.TAP) > 15 || strings.ContainsAny(ep.TAP, "/ \t\n:\x00") {
+			return fmt.Sprintf("TAP name %q, which is not a Linux interface name", ep.TAP)
+		}
+	}
+	if ep.MAC != "" {
+		if _, err := net.ParseMAC(ep.MAC); err != nil {
+			return fmt.Sprintf("MAC %q, which is not an Ethernet address", ep.MAC)
+		}
+	}
+	if ep.MTU < 0 || ep.MTU > sdk.MaxMTU {
+		return fmt.Sprintf("MTU %d, outside 0 to %d", ep.MTU, sdk.MaxMTU)
+	}
+	return ""
+}
+
+// checkStatus refuses a Status answer with fields that are not what they
+// claim to be.
+func checkStatus(st *sdk.StatusResponse) string {
+	if st == nil {
+		return "no status"
+	}
+	if st.IP != "" {
+		if _, err := netip.ParseAddr(st.IP); err != nil {
+			return fmt.Sprintf("address %q, which is not an IP address", st.IP)
+		}
+	}
+	for _, m := range []string{st.InternalMAC, st.DynamicMAC} {
+		if m == "" {
+			continue
+		}
+		if _, err := net.ParseMAC(m); err != nil {
+			return fmt.Sprintf("MAC %q, which is not an Ethernet address", m)
+		}
+	}
+	return ""
+}

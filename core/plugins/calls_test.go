@@ -1,0 +1,80 @@
+package plugins
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/anka-net/anka/core/errs"
+	"github.com/anka-net/anka/sdk"
+)
+
+func TestCheckEndpoint(t *testing.T) {
+	req := &sdk.AttachRequest{RunDir: "/var/lib/anka/vms/vm1", Endpoints: []sdk.EndpointKind{sdk.EndpointDgram, sdk.EndpointTAP}}
+	good := sdk.Endpoint{Kind: sdk.EndpointDgram, PluginPath: "/var/lib/anka/vms/vm1/p.sock", VMPath: "/var/lib/anka/vms/vm1/v.sock", MAC: "52:54:00:12:34:56", MTU: 1500}
+	for _, c := range []struct {
+		name string
+		mod  func(*sdk.Endpoint)
+		want string
+	}{
+		{"good", func(*sdk.Endpoint) {}, ""},
+		{"tap", func(e *sdk.Endpoint) { *e = sdk.Endpoint{Kind: sdk.EndpointTAP, TAP: "anka-12345678"} }, ""},
+		{"kind not offered", func(e *sdk.Endpoint) { e.Kind = sdk.EndpointStream }, "kind"},
+		{"unknown kind", func(e *sdk.Endpoint) { e.Kind = "pigeon" }, "kind"},
+		{"other VM's socket", func(e *sdk.Endpoint) { e.PluginPath = "/var/lib/anka/vms/vm2/p.sock" }, "folder"},
+		{"escape", func(e *sdk.Endpoint) { e.VMPath = "/var/lib/anka/vms/vm1/../vm2/v.sock" }, "folder"},
+		{"relative", func(e *sdk.Endpoint) { e.VMPath = "v.sock" }, "folder"},
+		{"same socket", func(e *sdk.Endpoint) { e.VMPath = e.PluginPath }, "folder"},
+		{"bad tap", func(e *sdk.Endpoint) { *e = sdk.Endpoint{Kind: sdk.EndpointTAP, TAP: "a/b"} }, "TAP"},
+		{"long tap", func(e *sdk.Endpoint) { *e = sdk.Endpoint{Kind: sdk.EndpointTAP, TAP: strings.Repeat("t", 16)} }, "TAP"},
+		{"bad mac", func(e *sdk.Endpoint) { e.MAC = "zz" }, "MAC"},
+		{"bad mtu", func(e *sdk.Endpoint) { e.MTU = 1 << 20 }, "MTU"},
+	} {
+		ep := good
+		c.mod(&ep)
+		got := checkEndpoint(req, &sdk.AttachResponse{Endpoint: ep})
+		if (c.want == "") != (got == "") || !strings.Contains(got, c.want) {
+			t.Errorf("%s: %q, want %q", c.name, got, c.want)
+		}
+	}
+	if checkEndpoint(req, nil) == "" {
+		t.Error("a nil answer passed")
+	}
+	if checkStatus(&sdk.StatusResponse{IP: "192.168.64.2", DynamicMAC: "02:00:00:00:00:01"}) != "" ||
+		checkStatus(&sdk.StatusResponse{IP: "999.1.1.1"}) == "" || checkStatus(&sdk.StatusResponse{InternalMAC: "x"}) == "" || checkStatus(nil) == "" {
+		t.Error("checkStatus")
+	}
+}
+
+// A call that ignores its context still returns at the deadline, with
+// the plugin binary and the call named; a caller's own cancel is not
+// blamed on the plugin.
+func TestTimedGivesUpOnAHungCall(t *testing.T) {
+	h := &Host{StateDir: t.TempDir(), CallTimeout: 50 * time.Millisecond}
+	fd := Found{Type: "bad", Path: "/opt/anka-net-bad"}
+	hang := make(chan struct{})
+	defer close(hang)
+	began := time.Now()
+	err := h.timed(context.Background(), fd, "Attach", func(context.Context) error { <-hang; return nil })
+	if time.Since(began) > 5*time.Second {
+		t.Fatalf("timed waited %v", time.Since(began))
+	}
+	if !errs.Is(err, errs.Unavailable) || !strings.Contains(err.Error(), "/opt/anka-net-bad") || !strings.Contains(err.Error(), "did not answer Attach within 50ms") {
+		t.Fatalf("hung call: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := h.timed(ctx, fd, "Attach", func(ctx context.Context) error { <-ctx.Done(); return ctx.Err() }); !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled by the caller: %v", err)
+	}
+	if h.callTimeout("Status") != 50*time.Millisecond || (&Host{}).callTimeout("Status") != StatusTimeout || (&Host{}).callTimeout("Attach") != DefaultCallTimeout {
+		t.Fatal("callTimeout")
+	}
+	// A plugin's own refusal keeps its words and code.
+	err = h.timed(context.Background(), fd, "Validate", func(context.Context) error { return sdk.Errorf(sdk.CodeInvalid, "no option x") })
+	if !errs.Is(err, errs.Invalid) || !strings.Contains(err.Error(), "no option x") {
+		t.Fatalf("plugin refusal: %v", err)
+	}
+}
