@@ -602,7 +602,7 @@ func TestSetCreatesFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	st, err := os.Stat(f.user)
-	if err != nil || st.Mode().Perm() != 0o644 {
+	if err != nil || st.Mode().Perm() != 0o600 {
 		t.Fatalf("stat %v %v", st, err)
 	}
 	if st, _ := os.Stat(filepath.Dir(f.user)); st.Mode().Perm() != 0o755 {
