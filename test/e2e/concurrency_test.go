@@ -32,15 +32,18 @@ func parallel(t *testing.T, what string, n int, deadline time.Duration, fn func(
 	return time.Since(began)
 }
 
-// sockets lists the unix sockets left under the VM folders.
+// sockets lists the unix sockets left under the VM folders and the
+// VMs' socket folders (net/<vm>).
 func sockets(stateDir string) []string {
 	var out []string
-	filepath.Walk(filepath.Join(stateDir, "vms"), func(p string, fi os.FileInfo, err error) error {
-		if err == nil && fi.Mode()&os.ModeSocket != 0 {
-			out = append(out, p)
-		}
-		return nil
-	})
+	for _, dir := range []string{"vms", "net"} {
+		filepath.Walk(filepath.Join(stateDir, dir), func(p string, fi os.FileInfo, err error) error {
+			if err == nil && fi.Mode()&os.ModeSocket != 0 {
+				out = append(out, p)
+			}
+			return nil
+		})
+	}
 	sort.Strings(out)
 	return out
 }

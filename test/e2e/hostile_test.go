@@ -29,6 +29,11 @@ func badPlugin(t *testing.T) string {
 			badErr = err
 			return
 		}
+		// The plugin user must reach the binary.
+		if err := os.Chmod(dir, 0o755); err != nil {
+			badErr = err
+			return
+		}
 		badBin = filepath.Join(dir, "anka-net-bad")
 		out, err := exec.Command("go", "build", "-o", badBin, "./testdata/badplugin").CombinedOutput()
 		if err != nil {
