@@ -277,7 +277,7 @@ func (s *Server) status(ctx context.Context, l *Local) *Status {
 	st := &Status{
 		PID: os.Getpid(), Version: s.Version, StateDir: s.Config.StateDir, Socket: SocketPath(s.Config.StateDir),
 		Started: s.started, Uptime: time.Since(s.started).Round(time.Second).String(), Subreaper: s.subreaper,
-		Plugins: s.sup.report(l.Host),
+		Plugins: s.sup.report(l.Host), Resources: selfResources(),
 	}
 	if vms, _, err := l.Manager.List(ctx); err == nil {
 		for _, v := range vms {

@@ -181,6 +181,9 @@ func (s *supervisor) report(h *plugins.Host) []PluginStatus {
 		ps := PluginStatus{Binary: fd.Path, Types: []string{fd.Type}}
 		if ri, ok := plugins.Running(h.StateDir, fd.Path); ok {
 			ps.Running, ps.PID = true, ri.Pid
+			if r, err := procResources(ri.Pid); err == nil {
+				ps.Resources = &r
+			}
 		}
 		if p := loaded[fd.Path]; p != nil {
 			ps.Types = typeNames(p.Info())
