@@ -432,7 +432,10 @@ func (w *faultWorld) startFlows() {
 	var sender net.Conn
 	var tcpc net.Conn
 	dial := func() (c net.Conn, err error) {
-		err = w.nsg.Run(func() (err error) { c, err = net.DialTimeout("tcp", "192.168.64.1:"+faultsBulkPort, 2*time.Second); return err })
+		err = w.nsg.Run(func() (err error) {
+			c, err = net.DialTimeout("tcp", "192.168.64.1:"+faultsBulkPort, 2*time.Second)
+			return err
+		})
 		return c, err
 	}
 	if err := w.nsg.Run(func() (err error) { sender, err = net.Dial("udp", "192.168.64.1:"+faultsUDPPort); return err }); err != nil {
