@@ -333,6 +333,9 @@ func (w *faultWorld) attachNSGuest() string {
 		t.Fatalf("x1's endpoint: %+v", ep)
 	}
 	ns := frameiotest.NewNetns(t)
+	// Registered after the namespace's own cleanup, so it runs first: the
+	// flows stop before the namespace goes.
+	t.Cleanup(w.down)
 	var tap *frameio.TAPPort
 	var port *frameio.DgramPort
 	if err := ns.Run(func() (err error) {
