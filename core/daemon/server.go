@@ -94,7 +94,7 @@ func (s *Server) Run(ctx context.Context) error {
 
 	// Reattach to the plugins that outlived the previous daemon, and bring
 	// back any that died while no daemon watched.
-	s.sup = &supervisor{host: s.host, cfg: s.current, log: s.Logger, state: map[string]*pluginState{}}
+	s.sup = &supervisor{host: s.host, cfg: s.current, log: s.Logger, state: map[string]*pluginState{}, kick: make(chan struct{}, 1)}
 	s.sup.adopt(ctx)
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()

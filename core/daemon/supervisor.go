@@ -4,12 +4,18 @@ import (
 	"context"
 	"log/slog"
 	"os"
+	"os/signal"
+	"path/filepath"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/anka-net/anka/core/config"
 	"github.com/anka-net/anka/core/plugins"
+	"github.com/anka-net/anka/core/runtime"
 	"github.com/anka-net/anka/sdk"
 )
 
@@ -53,9 +59,14 @@ type supervisor struct {
 	log  *slog.Logger
 	cfg  func() *config.Config
 
-	mu     sync.Mutex
-	state  map[string]*pluginState // by binary path
-	paused bool
+	// kick asks for a check before the next poll: a watched plugin or a
+	// child (QEMU, adopted as the subreaper's) exited.
+	kick chan struct{}
+
+	mu      sync.Mutex
+	state   map[string]*pluginState // by binary path
+	paused  bool
+	watched map[int]bool // plugin pids with a pidfd watch
 }
 
 func (s *supervisor) get(path string) *pluginState {
@@ -76,13 +87,20 @@ func (s *supervisor) adopt(ctx context.Context) {
 func (s *supervisor) run(ctx context.Context) {
 	t := time.NewTicker(pollInterval)
 	defer t.Stop()
+	// A QEMU killed behind anka's back is this subreaper's child: its
+	// SIGCHLD releases the VM's port and forwards at once.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGCHLD)
+	defer signal.Stop(sig)
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			s.check(ctx, false)
+		case <-s.kick:
+		case <-sig:
 		}
+		s.check(ctx, false)
 	}
 }
 
@@ -111,6 +129,16 @@ func (s *supervisor) check(ctx context.Context, adopting bool) {
 		s.log.Warn("releasing the network of a VM that stopped on its own", "err", err)
 	}
 	h := l.Host
+	// QEMU processes an earlier daemon started are not this one's
+	// children: a pidfd tells when one ends.
+	pidFiles, _ := filepath.Glob(filepath.Join(h.StateDir, "vms", "*", runtime.QEMUPid))
+	for _, f := range pidFiles {
+		if b, err := os.ReadFile(f); err == nil {
+			if pid, _ := strconv.Atoi(strings.TrimSpace(string(b))); pid > 0 && runtime.ProcessAlive(pid) {
+				s.watch(ctx, pid)
+			}
+		}
+	}
 	seen := map[string]bool{}
 	for _, fd := range h.Finder.All() {
 		if seen[fd.Path] {
@@ -120,7 +148,10 @@ func (s *supervisor) check(ctx context.Context, adopting bool) {
 		if _, err := os.Stat(plugins.ReattachFile(h.StateDir, fd.Path)); err != nil {
 			continue // never launched, or stopped on purpose
 		}
-		_, alive := plugins.Running(h.StateDir, fd.Path)
+		ri, alive := plugins.Running(h.StateDir, fd.Path)
+		if alive {
+			s.watch(ctx, ri.Pid)
+		}
 		if alive && !adopting {
 			continue
 		}
@@ -148,6 +179,9 @@ func (s *supervisor) check(ctx context.Context, adopting bool) {
 			st.lastErr = ""
 		}
 		s.mu.Unlock()
+		if ri, ok := plugins.Running(h.StateDir, fd.Path); ok {
+			s.watch(ctx, ri.Pid)
+		}
 	}
 }
 
