@@ -239,25 +239,40 @@ func (w *consoleWatch) maxGap(from, to time.Time) time.Duration {
 	return worst
 }
 
+// sockGuest is a VM of the external runtime played by a network namespace
+// whose eth0 is relayed to the VM's datagram endpoint: its traffic crosses
+// the plugin's user-space switch.
+type sockGuest struct {
+	vm, network, gw, plugin string
+	bulk                    bool // also streams TCP to the gateway
+	ns                      *frameiotest.Netns
+	udp, tcp                *flow
+}
+
 // faultWorld is the running setup in one "host" namespace.
 type faultWorld struct {
-	l     *lab
-	fig   *figures
-	stop  context.CancelFunc
-	wg    sync.WaitGroup
-	tcp   *flow
-	udp   *flow
-	q1    *consoleWatch
-	nsg   *frameiotest.Netns
-	ips   map[string]string // VM -> address from its first start
-	close []func()
+	l      *lab
+	fig    *figures
+	wg     sync.WaitGroup
+	q1     *consoleWatch
+	guests []*sockGuest
+	ips    map[string]string // VM -> address from its first start
+	close  []func()
+}
+
+func newFaultWorld(l *lab, fig *figures) *faultWorld {
+	return &faultWorld{l: l, fig: fig, guests: []*sockGuest{
+		{vm: "x1", network: "shared", gw: "192.168.64.1", plugin: "anka-net-shared", bulk: true},
+		{vm: "x2", network: "host", gw: "192.168.128.1", plugin: "anka-net-host"},
+	}}
 }
 
 // up starts (or starts again after a "reboot") the host's web server, the
-// two VMs, the namespace guest and its flows in the lab's host namespace.
+// VMs, the namespace guests and their flows in the lab's host namespace.
 func (w *faultWorld) up(first bool) {
 	t, e := w.l.e.t, w.l.e
 	h := w.l.host
+	phase := map[bool]string{true: "boot", false: "reboot"}[first]
 	www := filepath.Join(e.dir, "www")
 	os.MkdirAll(www, 0o755)
 	os.WriteFile(filepath.Join(www, "index.html"), []byte(hostPage+"\n"), 0o644)
@@ -271,33 +286,38 @@ func (w *faultWorld) up(first bool) {
 		w.l.guest("q1", "anka.loop=http://192.168.64.1:"+faultsWebPort+"/")
 		e.ok("modify", "q1", "set", "network-card", "-t", "shared")
 		e.ok("modify", "q1", "add", "port-forwarding", "web", "-g", "80", "-p", faultsFwdPort, "-l", "127.0.0.1")
-		t.Cleanup(func() { e.run("delete", "--force", "x1") })
-		e.ok("create", "x1", "--runtime", "external")
-		e.ok("modify", "x1", "set", "network-card", "-t", "shared")
+		for _, g := range w.guests {
+			t.Cleanup(func() { e.run("delete", "--force", g.vm) })
+			e.ok("create", g.vm, "--runtime", "external")
+			e.ok("modify", g.vm, "set", "network-card", "-t", g.network)
+		}
 	}
+	got := map[string]string{}
 	start := time.Now()
-	qip := w.l.start("q1")
-	w.fig.add(map[bool]string{true: "boot", false: "reboot"}[first], "q1_start_to_ip", time.Since(start))
+	got["q1"] = w.l.start("q1")
+	w.fig.add(phase, "q1_start_to_ip", time.Since(start))
 	w.q1 = watchConsole(filepath.Join(e.dir, "state", "vms", "q1", "console.log"))
 	w.close = append(w.close, w.q1.close)
 
-	start = time.Now()
-	var x1 struct{ Status string }
-	json.Unmarshal(e.jsonOK("show", "x1"), &x1)
-	if first || x1.Status != "running" {
-		e.ok("start", "x1")
-	} else {
-		// anka cannot see an external hypervisor's process, so x1 stays
-		// running across the reboot; the new plugin attached its port
-		// again at the same path, and the hypervisor binds to it again.
-		t.Logf("x1 (external runtime) is still %s after the reboot: its hypervisor attaches again", x1.Status)
+	for _, g := range w.guests {
+		start = time.Now()
+		var st struct{ Status string }
+		json.Unmarshal(e.jsonOK("show", g.vm), &st)
+		if first || st.Status != "running" {
+			e.ok("start", g.vm)
+		} else {
+			// anka cannot see an external hypervisor's process, so the VM
+			// stays running across the reboot; the new plugin attached its
+			// port again at the same path, and the hypervisor binds to it.
+			t.Logf("%s (external runtime) is still %s after the reboot: its hypervisor attaches again", g.vm, st.Status)
+		}
+		got[g.vm] = w.attachNSGuest(g)
+		w.fig.add(phase, g.vm+"_start_to_lease", time.Since(start))
 	}
-	xip := w.attachNSGuest()
-	w.fig.add(map[bool]string{true: "boot", false: "reboot"}[first], "x1_start_to_lease", time.Since(start))
 	if first {
-		w.ips = map[string]string{"q1": qip, "x1": xip}
+		w.ips = got
 	} else {
-		for vm, ip := range map[string]string{"q1": qip, "x1": xip} {
+		for vm, ip := range got {
 			if ip != w.ips[vm] {
 				t.Fatalf("after the reboot %s got %s, before %s", vm, ip, w.ips[vm])
 			}
@@ -308,16 +328,20 @@ func (w *faultWorld) up(first bool) {
 	// Every flow and the forward work before any fault.
 	w.q1.waitAfter(t, time.Now(), 3, 90*time.Second)
 	now := time.Now()
-	w.tcp.waitAfter(t, "the TCP stream", now, 20*time.Second)
-	w.udp.waitAfter(t, "the UDP probes", now, 20*time.Second)
+	for _, g := range w.guests {
+		g.udp.waitAfter(t, g.vm+"'s UDP probes", now, 20*time.Second)
+		if g.bulk {
+			g.tcp.waitAfter(t, g.vm+"'s TCP stream", now, 20*time.Second)
+		}
+	}
 	if !w.forwardWorks() {
 		t.Fatal("the port forward does not reach q1 before any fault")
 	}
 }
 
-// attachNSGuest relays a fresh namespace's eth0 to x1's endpoint and runs
-// a DHCP client there; it returns the leased address.
-func (w *faultWorld) attachNSGuest() string {
+// attachNSGuest relays a fresh namespace's eth0 to the VM's endpoint and
+// runs a DHCP client there; it returns the leased address.
+func (w *faultWorld) attachNSGuest(g *sockGuest) string {
 	t, e := w.l.e.t, w.l.e
 	var shown struct {
 		Endpoint struct {
@@ -327,10 +351,10 @@ func (w *faultWorld) attachNSGuest() string {
 			MAC        string
 		}
 	}
-	json.Unmarshal(e.jsonOK("show", "x1"), &shown)
+	json.Unmarshal(e.jsonOK("show", g.vm), &shown)
 	ep := shown.Endpoint
 	if ep.Kind != "dgram" {
-		t.Fatalf("x1's endpoint: %+v", ep)
+		t.Fatalf("%s's endpoint: %+v", g.vm, ep)
 	}
 	ns := frameiotest.NewNetns(t)
 	// Registered after the namespace's own cleanup, so it runs first: the
@@ -358,31 +382,30 @@ func (w *faultWorld) attachNSGuest() string {
 		go func() { defer wg.Done(); frameio.Relay(ctx, pair[0], pair[1], 64) }()
 	}
 	w.close = append(w.close, func() { cancel(); tap.Close(); port.Close(); wg.Wait() })
-	w.nsg = ns
-	return w.dhcp()
+	g.ns = ns
+	return w.dhcp(g)
 }
 
 // dhcp runs one DHCP exchange in the namespace guest and returns the
 // address it holds.
-func (w *faultWorld) dhcp() string {
-	t, e, ns := w.l.e.t, w.l.e, w.nsg
+func (w *faultWorld) dhcp(g *sockGuest) string {
+	t, e := w.l.e.t, w.l.e
 	script := filepath.Join(e.dir, "udhcpc.sh")
 	os.WriteFile(script, []byte("#!/bin/sh\ncase \"$1\" in bound|renew) ip addr replace \"$ip/${mask:-24}\" dev \"$interface\";; esac\n"), 0o755)
-	ns.Exec(t, "busybox", "udhcpc", "-i", "eth0", "-n", "-q", "-t", "10", "-T", "2", "-s", script)
-	f := strings.Fields(ns.IP(t, "-4", "-o", "addr", "show", "dev", "eth0"))
+	g.ns.Exec(t, "busybox", "udhcpc", "-i", "eth0", "-n", "-q", "-t", "10", "-T", "2", "-s", script)
+	f := strings.Fields(g.ns.IP(t, "-4", "-o", "addr", "show", "dev", "eth0"))
 	if len(f) < 4 {
-		t.Fatalf("the namespace guest has no address after DHCP: %v", f)
+		t.Fatalf("%s has no address after DHCP: %v", g.vm, f)
 	}
 	return strings.Split(f[3], "/")[0]
 }
 
-// startFlows: a TCP stream (64 KiB every 10 ms, reconnecting when it
-// breaks) and a UDP probe every 10 ms from the namespace guest to the host.
+// startFlows: from each namespace guest a UDP probe every 10 ms to its
+// gateway, and from the bulk one a TCP stream (64 KiB every 10 ms, that is
+// about 50 Mbit/s, reconnecting when it breaks) too.
 func (w *faultWorld) startFlows() {
 	t := w.l.e.t
-	w.tcp, w.udp = &flow{}, &flow{}
 	ctx, cancel := context.WithCancel(context.Background())
-	w.stop = cancel
 	var ln net.Listener
 	var uc net.PacketConn
 	if err := w.l.host.Run(func() (err error) {
@@ -395,13 +418,23 @@ func (w *faultWorld) startFlows() {
 		t.Fatal(err)
 	}
 	w.close = append(w.close, func() { cancel(); ln.Close(); uc.Close(); w.wg.Wait() })
-	w.wg.Add(3)
+	byIP := map[string]*sockGuest{}
+	for _, g := range w.guests {
+		g.udp, g.tcp = &flow{}, &flow{}
+		byIP[w.ips[g.vm]] = g
+	}
+	w.wg.Add(2)
 	go func() {
 		defer w.wg.Done()
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
+			}
+			g := byIP[c.RemoteAddr().(*net.TCPAddr).IP.String()]
+			if g == nil {
+				c.Close()
+				continue
 			}
 			w.wg.Add(1)
 			go func() {
@@ -412,7 +445,7 @@ func (w *faultWorld) startFlows() {
 				for {
 					n, err := c.Read(buf)
 					if n > 0 {
-						w.tcp.arrive(n)
+						g.tcp.arrive(n)
 					}
 					if err != nil {
 						return
@@ -425,59 +458,79 @@ func (w *faultWorld) startFlows() {
 		defer w.wg.Done()
 		buf := make([]byte, 64)
 		for {
-			n, _, err := uc.ReadFrom(buf)
+			n, from, err := uc.ReadFrom(buf)
 			if err != nil {
 				return
 			}
-			w.udp.arrive(n)
-		}
-	}()
-	var sender net.Conn
-	var tcpc net.Conn
-	dial := func() (c net.Conn, err error) {
-		err = w.nsg.Run(func() (err error) {
-			c, err = net.DialTimeout("tcp", "192.168.64.1:"+faultsBulkPort, 2*time.Second)
-			return err
-		})
-		return c, err
-	}
-	if err := w.nsg.Run(func() (err error) { sender, err = net.Dial("udp", "192.168.64.1:"+faultsUDPPort); return err }); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		defer w.wg.Done()
-		defer sender.Close()
-		chunk := make([]byte, 64<<10)
-		tick := time.NewTicker(10 * time.Millisecond)
-		defer tick.Stop()
-		var seq [8]byte
-		for i := uint64(0); ; i++ {
-			select {
-			case <-ctx.Done():
-				if tcpc != nil {
-					tcpc.Close()
-				}
-				return
-			case <-tick.C:
-			}
-			binary.BigEndian.PutUint64(seq[:], i)
-			sender.Write(seq[:])
-			if tcpc == nil {
-				if c, err := dial(); err == nil {
-					tcpc = c
-				}
-				continue
-			}
-			tcpc.SetWriteDeadline(time.Now().Add(5 * time.Millisecond))
-			if _, err := tcpc.Write(chunk); err != nil && !os.IsTimeout(err) {
-				tcpc.Close()
-				tcpc = nil
+			if g := byIP[from.(*net.UDPAddr).IP.String()]; g != nil {
+				g.udp.arrive(n)
 			}
 		}
 	}()
+	for _, g := range w.guests {
+		var sender net.Conn
+		if err := g.ns.Run(func() (err error) { sender, err = net.Dial("udp", g.gw+":"+faultsUDPPort); return err }); err != nil {
+			t.Fatal(err)
+		}
+		w.wg.Add(1)
+		go func() {
+			defer w.wg.Done()
+			defer sender.Close()
+			tick := time.NewTicker(10 * time.Millisecond)
+			defer tick.Stop()
+			var seq [8]byte
+			for i := uint64(0); ; i++ {
+				select {
+				case <-ctx.Done():
+					return
+				case <-tick.C:
+				}
+				binary.BigEndian.PutUint64(seq[:], i)
+				sender.Write(seq[:])
+			}
+		}()
+		if !g.bulk {
+			continue
+		}
+		w.wg.Add(1)
+		go func() {
+			defer w.wg.Done()
+			var c net.Conn
+			defer func() {
+				if c != nil {
+					c.Close()
+				}
+			}()
+			chunk := make([]byte, 64<<10)
+			tick := time.NewTicker(10 * time.Millisecond)
+			defer tick.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-tick.C:
+				}
+				if c == nil {
+					g.ns.Run(func() (err error) {
+						c, err = net.DialTimeout("tcp", g.gw+":"+faultsBulkPort, 2*time.Second)
+						if err != nil {
+							c = nil
+						}
+						return err
+					})
+					continue
+				}
+				c.SetWriteDeadline(time.Now().Add(5 * time.Millisecond))
+				if _, err := c.Write(chunk); err != nil && !os.IsTimeout(err) {
+					c.Close()
+					c = nil
+				}
+			}
+		}()
+	}
 }
 
-// down stops the flows, the namespace guest and the host's servers.
+// down stops the flows, the namespace guests and the host's servers.
 func (w *faultWorld) down() {
 	for i := len(w.close) - 1; i >= 0; i-- {
 		w.close[i]()
@@ -495,10 +548,10 @@ func (w *faultWorld) forwardWorks() bool {
 func (w *faultWorld) checkAddresses(when string) {
 	t, e := w.l.e.t, w.l.e
 	seen := map[string]string{}
-	for _, vm := range []string{"q1", "x1"} {
+	for vm, want := range w.ips {
 		ip := w.l.card(vm).IP
-		if ip != w.ips[vm] {
-			t.Fatalf("%s: anka shows %s at %s, it had %s", when, vm, ip, w.ips[vm])
+		if ip != want {
+			t.Fatalf("%s: anka shows %s at %s, it had %s", when, vm, ip, want)
 		}
 		if other, dup := seen[ip]; dup {
 			t.Fatalf("%s: %s and %s both have %s", when, vm, other, ip)
@@ -506,7 +559,7 @@ func (w *faultWorld) checkAddresses(when string) {
 		seen[ip] = vm
 	}
 	// The guests' own view: the QEMU guest's DHCP client never bound
-	// another address since its boot, the namespace holds its own.
+	// another address since its boot, each namespace holds its own.
 	b, _ := os.ReadFile(filepath.Join(e.dir, "state", "vms", "q1", "console.log"))
 	if i := bytes.LastIndex(b, []byte("anka-guest: booted")); i >= 0 {
 		b = b[i:]
@@ -516,23 +569,43 @@ func (w *faultWorld) checkAddresses(when string) {
 			t.Fatalf("%s: q1's DHCP client bound %s, anka gave it %s", when, m[1], w.ips["q1"])
 		}
 	}
-	if out := w.nsg.IP(t, "-4", "-o", "addr", "show", "dev", "eth0"); !strings.Contains(out, " "+w.ips["x1"]+"/") {
-		t.Fatalf("%s: the namespace guest lost %s: %s", when, w.ips["x1"], out)
+	for _, g := range w.guests {
+		if out := g.ns.IP(t, "-4", "-o", "addr", "show", "dev", "eth0"); !strings.Contains(out, " "+w.ips[g.vm]+"/") {
+			t.Fatalf("%s: %s lost %s: %s", when, g.vm, w.ips[g.vm], out)
+		}
 	}
 }
 
-func (w *faultWorld) pluginPID() int {
-	return reattachPID(filepath.Join(w.l.e.dir, "state", "plugins", "anka-net-shared", "reattach.json"))
+// q1TAP is the TAP the plugin gave q1 on the kernel fast path.
+func (w *faultWorld) q1TAP() string {
+	var c struct{ Details map[string]string }
+	json.Unmarshal(w.l.e.jsonOK("show", "q1", "network"), &c)
+	return c.Details["tap"]
+}
+
+func (w *faultWorld) linkExists(name string) bool {
+	return exec.Command("ip", "-n", w.l.host.Name, "link", "show", "dev", name).Run() == nil
+}
+
+func (w *faultWorld) pluginPID(binary string) int {
+	return reattachPID(filepath.Join(w.l.e.dir, "state", "plugins", binary, "reattach.json"))
 }
 
 func (w *faultWorld) daemonPID() int {
 	return readPID(filepath.Join(w.l.e.dir, "state", "daemon.pid"))
 }
 
+// qemuPID reads the pid file: asking anka would bring back a daemon the
+// test killed.
 func (w *faultWorld) qemuPID() int {
-	var s struct{ PID int }
-	json.Unmarshal(w.l.e.jsonOK("show", "q1"), &s)
-	return s.PID
+	return readPID(filepath.Join(w.l.e.dir, "state", "vms", "q1", "qemu.pid"))
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }
 
 func kill9(t *testing.T, what string, pid int) time.Time {
@@ -548,79 +621,135 @@ func kill9(t *testing.T, what string, pid int) time.Time {
 	return at
 }
 
-// killPlugin: the daemon's supervisor starts the plugin again; both VMs
-// keep their addresses, every flow and the forward come back.
-func (w *faultWorld) killPlugin() {
+// killPlugin: the daemon's supervisor starts the plugin again; every VM
+// keeps its address, the flows through it and the forward come back, and
+// the other network's guests never notice.
+func (w *faultWorld) killPlugin(binary string) {
 	t, e := w.l.e.t, w.l.e
-	old := w.pluginPID()
-	at := kill9(t, "the shared plugin", old)
+	fault := "plugin-" + strings.TrimPrefix(binary, "anka-net-")
+	shared := binary == "anka-net-shared"
+	old := w.pluginPID(binary)
+	var tap string
+	if shared {
+		tap = w.q1TAP()
+	}
+	at := kill9(t, binary, old)
 	fwdc := make(chan time.Time, 1)
-	go func() {
-		defer close(fwdc)
-		for time.Since(at) < 30*time.Second {
-			if w.forwardWorks() {
-				fwdc <- time.Now()
-				return
+	if shared {
+		go func() {
+			defer close(fwdc)
+			for time.Since(at) < 30*time.Second {
+				if w.forwardWorks() {
+					fwdc <- time.Now()
+					return
+				}
+				time.Sleep(50 * time.Millisecond)
 			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}()
+		}()
+	}
 	var back time.Time
-	waitFor(t, "the daemon to start the plugin again", 30*time.Second, func() bool {
-		p := w.pluginPID()
+	waitFor(t, "the daemon to start "+binary+" again", 30*time.Second, func() bool {
+		p := w.pluginPID(binary)
 		back = time.Now()
 		return p != old && alive(p)
 	})
-	w.fig.add("plugin", "restarted", back.Sub(at))
-	udp := w.udp.waitAfter(t, "UDP to resume", back, 30*time.Second)
-	tcp := w.tcp.waitAfter(t, "TCP to resume", back, 30*time.Second)
-	guest := w.q1.waitAfter(t, at, 4, 30*time.Second)
-	fwd, ok := <-fwdc
-	if !ok {
-		t.Fatal("the port forward did not work again within 30 s of the plugin's kill")
+	w.fig.add(fault, "restarted", back.Sub(at))
+	var resumed time.Time
+	for _, g := range w.guests {
+		if g.plugin != binary {
+			continue
+		}
+		udp := g.udp.waitAfter(t, g.vm+"'s UDP to resume", back, 30*time.Second)
+		resumed = later(resumed, udp)
+		gap := g.udp.maxGap(at, udp)
+		w.fig.add(fault, g.vm+"_udp_gap", gap)
+		if gap > 3*time.Second {
+			t.Errorf("%s's traffic stopped for %v after %s was killed; the issue asks for under 3 s", g.vm, gap, binary)
+		}
+		if g.bulk {
+			tcp := g.tcp.waitAfter(t, g.vm+"'s TCP to resume", back, 30*time.Second)
+			resumed = later(resumed, tcp)
+			w.fig.add(fault, g.vm+"_tcp_gap", g.tcp.maxGap(at, tcp))
+		}
 	}
-	w.fig.add("plugin", "socket_guest_udp_gap", w.udp.maxGap(at, udp))
-	w.fig.add("plugin", "socket_guest_tcp_gap", w.tcp.maxGap(at, tcp))
-	w.fig.add("plugin", "qemu_guest_fetch_gap", w.q1.maxGap(at, guest))
-	w.fig.add("plugin", "forward_back", fwd.Sub(at))
-	if g := w.udp.maxGap(at, udp); g > 3*time.Second {
-		t.Errorf("the socket guest's traffic stopped for %v after the plugin was killed; the issue asks for under 3 s", g)
+	if shared {
+		guest := w.q1.waitAfter(t, at, 4, 30*time.Second)
+		w.fig.add(fault, "q1_fetch_gap", w.q1.maxGap(at, guest))
+		fwd, ok := <-fwdc
+		if !ok {
+			t.Fatal("the port forward did not work again within 30 s of the plugin's kill")
+		}
+		w.fig.add(fault, "forward_back", fwd.Sub(at))
+		if now := w.q1TAP(); now != tap || !w.linkExists(tap) {
+			t.Fatalf("q1's TAP was %s before the plugin's kill, now %q (exists: %v)", tap, now, w.linkExists(tap))
+		}
 	}
-	w.checkAddresses("after kill -9 of the plugin")
-	// The restarted plugin's DHCP server hands the socket guest the same
+	// Guests of the other plugin: untouched.
+	for _, g := range w.guests {
+		if g.plugin == binary {
+			continue
+		}
+		gap := g.udp.maxGap(at, resumed)
+		w.fig.add(fault, "other_"+g.vm+"_udp_gap", gap)
+		if gap > time.Second {
+			t.Errorf("killing %s paused %s (another network) for %v", binary, g.vm, gap)
+		}
+	}
+	w.checkAddresses("after kill -9 of " + binary)
+	// The restarted plugin's DHCP server hands its socket guests the same
 	// address again (its lease store survived).
-	if ip := w.dhcp(); ip != w.ips["x1"] {
-		t.Fatalf("DHCP after the plugin restart gave x1 %s, before %s", ip, w.ips["x1"])
+	for _, g := range w.guests {
+		if g.plugin == binary {
+			if ip := w.dhcp(g); ip != w.ips[g.vm] {
+				t.Fatalf("DHCP after %s's restart gave %s %s, before %s", binary, g.vm, ip, w.ips[g.vm])
+			}
+		}
 	}
-	if out := e.ok("daemon", "status"); !strings.Contains(out, "running (pid "+strconv.Itoa(w.pluginPID())+")") {
-		t.Fatalf("daemon status after the plugin restart:\n%s", out)
+	if out := e.ok("daemon", "status"); !strings.Contains(out, "running (pid "+strconv.Itoa(w.pluginPID(binary))+")") {
+		t.Fatalf("daemon status after %s's restart:\n%s", binary, out)
 	}
 }
 
 // killDaemon: no traffic stops while no daemon runs; the next command
-// brings one back, which reattaches to the same plugin process.
+// brings one back, which reattaches to the same plugin processes.
 func (w *faultWorld) killDaemon() {
 	t, e := w.l.e.t, w.l.e
-	plugin := w.pluginPID()
+	plugins := map[string]int{}
+	for _, g := range w.guests {
+		plugins[g.plugin] = w.pluginPID(g.plugin)
+	}
 	at := kill9(t, "the daemon", w.daemonPID())
-	// Three seconds without a daemon.
+	// Three seconds without a daemon; no anka command runs meanwhile.
 	time.Sleep(3 * time.Second)
 	end := time.Now()
-	if !alive(plugin) || !alive(w.qemuPID0()) {
-		t.Fatal("the plugin or QEMU died with the daemon")
+	for binary, pid := range plugins {
+		if !alive(pid) {
+			t.Fatalf("%s died with the daemon", binary)
+		}
 	}
-	for name, f := range map[string]*flow{"socket_guest_udp_gap": w.udp, "socket_guest_tcp_gap": w.tcp} {
-		g := f.maxGap(at, end)
-		w.fig.add("daemon", name, g)
-		if g > time.Second {
-			t.Errorf("daemon killed: %s %v, more than jitter", name, g)
+	if !alive(w.qemuPID()) {
+		t.Fatal("QEMU died with the daemon")
+	}
+	for _, g := range w.guests {
+		flows := map[string]*flow{"udp": g.udp}
+		if g.bulk {
+			flows["tcp"] = g.tcp
+		}
+		for name, f := range flows {
+			gap := f.maxGap(at, end)
+			w.fig.add("daemon", g.vm+"_"+name+"_gap", gap)
+			// Traffic that stopped with the daemon would pause for the
+			// whole 3 s; less is scheduling jitter on a busy machine.
+			if gap > 2*time.Second {
+				t.Errorf("daemon killed: %s's %s paused %v, more than jitter", g.vm, name, gap)
+			}
 		}
 	}
 	w.q1.waitAfter(t, at, 2, 10*time.Second)
-	g := w.q1.maxGap(at, end)
-	w.fig.add("daemon", "qemu_guest_fetch_gap", g)
-	if g > 2*time.Second {
-		t.Errorf("daemon killed: the QEMU guest's fetches paused %v", g)
+	gap := w.q1.maxGap(at, end)
+	w.fig.add("daemon", "q1_fetch_gap", gap)
+	if gap > 2*time.Second {
+		t.Errorf("daemon killed: the QEMU guest's fetches paused %v", gap)
 	}
 	if !w.forwardWorks() {
 		t.Fatal("the port forward stopped with the daemon")
@@ -638,26 +767,29 @@ func (w *faultWorld) killDaemon() {
 		}
 	}
 	json.Unmarshal(e.jsonOK("daemon", "status"), &st)
-	found := false
-	for _, p := range st.Plugins {
-		if strings.HasSuffix(p.Binary, "anka-net-shared") {
-			found = p.PID == plugin
+	for binary, pid := range plugins {
+		i := slices.IndexFunc(st.Plugins, func(p struct {
+			Binary string
+			PID    int
+		}) bool {
+			return filepath.Base(p.Binary) == binary
+		})
+		if i < 0 || st.Plugins[i].PID != pid {
+			t.Fatalf("the new daemon did not reattach to %s (pid %d): %+v", binary, pid, st.Plugins)
 		}
-	}
-	if !found {
-		t.Fatalf("the new daemon did not reattach to the plugin (pid %d): %+v", plugin, st.Plugins)
 	}
 	w.checkAddresses("after kill -9 of the daemon")
 }
 
-func (w *faultWorld) qemuPID0() int {
-	return readPID(filepath.Join(w.l.e.dir, "state", "vms", "q1", "qemu.pid"))
-}
-
-// killQEMU: q1 is reported stopped, its forward's port is free for anyone,
-// the other VM is untouched, and q1 starts again with its address.
+// killQEMU: q1 is reported stopped, its TAP and its forward's port are
+// released, the other VMs are untouched, and q1 starts again with its
+// address.
 func (w *faultWorld) killQEMU() {
 	t, e := w.l.e.t, w.l.e
+	tap := w.q1TAP()
+	if tap == "" || !w.linkExists(tap) {
+		t.Fatalf("q1 has no TAP on the fast path (%q)", tap)
+	}
 	at := kill9(t, "q1's QEMU", w.qemuPID())
 	waitFor(t, "q1 to show as stopped", 30*time.Second, func() bool {
 		var s struct{ Status string }
@@ -675,11 +807,16 @@ func (w *faultWorld) killQEMU() {
 		return false
 	})
 	w.fig.add("qemu", "forward_port_free", time.Since(at))
+	waitFor(t, "q1's TAP "+tap+" to go", 30*time.Second, func() bool { return !w.linkExists(tap) })
+	w.fig.add("qemu", "tap_removed", time.Since(at))
 	now := time.Now()
-	if g := w.udp.maxGap(at, now); g > time.Second {
-		t.Errorf("killing q1's QEMU paused x1's traffic for %v", g)
+	for _, g := range w.guests {
+		gap := g.udp.maxGap(at, now)
+		w.fig.add("qemu", "other_"+g.vm+"_udp_gap", gap)
+		if gap > time.Second {
+			t.Errorf("killing q1's QEMU paused %s's traffic for %v", g.vm, gap)
+		}
 	}
-	w.fig.add("qemu", "other_vm_udp_gap", w.udp.maxGap(at, now))
 	start := time.Now()
 	if ip := w.l.start("q1"); ip != w.ips["q1"] {
 		t.Fatalf("q1 started after its QEMU was killed got %s, before %s", ip, w.ips["q1"])
@@ -718,8 +855,16 @@ func (w *faultWorld) reboot() {
 func runFaults(t *testing.T, rounds int) {
 	l := newLab(t)
 	fig := &figures{t: t, runs: map[string]map[string][]time.Duration{}}
-	w := &faultWorld{l: l, fig: fig}
+	w := newFaultWorld(l, fig)
 	t.Cleanup(func() {
+		if t.Failed() {
+			state := filepath.Join(l.e.dir, "state")
+			for _, f := range []string{"vms/q1/console.log", "daemon.log", "plugins/anka-net-shared/plugin.log", "plugins/anka-net-host/plugin.log"} {
+				b, _ := os.ReadFile(filepath.Join(state, f))
+				lines := strings.Split(string(b), "\n")
+				t.Logf("the last lines of %s:\n%s", f, strings.Join(lines[max(0, len(lines)-40):], "\n"))
+			}
+		}
 		l.e.run("daemon", "stop", "--all")
 		w.down()
 		fig.summary()
@@ -727,7 +872,8 @@ func runFaults(t *testing.T, rounds int) {
 	w.up(true)
 	for r := 1; r <= rounds; r++ {
 		t.Logf("round %d of %d", r, rounds)
-		w.killPlugin()
+		w.killPlugin("anka-net-shared")
+		w.killPlugin("anka-net-host")
 		w.killDaemon()
 		w.killQEMU()
 		w.reboot()
