@@ -591,6 +591,20 @@ func (w *faultWorld) pluginPID(binary string) int {
 	return reattachPID(filepath.Join(w.l.e.dir, "state", "plugins", binary, "reattach.json"))
 }
 
+var diedLine = regexp.MustCompile(`time=(\S+) level=WARN msg="plugin died[^"]*" binary=(\S+)`)
+
+// detected is how long after at the daemon logged the plugin's death.
+func (w *faultWorld) detected(binary string, at time.Time) (time.Duration, bool) {
+	b, _ := os.ReadFile(filepath.Join(w.l.e.dir, "state", "daemon.log"))
+	for _, m := range diedLine.FindAllSubmatch(b, -1) {
+		when, err := time.Parse(time.RFC3339Nano, string(m[1]))
+		if err == nil && filepath.Base(string(m[2])) == binary && when.After(at.Add(-time.Second)) {
+			return when.Sub(at), true
+		}
+	}
+	return 0, false
+}
+
 func (w *faultWorld) daemonPID() int {
 	return readPID(filepath.Join(w.l.e.dir, "state", "daemon.pid"))
 }
@@ -654,6 +668,9 @@ func (w *faultWorld) killPlugin(binary string) {
 		return p != old && alive(p)
 	})
 	w.fig.add(fault, "restarted", back.Sub(at))
+	if d, ok := w.detected(binary, at); ok {
+		w.fig.add(fault, "detected", d)
+	}
 	var resumed time.Time
 	for _, g := range w.guests {
 		if g.plugin != binary {
