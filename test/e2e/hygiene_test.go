@@ -158,8 +158,17 @@ func runHygiene(t *testing.T, socketCycles, qemuQuick, qemuBoot int) {
 		pluginBefore.FDs, pluginBefore.Threads, pluginBefore.RSS>>10)
 
 	start := time.Now()
-	for i := 0; i < socketCycles; i++ {
+	for i := 1; i <= socketCycles; i++ {
 		cycle()
+		// A leak grows with the cycles, a heap settling does not: the
+		// readings along the way tell them apart.
+		if i%25 == 0 && i < socketCycles {
+			status()
+			mid := status()
+			_, p := mid.plugin(t, "anka-net-shared")
+			t.Logf("hygiene-figure when=cycle-%d proc=daemon fds=%d goroutines=%d rss_kib=%d heap_kib=%d; proc=anka-net-shared fds=%d rss_kib=%d",
+				i, mid.Resources.FDs, mid.Resources.Goroutines, mid.Resources.RSS>>10, mid.Resources.HeapAlloc>>10, p.FDs, p.RSS>>10)
+		}
 	}
 	socketTime := time.Since(start)
 	start = time.Now()
