@@ -17,6 +17,7 @@ import (
 	"github.com/anka-net/anka/core/plugins"
 	"github.com/anka-net/anka/core/runtime"
 	"github.com/anka-net/anka/sdk"
+	"github.com/anka-net/anka/sdk/host"
 )
 
 // Backoff bounds for restarting a plugin that keeps crashing.
@@ -25,6 +26,8 @@ const (
 	maxBackoff   = 30 * time.Second
 	stableAfter  = 2 * maxBackoff // a plugin that ran this long (beyond its wait) starts its backoff afresh
 	pollInterval = time.Second
+	// exitNoticeWait bounds waitExited.
+	exitNoticeWait = 2 * time.Second
 )
 
 // backoff spaces the restarts of one plugin: the first restart after a
@@ -169,6 +172,7 @@ func (s *supervisor) check(ctx context.Context, adopting bool) {
 		}
 		if !alive {
 			s.log.Warn("plugin died: starting it again and attaching its VMs", "binary", fd.Path)
+			waitExited(h.Conns.Loaded()[fd.Path])
 		}
 		_, err := h.Connect(ctx, fd)
 		s.mu.Lock()
@@ -182,6 +186,21 @@ func (s *supervisor) check(ctx context.Context, adopting bool) {
 		if ri, ok := plugins.Running(h.StateDir, fd.Path); ok {
 			s.watch(ctx, ri.Pid)
 		}
+	}
+}
+
+// waitExited waits (up to exitNoticeWait) for the client of a plugin whose
+// process is gone to see it gone: the pidfd wakes the supervisor before
+// go-plugin notices (at once for a child, within its 1 s poll for an
+// adopted plugin), and connecting before then would hand back the dead
+// client and restart the plugin only at the next check.
+func waitExited(p *host.Plugin) {
+	if p == nil {
+		return
+	}
+	deadline := time.Now().Add(exitNoticeWait)
+	for !p.Exited() && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 

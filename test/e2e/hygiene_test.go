@@ -116,7 +116,7 @@ func runHygiene(t *testing.T, socketCycles, qemuQuick, qemuBoot int) {
 	e.ok("create", "x1", "--runtime", "external")
 	e.ok("modify", "x1", "set", "network-card", "-t", "shared")
 	e.ok("create", "q1", "--kernel", filepath.Join(g, "vmlinuz"), "--initrd", filepath.Join(g, "initrd.img"), "--ram", "256M",
-		"--append", "anka.ipv6=0")
+		"--append", "no_timer_check anka.ipv6=0")
 	e.ok("modify", "q1", "set", "network-card", "-t", "shared")
 	e.ok("modify", "q1", "add", "port-forwarding", "web", "-g", "80", "-p", "18080", "-l", "127.0.0.1")
 
