@@ -69,7 +69,7 @@ type supervisor struct {
 	mu      sync.Mutex
 	state   map[string]*pluginState // by binary path
 	paused  bool
-	watched map[int]bool // plugin pids with a pidfd watch
+	watched map[int]bool // plugin and QEMU pids with a pidfd watch
 }
 
 func (s *supervisor) get(path string) *pluginState {
