@@ -126,6 +126,7 @@ func printDaemonStatus(w io.Writer, st *daemon.Status) {
 		{"pid", strconv.Itoa(st.PID)}, {"version", st.Version}, {"state_dir", st.StateDir},
 		{"socket", st.Socket}, {"started", st.Started.Format(time.RFC3339)}, {"uptime", st.Uptime},
 		{"subreaper", strconv.FormatBool(st.Subreaper)}, {"vms_running", strconv.Itoa(st.VMsRunning)},
+		{"resources", daemon.FormatResources(&st.Resources)},
 	})
 	if len(st.Plugins) == 0 {
 		fmt.Fprintln(w, "no plugin launched")
@@ -140,10 +141,10 @@ func printDaemonStatus(w io.Writer, st *daemon.Status) {
 		if p.LastErr != "" {
 			state += "; last error: " + p.LastErr
 		}
-		rows = append(rows, []string{strings.Join(p.Types, ","), p.Binary, strconv.Itoa(p.Restarts), state})
+		rows = append(rows, []string{strings.Join(p.Types, ","), p.Binary, strconv.Itoa(p.Restarts), state, daemon.FormatResources(p.Resources)})
 	}
 	fmt.Fprintln(w)
-	table(w, []string{"TYPES", "BINARY", "RESTARTS", "STATE"}, rows)
+	table(w, []string{"TYPES", "BINARY", "RESTARTS", "STATE", "RESOURCES"}, rows)
 }
 
 // reviveDaemon brings a daemon back when plugins run without one (it was

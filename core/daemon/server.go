@@ -94,7 +94,7 @@ func (s *Server) Run(ctx context.Context) error {
 
 	// Reattach to the plugins that outlived the previous daemon, and bring
 	// back any that died while no daemon watched.
-	s.sup = &supervisor{host: s.host, cfg: s.current, log: s.Logger, state: map[string]*pluginState{}}
+	s.sup = &supervisor{host: s.host, cfg: s.current, log: s.Logger, state: map[string]*pluginState{}, kick: make(chan struct{}, 1)}
 	s.sup.adopt(ctx)
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -277,7 +277,7 @@ func (s *Server) status(ctx context.Context, l *Local) *Status {
 	st := &Status{
 		PID: os.Getpid(), Version: s.Version, StateDir: s.Config.StateDir, Socket: SocketPath(s.Config.StateDir),
 		Started: s.started, Uptime: time.Since(s.started).Round(time.Second).String(), Subreaper: s.subreaper,
-		Plugins: s.sup.report(l.Host),
+		Plugins: s.sup.report(l.Host), Resources: selfResources(),
 	}
 	if vms, _, err := l.Manager.List(ctx); err == nil {
 		for _, v := range vms {

@@ -4,13 +4,20 @@ import (
 	"context"
 	"log/slog"
 	"os"
+	"os/signal"
+	"path/filepath"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/anka-net/anka/core/config"
 	"github.com/anka-net/anka/core/plugins"
+	"github.com/anka-net/anka/core/runtime"
 	"github.com/anka-net/anka/sdk"
+	"github.com/anka-net/anka/sdk/host"
 )
 
 // Backoff bounds for restarting a plugin that keeps crashing.
@@ -19,6 +26,8 @@ const (
 	maxBackoff   = 30 * time.Second
 	stableAfter  = 2 * maxBackoff // a plugin that ran this long (beyond its wait) starts its backoff afresh
 	pollInterval = time.Second
+	// exitNoticeWait bounds waitExited.
+	exitNoticeWait = 2 * time.Second
 )
 
 // backoff spaces the restarts of one plugin: the first restart after a
@@ -53,9 +62,14 @@ type supervisor struct {
 	log  *slog.Logger
 	cfg  func() *config.Config
 
-	mu     sync.Mutex
-	state  map[string]*pluginState // by binary path
-	paused bool
+	// kick asks for a check before the next poll: a watched plugin or a
+	// child (QEMU, adopted as the subreaper's) exited.
+	kick chan struct{}
+
+	mu      sync.Mutex
+	state   map[string]*pluginState // by binary path
+	paused  bool
+	watched map[int]bool // plugin and QEMU pids with a pidfd watch
 }
 
 func (s *supervisor) get(path string) *pluginState {
@@ -76,13 +90,20 @@ func (s *supervisor) adopt(ctx context.Context) {
 func (s *supervisor) run(ctx context.Context) {
 	t := time.NewTicker(pollInterval)
 	defer t.Stop()
+	// A QEMU killed behind anka's back is this subreaper's child: its
+	// SIGCHLD releases the VM's port and forwards at once.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGCHLD)
+	defer signal.Stop(sig)
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			s.check(ctx, false)
+		case <-s.kick:
+		case <-sig:
 		}
+		s.check(ctx, false)
 	}
 }
 
@@ -111,6 +132,16 @@ func (s *supervisor) check(ctx context.Context, adopting bool) {
 		s.log.Warn("releasing the network of a VM that stopped on its own", "err", err)
 	}
 	h := l.Host
+	// QEMU processes an earlier daemon started are not this one's
+	// children: a pidfd tells when one ends.
+	pidFiles, _ := filepath.Glob(filepath.Join(h.StateDir, "vms", "*", runtime.QEMUPid))
+	for _, f := range pidFiles {
+		if b, err := os.ReadFile(f); err == nil {
+			if pid, _ := strconv.Atoi(strings.TrimSpace(string(b))); pid > 0 && runtime.ProcessAlive(pid) {
+				s.watch(ctx, pid)
+			}
+		}
+	}
 	seen := map[string]bool{}
 	for _, fd := range h.Finder.All() {
 		if seen[fd.Path] {
@@ -120,7 +151,10 @@ func (s *supervisor) check(ctx context.Context, adopting bool) {
 		if _, err := os.Stat(plugins.ReattachFile(h.StateDir, fd.Path)); err != nil {
 			continue // never launched, or stopped on purpose
 		}
-		_, alive := plugins.Running(h.StateDir, fd.Path)
+		ri, alive := plugins.Running(h.StateDir, fd.Path)
+		if alive {
+			s.watch(ctx, ri.Pid)
+		}
 		if alive && !adopting {
 			continue
 		}
@@ -138,6 +172,7 @@ func (s *supervisor) check(ctx context.Context, adopting bool) {
 		}
 		if !alive {
 			s.log.Warn("plugin died: starting it again and attaching its VMs", "binary", fd.Path)
+			waitExited(h.Conns.Loaded()[fd.Path])
 		}
 		// A plugin hung at start must not stop the supervision of the rest.
 		cctx, cancel := context.WithTimeout(ctx, plugins.ConnectTimeout)
@@ -151,6 +186,24 @@ func (s *supervisor) check(ctx context.Context, adopting bool) {
 			st.lastErr = ""
 		}
 		s.mu.Unlock()
+		if ri, ok := plugins.Running(h.StateDir, fd.Path); ok {
+			s.watch(ctx, ri.Pid)
+		}
+	}
+}
+
+// waitExited waits (up to exitNoticeWait) for the client of a plugin whose
+// process is gone to see it gone: the pidfd wakes the supervisor before
+// go-plugin notices (at once for a child, within its 1 s poll for an
+// adopted plugin), and connecting before then would hand back the dead
+// client and restart the plugin only at the next check.
+func waitExited(p *host.Plugin) {
+	if p == nil {
+		return
+	}
+	deadline := time.Now().Add(exitNoticeWait)
+	for !p.Exited() && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 
@@ -184,6 +237,9 @@ func (s *supervisor) report(h *plugins.Host) []PluginStatus {
 		ps := PluginStatus{Binary: fd.Path, Types: []string{fd.Type}}
 		if ri, ok := plugins.Running(h.StateDir, fd.Path); ok {
 			ps.Running, ps.PID = true, ri.Pid
+			if r, err := procResources(ri.Pid); err == nil {
+				ps.Resources = &r
+			}
 		}
 		if p := loaded[fd.Path]; p != nil {
 			ps.Types = typeNames(p.Info())

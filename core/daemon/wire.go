@@ -117,6 +117,8 @@ type Status struct {
 	Subreaper  bool           `json:"subreaper"`
 	Plugins    []PluginStatus `json:"plugins"`
 	VMsRunning int            `json:"vms_running"`
+	// Resources is the daemon's own footprint at the time of the call.
+	Resources Resources `json:"resources"`
 }
 
 // PluginStatus is one plugin binary as the daemon sees it.
@@ -127,6 +129,8 @@ type PluginStatus struct {
 	Running  bool     `json:"running"`
 	Restarts int      `json:"restarts"`
 	LastErr  string   `json:"last_error,omitempty"`
+	// Resources is the running plugin's footprint from /proc.
+	Resources *Resources `json:"resources,omitempty"`
 }
 
 // ShutdownReport says what `anka daemon stop` stopped and left running.
