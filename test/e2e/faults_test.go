@@ -374,6 +374,7 @@ func (w *faultWorld) attachNSGuest(g *sockGuest) string {
 	}); err != nil {
 		t.Fatal(err)
 	}
+	giveToPluginUser(t, ep.VMPath)
 	ns.IP(t, "link", "set", "lo", "up")
 	ns.IP(t, "link", "set", "eth0", "address", ep.MAC)
 	ns.IP(t, "link", "set", "eth0", "up")
