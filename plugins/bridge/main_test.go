@@ -135,6 +135,15 @@ func newLAN(t *testing.T, dhcp bool) *testLAN {
 	l.ns.IP(t, "link", "set", "lo", "up")
 	l.ns.IP(t, "addr", "add", lanHost+"/24", "dev", "eth0")
 	l.ns.IP(t, "link", "set", "eth0", "up")
+	// The kernel reports the veth's link a moment after both ends are up
+	// (later still on a loaded machine); the plugin refuses it until then.
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(run(t, "ip", "-o", "link", "show", uplinkIf), "state UP") {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s has no link 10 s after both ends came up: %s", uplinkIf, run(t, "ip", "-o", "link", "show", uplinkIf))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	if !dhcp {
 		return l
 	}

@@ -43,6 +43,13 @@ func newBridgeLab(t *testing.T) *bridgeLab {
 	n.IP(t, "link", "set", "lo", "up")
 	n.IP(t, "addr", "add", lanHost+"/24", "dev", "vl")
 	n.IP(t, "link", "set", "vl", "up")
+	// The kernel reports a veth's link a moment after both ends are up;
+	// the bridge plugin refuses an interface without one.
+	for _, d := range []string{"lan0", "decoy1", "decoy2", "decoy3"} {
+		waitFor(t, d+"'s link", 10*time.Second, func() bool {
+			return strings.Contains(h.IP(t, "-o", "link", "show", d), "state UP")
+		})
+	}
 
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "index.html"), []byte("lan-page\n"), 0o644)
