@@ -124,7 +124,18 @@ type Card struct {
 }
 
 // InfoRequest asks for the plugin's description.
-type InfoRequest struct{}
+type InfoRequest struct {
+	// Runtime asks for the process's goroutines and heap (after a
+	// garbage collection), which sdk.Serve fills in itself: the plugin's
+	// Info never sees it. anka daemon status shows them.
+	Runtime bool
+}
+
+// ProcessRuntime is a plugin process's goroutines and live heap.
+type ProcessRuntime struct {
+	Goroutines int    `json:"goroutines"`
+	HeapAlloc  uint64 `json:"heap_alloc_bytes"`
+}
 
 // InfoResponse describes a plugin binary. `anka-net-x --describe` prints
 // it as JSON with the tags below.
@@ -150,6 +161,8 @@ type InfoResponse struct {
 	// only SysctlIPForward and SysctlMaxDgramQlen (raised, never
 	// lowered); the plugin still checks and reports what it finds.
 	Sysctls []string `json:"sysctls,omitempty"`
+	// Runtime is set by sdk.Serve when InfoRequest.Runtime asked for it.
+	Runtime *ProcessRuntime `json:"runtime,omitempty"`
 }
 
 // The capabilities a plugin may ask for in InfoResponse.Privileges.

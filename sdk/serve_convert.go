@@ -43,6 +43,9 @@ func infoResponseToPB(r *InfoResponse) *ankav1.InfoResponse {
 	for _, v := range r.ProtocolVersions {
 		out.ProtocolVersions = append(out.ProtocolVersions, int32(v))
 	}
+	if r.Runtime != nil {
+		out.Runtime = &ankav1.ProcessRuntime{Goroutines: int64(r.Runtime.Goroutines), HeapAllocBytes: r.Runtime.HeapAlloc}
+	}
 	for _, t := range r.Types {
 		out.Types = append(out.Types, &ankav1.TypeInfo{
 			Name:         t.Name,
@@ -58,6 +61,9 @@ func infoResponseFromPB(r *ankav1.InfoResponse) *InfoResponse {
 	out := &InfoResponse{Name: r.GetName(), Version: r.GetVersion(), Privileges: cloneSlice(r.GetPrivileges()), Sysctls: cloneSlice(r.GetSysctls())}
 	for _, v := range r.GetProtocolVersions() {
 		out.ProtocolVersions = append(out.ProtocolVersions, int(v))
+	}
+	if rt := r.GetRuntime(); rt != nil {
+		out.Runtime = &ProcessRuntime{Goroutines: int(rt.GetGoroutines()), HeapAlloc: rt.GetHeapAllocBytes()}
 	}
 	for _, t := range r.GetTypes() {
 		out.Types = append(out.Types, TypeInfo{

@@ -51,6 +51,7 @@ func fullCases() []roundTrip {
 			Types: []TypeInfo{{Name: "shared", Description: "NAT", Capabilities: []string{CapTraffic, CapPortForward},
 				Endpoints: []EndpointKind{EndpointDgram, EndpointTAP}}},
 			Privileges: []string{PrivNetAdmin, PrivNetBindService}, Sysctls: []string{SysctlIPForward},
+			Runtime: &ProcessRuntime{Goroutines: 42, HeapAlloc: 3 << 20},
 		}, infoResponseToPB, infoResponseFromPB),
 		rt("ValidateRequest", &ValidateRequest{VM: fullVM, Card: fullCard, Settings: map[string]string{"bridge_name": "eth1"}}, validateRequestToPB, validateRequestFromPB),
 		rt("AttachRequest", &AttachRequest{VM: fullVM, Card: fullCard, Settings: map[string]string{"mtu": "9000", "bridge_name": "eth1"}, Endpoints: []EndpointKind{EndpointStream},

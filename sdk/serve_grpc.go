@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"runtime/debug"
 	"slices"
 	"strings"
@@ -140,6 +141,15 @@ func (s *grpcServer) Info(ctx context.Context, req *ankav1.InfoRequest) (_ *anka
 		return nil, Errorf(CodeInternal, "the plugin's Info returned nothing")
 	}
 	out := infoResponseToPB(resp)
+	out.Runtime = nil
+	if req.GetRuntime() {
+		// Live objects only: what a leak leaves, not garbage not yet
+		// collected.
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		out.Runtime = &ankav1.ProcessRuntime{Goroutines: int64(runtime.NumGoroutine()), HeapAllocBytes: ms.HeapAlloc}
+	}
 	out.ProtocolVersions = nil
 	for _, v := range wire.ProtocolVersions() {
 		out.ProtocolVersions = append(out.ProtocolVersions, int32(v))
@@ -485,8 +495,8 @@ func orNew[T any](p *T) *T {
 	return p
 }
 
-func (c *grpcClient) Info(ctx context.Context, _ *InfoRequest) (*InfoResponse, error) {
-	resp, err := c.c.Info(ctx, &ankav1.InfoRequest{})
+func (c *grpcClient) Info(ctx context.Context, req *InfoRequest) (*InfoResponse, error) {
+	resp, err := c.c.Info(ctx, &ankav1.InfoRequest{Runtime: req != nil && req.Runtime})
 	if err != nil {
 		return nil, c.fail(ctx, "Info", err)
 	}

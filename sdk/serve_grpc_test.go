@@ -123,6 +123,17 @@ func TestWireCallsArriveIntact(t *testing.T) {
 	if !reflect.DeepEqual(info.ProtocolVersions, []int{sdk.ProtocolVersion}) || len(info.Types) != 2 || info.Types[0].Name != "alpha" {
 		t.Errorf("Info: %+v", info)
 	}
+	if info.Runtime != nil {
+		t.Errorf("Info without Runtime asked: runtime %+v", info.Runtime)
+	}
+	// The sdk answers Runtime itself, whatever the plugin's Info does.
+	info, err = p.Info(ctx, &sdk.InfoRequest{Runtime: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rt := info.Runtime; rt == nil || rt.Goroutines < 2 || rt.HeapAlloc == 0 {
+		t.Errorf("Info with Runtime: %+v", rt)
+	}
 
 	calls := []struct {
 		name string

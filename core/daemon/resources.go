@@ -3,22 +3,27 @@ package daemon
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"runtime"
 	"strconv"
 	"strings"
+	"time"
+
+	"github.com/anka-net/anka/sdk"
 )
 
 // Resources are one process's footprint, for `anka daemon status` and the
 // hygiene tests that check nothing leaks across VM start/stop cycles. The
-// daemon reports all of it for itself; a plugin's come from /proc, so its
-// goroutines and heap are left out (zero) rather than asked over the wire.
+// daemon reports all of it for itself; a plugin's fds, threads and RSS come
+// from /proc, its goroutines and heap from the sdk over the wire
+// (InfoRequest.Runtime), zero when it does not answer within a second.
 type Resources struct {
 	FDs     int   `json:"fds"`
 	Threads int   `json:"threads"`
 	RSS     int64 `json:"rss_bytes"`
-	// Goroutines and HeapAlloc: the daemon's own, after a GC.
+	// Goroutines and HeapAlloc, after a GC.
 	Goroutines int    `json:"goroutines,omitempty"`
 	HeapAlloc  uint64 `json:"heap_alloc_bytes,omitempty"`
 }
@@ -79,4 +84,16 @@ func FormatResources(r *Resources) string {
 		s += fmt.Sprintf(", goroutines %d, heap %.1f MiB", r.Goroutines, float64(r.HeapAlloc)/(1<<20))
 	}
 	return s
+}
+
+// pluginRuntime adds a plugin's goroutines and live heap, as its sdk
+// reports them, to what /proc gave.
+func pluginRuntime(pl sdk.NetworkPlugin, r *Resources) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	info, err := pl.Info(ctx, &sdk.InfoRequest{Runtime: true})
+	if err != nil || info.Runtime == nil {
+		return
+	}
+	r.Goroutines, r.HeapAlloc = info.Runtime.Goroutines, info.Runtime.HeapAlloc
 }

@@ -243,6 +243,9 @@ func (s *supervisor) report(h *plugins.Host) []PluginStatus {
 		}
 		if p := loaded[fd.Path]; p != nil {
 			ps.Types = typeNames(p.Info())
+			if ps.Resources != nil {
+				pluginRuntime(p.Client(), ps.Resources)
+			}
 		}
 		s.mu.Lock()
 		if st := s.state[fd.Path]; st != nil {

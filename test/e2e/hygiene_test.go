@@ -154,8 +154,11 @@ func runHygiene(t *testing.T, socketCycles, qemuQuick, qemuBoot int) {
 	loBefore := takeLeftovers(t, e, ns)
 	t.Logf("hygiene-figure when=baseline proc=daemon fds=%d goroutines=%d threads=%d rss_kib=%d heap_kib=%d",
 		before.Resources.FDs, before.Resources.Goroutines, before.Resources.Threads, before.Resources.RSS>>10, before.Resources.HeapAlloc>>10)
-	t.Logf("hygiene-figure when=baseline proc=anka-net-shared fds=%d threads=%d rss_kib=%d",
-		pluginBefore.FDs, pluginBefore.Threads, pluginBefore.RSS>>10)
+	t.Logf("hygiene-figure when=baseline proc=anka-net-shared fds=%d goroutines=%d threads=%d rss_kib=%d heap_kib=%d",
+		pluginBefore.FDs, pluginBefore.Goroutines, pluginBefore.Threads, pluginBefore.RSS>>10, pluginBefore.HeapAlloc>>10)
+	if pluginBefore.Goroutines == 0 || pluginBefore.HeapAlloc == 0 {
+		t.Fatalf("daemon status has no goroutines or heap for the plugin: %+v", pluginBefore)
+	}
 
 	start := time.Now()
 	for i := 1; i <= socketCycles; i++ {
@@ -166,8 +169,8 @@ func runHygiene(t *testing.T, socketCycles, qemuQuick, qemuBoot int) {
 			status()
 			mid := status()
 			_, p := mid.plugin(t, "anka-net-shared")
-			t.Logf("hygiene-figure when=cycle-%d proc=daemon fds=%d goroutines=%d rss_kib=%d heap_kib=%d; proc=anka-net-shared fds=%d rss_kib=%d",
-				i, mid.Resources.FDs, mid.Resources.Goroutines, mid.Resources.RSS>>10, mid.Resources.HeapAlloc>>10, p.FDs, p.RSS>>10)
+			t.Logf("hygiene-figure when=cycle-%d proc=daemon fds=%d goroutines=%d rss_kib=%d heap_kib=%d; proc=anka-net-shared fds=%d goroutines=%d rss_kib=%d heap_kib=%d",
+				i, mid.Resources.FDs, mid.Resources.Goroutines, mid.Resources.RSS>>10, mid.Resources.HeapAlloc>>10, p.FDs, p.Goroutines, p.RSS>>10, p.HeapAlloc>>10)
 		}
 	}
 	socketTime := time.Since(start)
@@ -183,8 +186,8 @@ func runHygiene(t *testing.T, socketCycles, qemuQuick, qemuBoot int) {
 	pid, pluginAfter := after.plugin(t, "anka-net-shared")
 	t.Logf("hygiene-figure when=after proc=daemon fds=%d goroutines=%d threads=%d rss_kib=%d heap_kib=%d",
 		after.Resources.FDs, after.Resources.Goroutines, after.Resources.Threads, after.Resources.RSS>>10, after.Resources.HeapAlloc>>10)
-	t.Logf("hygiene-figure when=after proc=anka-net-shared fds=%d threads=%d rss_kib=%d",
-		pluginAfter.FDs, pluginAfter.Threads, pluginAfter.RSS>>10)
+	t.Logf("hygiene-figure when=after proc=anka-net-shared fds=%d goroutines=%d threads=%d rss_kib=%d heap_kib=%d",
+		pluginAfter.FDs, pluginAfter.Goroutines, pluginAfter.Threads, pluginAfter.RSS>>10, pluginAfter.HeapAlloc>>10)
 	if after.PID != before.PID || pid != pluginPID {
 		t.Fatalf("the daemon (%d -> %d) or the plugin (%d -> %d) was restarted during the cycles", before.PID, after.PID, pluginPID, pid)
 	}
@@ -198,6 +201,8 @@ func runHygiene(t *testing.T, socketCycles, qemuQuick, qemuBoot int) {
 		{"daemon heap", int64(before.Resources.HeapAlloc), int64(after.Resources.HeapAlloc), rssMargin},
 		{"daemon RSS", before.Resources.RSS, after.Resources.RSS, rssMargin},
 		{"plugin fds", int64(pluginBefore.FDs), int64(pluginAfter.FDs), fdMargin},
+		{"plugin goroutines", int64(pluginBefore.Goroutines), int64(pluginAfter.Goroutines), goroutineMargin},
+		{"plugin heap", int64(pluginBefore.HeapAlloc), int64(pluginAfter.HeapAlloc), rssMargin},
 		{"plugin RSS", pluginBefore.RSS, pluginAfter.RSS, rssMargin},
 	} {
 		if c.after > c.before+c.margin {

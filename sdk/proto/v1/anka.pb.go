@@ -222,7 +222,10 @@ func (x *Card) GetOptions() map[string]string {
 }
 
 type InfoRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Ask for the process's runtime figures (ProcessRuntime); the sdk
+	// answers it, after a garbage collection, not the plugin's code.
+	Runtime       bool `protobuf:"varint,1,opt,name=runtime,proto3" json:"runtime,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -257,6 +260,13 @@ func (*InfoRequest) Descriptor() ([]byte, []int) {
 	return file_proto_v1_anka_proto_rawDescGZIP(), []int{3}
 }
 
+func (x *InfoRequest) GetRuntime() bool {
+	if x != nil {
+		return x.Runtime
+	}
+	return false
+}
+
 type InfoResponse struct {
 	state            protoimpl.MessageState `protogen:"open.v1"`
 	Name             string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -268,7 +278,9 @@ type InfoResponse struct {
 	Privileges []string `protobuf:"bytes,5,rep,name=privileges,proto3" json:"privileges,omitempty"`
 	// Sysctls the plugin needs set before it starts ("net.ipv4.ip_forward=1");
 	// anka sets the ones it allows, since writing /proc/sys needs root.
-	Sysctls       []string `protobuf:"bytes,6,rep,name=sysctls,proto3" json:"sysctls,omitempty"`
+	Sysctls []string `protobuf:"bytes,6,rep,name=sysctls,proto3" json:"sysctls,omitempty"`
+	// Set when InfoRequest.runtime asked for it.
+	Runtime       *ProcessRuntime `protobuf:"bytes,7,opt,name=runtime,proto3" json:"runtime,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -345,6 +357,67 @@ func (x *InfoResponse) GetSysctls() []string {
 	return nil
 }
 
+func (x *InfoResponse) GetRuntime() *ProcessRuntime {
+	if x != nil {
+		return x.Runtime
+	}
+	return nil
+}
+
+// ProcessRuntime is what anka daemon status shows of a plugin's insides:
+// leaks show there before they show in its memory.
+type ProcessRuntime struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Goroutines     int64                  `protobuf:"varint,1,opt,name=goroutines,proto3" json:"goroutines,omitempty"`
+	HeapAllocBytes uint64                 `protobuf:"varint,2,opt,name=heap_alloc_bytes,json=heapAllocBytes,proto3" json:"heap_alloc_bytes,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *ProcessRuntime) Reset() {
+	*x = ProcessRuntime{}
+	mi := &file_proto_v1_anka_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProcessRuntime) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProcessRuntime) ProtoMessage() {}
+
+func (x *ProcessRuntime) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_v1_anka_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProcessRuntime.ProtoReflect.Descriptor instead.
+func (*ProcessRuntime) Descriptor() ([]byte, []int) {
+	return file_proto_v1_anka_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *ProcessRuntime) GetGoroutines() int64 {
+	if x != nil {
+		return x.Goroutines
+	}
+	return 0
+}
+
+func (x *ProcessRuntime) GetHeapAllocBytes() uint64 {
+	if x != nil {
+		return x.HeapAllocBytes
+	}
+	return 0
+}
+
 type TypeInfo struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
 	Name         string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -358,7 +431,7 @@ type TypeInfo struct {
 
 func (x *TypeInfo) Reset() {
 	*x = TypeInfo{}
-	mi := &file_proto_v1_anka_proto_msgTypes[5]
+	mi := &file_proto_v1_anka_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -370,7 +443,7 @@ func (x *TypeInfo) String() string {
 func (*TypeInfo) ProtoMessage() {}
 
 func (x *TypeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_v1_anka_proto_msgTypes[5]
+	mi := &file_proto_v1_anka_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -383,7 +456,7 @@ func (x *TypeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TypeInfo.ProtoReflect.Descriptor instead.
 func (*TypeInfo) Descriptor() ([]byte, []int) {
-	return file_proto_v1_anka_proto_rawDescGZIP(), []int{5}
+	return file_proto_v1_anka_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *TypeInfo) GetName() string {
@@ -427,7 +500,7 @@ type ValidateRequest struct {
 
 func (x *ValidateRequest) Reset() {
 	*x = ValidateRequest{}
-	mi := &file_proto_v1_anka_proto_msgTypes[6]
+	mi := &file_proto_v1_anka_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -439,7 +512,7 @@ func (x *ValidateRequest) String() string {
 func (*ValidateRequest) ProtoMessage() {}
 
 func (x *ValidateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_v1_anka_proto_msgTypes[6]
+	mi := &file_proto_v1_anka_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -452,7 +525,7 @@ func (x *ValidateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ValidateRequest.ProtoReflect.Descriptor instead.
 func (*ValidateRequest) Descriptor() ([]byte, []int) {
-	return file_proto_v1_anka_proto_rawDescGZIP(), []int{6}
+	return file_proto_v1_anka_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ValidateRequest) GetVm() *VMRef {
@@ -484,7 +557,7 @@ type ValidateResponse struct {
 
 func (x *ValidateResponse) Reset() {
 	*x = ValidateResponse{}
-	mi := &file_proto_v1_anka_proto_msgTypes[7]
+	mi := &file_proto_v1_anka_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -496,7 +569,7 @@ func (x *ValidateResponse) String() string {
 func (*ValidateResponse) ProtoMessage() {}
 
 func (x *ValidateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_v1_anka_proto_msgTypes[7]
+	mi := &file_proto_v1_anka_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -509,7 +582,7 @@ func (x *ValidateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ValidateResponse.ProtoReflect.Descriptor instead.
 func (*ValidateResponse) Descriptor() ([]byte, []int) {
-	return file_proto_v1_anka_proto_rawDescGZIP(), []int{7}
+	return file_proto_v1_anka_proto_rawDescGZIP(), []int{8}
 }
 
 type AttachRequest struct {
@@ -527,7 +600,7 @@ type AttachRequest struct {
 
 func (x *AttachRequest) Reset() {
 	*x = AttachRequest{}
-	mi := &file_proto_v1_anka_proto_msgTypes[8]
+	mi := &file_proto_v1_anka_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -539,7 +612,7 @@ func (x *AttachRequest) String() string {
 func (*AttachRequest) ProtoMessage() {}
 
 func (x *AttachRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_v1_anka_proto_msgTypes[8]
+	mi := &file_proto_v1_anka_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -552,7 +625,7 @@ func (x *AttachRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachRequest.ProtoReflect.Descriptor instead.
 func (*AttachRequest) Descriptor() ([]byte, []int) {
-	return file_proto_v1_anka_proto_rawDescGZIP(), []int{8}
+	return file_proto_v1_anka_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *AttachRequest) GetVm() *VMRef {
@@ -612,7 +685,7 @@ type Endpoint struct {
 
 func (x *Endpoint) Reset() {
 	*x = Endpoint{}
-	mi := &file_proto_v1_anka_proto_msgTypes[9]
+	mi := &file_proto_v1_anka_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -624,7 +697,7 @@ func (x *Endpoint) String() string {
 func (*Endpoint) ProtoMessage() {}
 
 func (x *Endpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_v1_anka_proto_msgTypes[9]
+	mi := &file_proto_v1_anka_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -637,7 +710,7 @@ func (x *Endpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Endpoint.ProtoReflect.Descriptor instead.
 func (*Endpoint) Descriptor() ([]byte, []int) {
-	return file_proto_v1_anka_proto_rawDescGZIP(), []int{9}
+	return file_proto_v1_anka_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Endpoint) GetKind() string {
@@ -698,7 +771,7 @@ type AttachResponse struct {
 
 func (x *AttachResponse) Reset() {
 	*x = AttachResponse{}
-	mi := &file_proto_v1_anka_proto_msgTypes[10]
+	mi := &file_proto_v1_anka_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -710,7 +783,7 @@ func (x *AttachResponse) String() string {
 func (*AttachResponse) ProtoMessage() {}
 
 func (x *AttachResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_v1_anka_proto_msgTypes[10]
+	mi := &file_proto_v1_anka_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -723,7 +796,7 @@ func (x *AttachResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachResponse.ProtoReflect.Descriptor instead.
 func (*AttachResponse) Descriptor() ([]byte, []int) {
-	return file_proto_v1_anka_proto_rawDescGZIP(), []int{10}
+	return file_proto_v1_anka_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *AttachResponse) GetEndpoint() *Endpoint {
@@ -743,7 +816,7 @@ type DetachRequest struct {
 
 func (x *DetachRequest) Reset() {
 	*x = DetachRequest{}
-	mi := &file_proto_v1_anka_proto_msgTypes[11]
+	mi := &file_proto_v1_anka_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -755,7 +828,7 @@ func (x *DetachRequest) String() string {
 func (*DetachRequest) ProtoMessage() {}
 
 func (x *DetachRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_v1_anka_proto_msgTypes[11]
+	mi := &file_proto_v1_anka_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -768,7 +841,7 @@ func (x *DetachRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetachRequest.ProtoReflect.Descriptor instead.
 func (*DetachRequest) Descriptor() ([]byte, []int) {
-	return file_proto_v1_anka_proto_rawDescGZIP(), []int{11}
+	return file_proto_v1_anka_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *DetachRequest) GetVm() *VMRef {
@@ -793,7 +866,7 @@ type DetachResponse struct {
 
 func (x *DetachResponse) Reset() {
 	*x = DetachResponse{}
-	mi := &file_proto_v1_anka_proto_msgTypes[12]
+	mi := &file_proto_v1_anka_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -805,7 +878,7 @@ func (x *DetachResponse) String() string {
 func (*DetachResponse) ProtoMessage() {}
 
 func (x *DetachResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_v1_anka_proto_msgTypes[12]
+	mi := &file_proto_v1_anka_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -818,7 +891,7 @@ func (x *DetachResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetachResponse.ProtoReflect.Descriptor instead.
 func (*DetachResponse) Descriptor() ([]byte, []int) {
-	return file_proto_v1_anka_proto_rawDescGZIP(), []int{12}
+	return file_proto_v1_anka_proto_rawDescGZIP(), []int{13}
 }
 
 type ReleaseRequest struct {
@@ -831,7 +904,7 @@ type ReleaseRequest struct {
 
 func (x *ReleaseRequest) Reset() {
 	*x = ReleaseRequest{}
-	mi := &file_proto_v1_anka_proto_msgTypes[13]
+	mi := &file_proto_v1_anka_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -843,7 +916,7 @@ func (x *ReleaseRequest) String() string {
 func (*ReleaseRequest) ProtoMessage() {}
 
 func (x *ReleaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_v1_anka_proto_msgTypes[13]
+	mi := &file_proto_v1_anka_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -856,7 +929,7 @@ func (x *ReleaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseRequest) Descriptor() ([]byte, []int) {
-	return file_proto_v1_anka_proto_rawDescGZIP(), []int{13}
+	return file_proto_v1_anka_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ReleaseRequest) GetVm() *VMRef {
@@ -881,7 +954,7 @@ type ReleaseResponse struct {
 
 func (x *ReleaseResponse) Reset() {
 	*x = ReleaseResponse{}
-	mi := &file_proto_v1_anka_proto_msgTypes[14]
+	mi := &file_proto_v1_anka_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -893,7 +966,7 @@ func (x *ReleaseResponse) String() string {
 func (*ReleaseResponse) ProtoMessage() {}
 
 func (x *ReleaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_v1_anka_proto_msgTypes[14]
+	mi := &file_proto_v1_anka_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -906,7 +979,7 @@ func (x *ReleaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseResponse) Descriptor() ([]byte, []int) {
-	return file_proto_v1_anka_proto_rawDescGZIP(), []int{14}
+	return file_proto_v1_anka_proto_rawDescGZIP(), []int{15}
 }
 
 type StatusRequest struct {
@@ -919,7 +992,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_proto_v1_anka_proto_msgTypes[15]
+	mi := &file_proto_v1_anka_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -931,7 +1004,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_v1_anka_proto_msgTypes[15]
+	mi := &file_proto_v1_anka_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -944,7 +1017,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_proto_v1_anka_proto_rawDescGZIP(), []int{15}
+	return file_proto_v1_anka_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *StatusRequest) GetVm() *VMRef {
@@ -978,7 +1051,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_proto_v1_anka_proto_msgTypes[16]
+	mi := &file_proto_v1_anka_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -990,7 +1063,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_v1_anka_proto_msgTypes[16]
+	mi := &file_proto_v1_anka_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1003,7 +1076,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_proto_v1_anka_proto_rawDescGZIP(), []int{16}
+	return file_proto_v1_anka_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *StatusResponse) GetAttached() bool {
@@ -1072,7 +1145,7 @@ type SuspendRequest struct {
 
 func (x *SuspendRequest) Reset() {
 	*x = SuspendRequest{}
-	mi := &file_proto_v1_anka_proto_msgTypes[17]
+	mi := &file_proto_v1_anka_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1084,7 +1157,7 @@ func (x *SuspendRequest) String() string {
 func (*SuspendRequest) ProtoMessage() {}
 
 func (x *SuspendRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_v1_anka_proto_msgTypes[17]
+	mi := &file_proto_v1_anka_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1097,7 +1170,7 @@ func (x *SuspendRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SuspendRequest.ProtoReflect.Descriptor instead.
 func (*SuspendRequest) Descriptor() ([]byte, []int) {
-	return file_proto_v1_anka_proto_rawDescGZIP(), []int{17}
+	return file_proto_v1_anka_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SuspendRequest) GetVm() *VMRef {
@@ -1122,7 +1195,7 @@ type SuspendResponse struct {
 
 func (x *SuspendResponse) Reset() {
 	*x = SuspendResponse{}
-	mi := &file_proto_v1_anka_proto_msgTypes[18]
+	mi := &file_proto_v1_anka_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1134,7 +1207,7 @@ func (x *SuspendResponse) String() string {
 func (*SuspendResponse) ProtoMessage() {}
 
 func (x *SuspendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_v1_anka_proto_msgTypes[18]
+	mi := &file_proto_v1_anka_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1147,7 +1220,7 @@ func (x *SuspendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SuspendResponse.ProtoReflect.Descriptor instead.
 func (*SuspendResponse) Descriptor() ([]byte, []int) {
-	return file_proto_v1_anka_proto_rawDescGZIP(), []int{18}
+	return file_proto_v1_anka_proto_rawDescGZIP(), []int{19}
 }
 
 type ResumeRequest struct {
@@ -1160,7 +1233,7 @@ type ResumeRequest struct {
 
 func (x *ResumeRequest) Reset() {
 	*x = ResumeRequest{}
-	mi := &file_proto_v1_anka_proto_msgTypes[19]
+	mi := &file_proto_v1_anka_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1172,7 +1245,7 @@ func (x *ResumeRequest) String() string {
 func (*ResumeRequest) ProtoMessage() {}
 
 func (x *ResumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_v1_anka_proto_msgTypes[19]
+	mi := &file_proto_v1_anka_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1185,7 +1258,7 @@ func (x *ResumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeRequest.ProtoReflect.Descriptor instead.
 func (*ResumeRequest) Descriptor() ([]byte, []int) {
-	return file_proto_v1_anka_proto_rawDescGZIP(), []int{19}
+	return file_proto_v1_anka_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ResumeRequest) GetVm() *VMRef {
@@ -1210,7 +1283,7 @@ type ResumeResponse struct {
 
 func (x *ResumeResponse) Reset() {
 	*x = ResumeResponse{}
-	mi := &file_proto_v1_anka_proto_msgTypes[20]
+	mi := &file_proto_v1_anka_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1222,7 +1295,7 @@ func (x *ResumeResponse) String() string {
 func (*ResumeResponse) ProtoMessage() {}
 
 func (x *ResumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_v1_anka_proto_msgTypes[20]
+	mi := &file_proto_v1_anka_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1235,7 +1308,7 @@ func (x *ResumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeResponse.ProtoReflect.Descriptor instead.
 func (*ResumeResponse) Descriptor() ([]byte, []int) {
-	return file_proto_v1_anka_proto_rawDescGZIP(), []int{20}
+	return file_proto_v1_anka_proto_rawDescGZIP(), []int{21}
 }
 
 type PortForward struct {
@@ -1251,7 +1324,7 @@ type PortForward struct {
 
 func (x *PortForward) Reset() {
 	*x = PortForward{}
-	mi := &file_proto_v1_anka_proto_msgTypes[21]
+	mi := &file_proto_v1_anka_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1263,7 +1336,7 @@ func (x *PortForward) String() string {
 func (*PortForward) ProtoMessage() {}
 
 func (x *PortForward) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_v1_anka_proto_msgTypes[21]
+	mi := &file_proto_v1_anka_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1276,7 +1349,7 @@ func (x *PortForward) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PortForward.ProtoReflect.Descriptor instead.
 func (*PortForward) Descriptor() ([]byte, []int) {
-	return file_proto_v1_anka_proto_rawDescGZIP(), []int{21}
+	return file_proto_v1_anka_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *PortForward) GetName() string {
@@ -1325,7 +1398,7 @@ type PortForwardRequest struct {
 
 func (x *PortForwardRequest) Reset() {
 	*x = PortForwardRequest{}
-	mi := &file_proto_v1_anka_proto_msgTypes[22]
+	mi := &file_proto_v1_anka_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1337,7 +1410,7 @@ func (x *PortForwardRequest) String() string {
 func (*PortForwardRequest) ProtoMessage() {}
 
 func (x *PortForwardRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_v1_anka_proto_msgTypes[22]
+	mi := &file_proto_v1_anka_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1350,7 +1423,7 @@ func (x *PortForwardRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PortForwardRequest.ProtoReflect.Descriptor instead.
 func (*PortForwardRequest) Descriptor() ([]byte, []int) {
-	return file_proto_v1_anka_proto_rawDescGZIP(), []int{22}
+	return file_proto_v1_anka_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *PortForwardRequest) GetVm() *VMRef {
@@ -1382,7 +1455,7 @@ type PortForwardResponse struct {
 
 func (x *PortForwardResponse) Reset() {
 	*x = PortForwardResponse{}
-	mi := &file_proto_v1_anka_proto_msgTypes[23]
+	mi := &file_proto_v1_anka_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1394,7 +1467,7 @@ func (x *PortForwardResponse) String() string {
 func (*PortForwardResponse) ProtoMessage() {}
 
 func (x *PortForwardResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_v1_anka_proto_msgTypes[23]
+	mi := &file_proto_v1_anka_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1407,7 +1480,7 @@ func (x *PortForwardResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PortForwardResponse.ProtoReflect.Descriptor instead.
 func (*PortForwardResponse) Descriptor() ([]byte, []int) {
-	return file_proto_v1_anka_proto_rawDescGZIP(), []int{23}
+	return file_proto_v1_anka_proto_rawDescGZIP(), []int{24}
 }
 
 type ListPortForwardsRequest struct {
@@ -1420,7 +1493,7 @@ type ListPortForwardsRequest struct {
 
 func (x *ListPortForwardsRequest) Reset() {
 	*x = ListPortForwardsRequest{}
-	mi := &file_proto_v1_anka_proto_msgTypes[24]
+	mi := &file_proto_v1_anka_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1432,7 +1505,7 @@ func (x *ListPortForwardsRequest) String() string {
 func (*ListPortForwardsRequest) ProtoMessage() {}
 
 func (x *ListPortForwardsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_v1_anka_proto_msgTypes[24]
+	mi := &file_proto_v1_anka_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1445,7 +1518,7 @@ func (x *ListPortForwardsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPortForwardsRequest.ProtoReflect.Descriptor instead.
 func (*ListPortForwardsRequest) Descriptor() ([]byte, []int) {
-	return file_proto_v1_anka_proto_rawDescGZIP(), []int{24}
+	return file_proto_v1_anka_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListPortForwardsRequest) GetVm() *VMRef {
@@ -1471,7 +1544,7 @@ type ListPortForwardsResponse struct {
 
 func (x *ListPortForwardsResponse) Reset() {
 	*x = ListPortForwardsResponse{}
-	mi := &file_proto_v1_anka_proto_msgTypes[25]
+	mi := &file_proto_v1_anka_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1483,7 +1556,7 @@ func (x *ListPortForwardsResponse) String() string {
 func (*ListPortForwardsResponse) ProtoMessage() {}
 
 func (x *ListPortForwardsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_v1_anka_proto_msgTypes[25]
+	mi := &file_proto_v1_anka_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1496,7 +1569,7 @@ func (x *ListPortForwardsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPortForwardsResponse.ProtoReflect.Descriptor instead.
 func (*ListPortForwardsResponse) Descriptor() ([]byte, []int) {
-	return file_proto_v1_anka_proto_rawDescGZIP(), []int{25}
+	return file_proto_v1_anka_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListPortForwardsResponse) GetRules() []*PortForward {
@@ -1520,7 +1593,7 @@ type CaptureRequest struct {
 
 func (x *CaptureRequest) Reset() {
 	*x = CaptureRequest{}
-	mi := &file_proto_v1_anka_proto_msgTypes[26]
+	mi := &file_proto_v1_anka_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1532,7 +1605,7 @@ func (x *CaptureRequest) String() string {
 func (*CaptureRequest) ProtoMessage() {}
 
 func (x *CaptureRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_v1_anka_proto_msgTypes[26]
+	mi := &file_proto_v1_anka_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1545,7 +1618,7 @@ func (x *CaptureRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CaptureRequest.ProtoReflect.Descriptor instead.
 func (*CaptureRequest) Descriptor() ([]byte, []int) {
-	return file_proto_v1_anka_proto_rawDescGZIP(), []int{26}
+	return file_proto_v1_anka_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *CaptureRequest) GetVm() *VMRef {
@@ -1586,7 +1659,7 @@ type CaptureResponse struct {
 
 func (x *CaptureResponse) Reset() {
 	*x = CaptureResponse{}
-	mi := &file_proto_v1_anka_proto_msgTypes[27]
+	mi := &file_proto_v1_anka_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1598,7 +1671,7 @@ func (x *CaptureResponse) String() string {
 func (*CaptureResponse) ProtoMessage() {}
 
 func (x *CaptureResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_v1_anka_proto_msgTypes[27]
+	mi := &file_proto_v1_anka_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1611,7 +1684,7 @@ func (x *CaptureResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CaptureResponse.ProtoReflect.Descriptor instead.
 func (*CaptureResponse) Descriptor() ([]byte, []int) {
-	return file_proto_v1_anka_proto_rawDescGZIP(), []int{27}
+	return file_proto_v1_anka_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *CaptureResponse) GetFrames() uint64 {
@@ -1649,8 +1722,9 @@ const file_proto_v1_anka_proto_rawDesc = "" +
 	"\aoptions\x18\x06 \x03(\v2!.anka.plugin.v1.Card.OptionsEntryR\aoptions\x1a:\n" +
 	"\fOptionsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\r\n" +
-	"\vInfoRequest\"\xd3\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"'\n" +
+	"\vInfoRequest\x12\x18\n" +
+	"\aruntime\x18\x01 \x01(\bR\aruntime\"\x8d\x02\n" +
 	"\fInfoResponse\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12+\n" +
@@ -1659,7 +1733,13 @@ const file_proto_v1_anka_proto_rawDesc = "" +
 	"\n" +
 	"privileges\x18\x05 \x03(\tR\n" +
 	"privileges\x12\x18\n" +
-	"\asysctls\x18\x06 \x03(\tR\asysctls\"\x82\x01\n" +
+	"\asysctls\x18\x06 \x03(\tR\asysctls\x128\n" +
+	"\aruntime\x18\a \x01(\v2\x1e.anka.plugin.v1.ProcessRuntimeR\aruntime\"Z\n" +
+	"\x0eProcessRuntime\x12\x1e\n" +
+	"\n" +
+	"goroutines\x18\x01 \x01(\x03R\n" +
+	"goroutines\x12(\n" +
+	"\x10heap_alloc_bytes\x18\x02 \x01(\x04R\x0eheapAllocBytes\"\x82\x01\n" +
 	"\bTypeInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\x12\"\n" +
@@ -1781,95 +1861,97 @@ func file_proto_v1_anka_proto_rawDescGZIP() []byte {
 	return file_proto_v1_anka_proto_rawDescData
 }
 
-var file_proto_v1_anka_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_proto_v1_anka_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_proto_v1_anka_proto_goTypes = []any{
 	(*PluginError)(nil),              // 0: anka.plugin.v1.PluginError
 	(*VMRef)(nil),                    // 1: anka.plugin.v1.VMRef
 	(*Card)(nil),                     // 2: anka.plugin.v1.Card
 	(*InfoRequest)(nil),              // 3: anka.plugin.v1.InfoRequest
 	(*InfoResponse)(nil),             // 4: anka.plugin.v1.InfoResponse
-	(*TypeInfo)(nil),                 // 5: anka.plugin.v1.TypeInfo
-	(*ValidateRequest)(nil),          // 6: anka.plugin.v1.ValidateRequest
-	(*ValidateResponse)(nil),         // 7: anka.plugin.v1.ValidateResponse
-	(*AttachRequest)(nil),            // 8: anka.plugin.v1.AttachRequest
-	(*Endpoint)(nil),                 // 9: anka.plugin.v1.Endpoint
-	(*AttachResponse)(nil),           // 10: anka.plugin.v1.AttachResponse
-	(*DetachRequest)(nil),            // 11: anka.plugin.v1.DetachRequest
-	(*DetachResponse)(nil),           // 12: anka.plugin.v1.DetachResponse
-	(*ReleaseRequest)(nil),           // 13: anka.plugin.v1.ReleaseRequest
-	(*ReleaseResponse)(nil),          // 14: anka.plugin.v1.ReleaseResponse
-	(*StatusRequest)(nil),            // 15: anka.plugin.v1.StatusRequest
-	(*StatusResponse)(nil),           // 16: anka.plugin.v1.StatusResponse
-	(*SuspendRequest)(nil),           // 17: anka.plugin.v1.SuspendRequest
-	(*SuspendResponse)(nil),          // 18: anka.plugin.v1.SuspendResponse
-	(*ResumeRequest)(nil),            // 19: anka.plugin.v1.ResumeRequest
-	(*ResumeResponse)(nil),           // 20: anka.plugin.v1.ResumeResponse
-	(*PortForward)(nil),              // 21: anka.plugin.v1.PortForward
-	(*PortForwardRequest)(nil),       // 22: anka.plugin.v1.PortForwardRequest
-	(*PortForwardResponse)(nil),      // 23: anka.plugin.v1.PortForwardResponse
-	(*ListPortForwardsRequest)(nil),  // 24: anka.plugin.v1.ListPortForwardsRequest
-	(*ListPortForwardsResponse)(nil), // 25: anka.plugin.v1.ListPortForwardsResponse
-	(*CaptureRequest)(nil),           // 26: anka.plugin.v1.CaptureRequest
-	(*CaptureResponse)(nil),          // 27: anka.plugin.v1.CaptureResponse
-	nil,                              // 28: anka.plugin.v1.Card.OptionsEntry
-	nil,                              // 29: anka.plugin.v1.ValidateRequest.SettingsEntry
-	nil,                              // 30: anka.plugin.v1.AttachRequest.SettingsEntry
-	nil,                              // 31: anka.plugin.v1.StatusResponse.CountersEntry
-	nil,                              // 32: anka.plugin.v1.StatusResponse.DetailsEntry
+	(*ProcessRuntime)(nil),           // 5: anka.plugin.v1.ProcessRuntime
+	(*TypeInfo)(nil),                 // 6: anka.plugin.v1.TypeInfo
+	(*ValidateRequest)(nil),          // 7: anka.plugin.v1.ValidateRequest
+	(*ValidateResponse)(nil),         // 8: anka.plugin.v1.ValidateResponse
+	(*AttachRequest)(nil),            // 9: anka.plugin.v1.AttachRequest
+	(*Endpoint)(nil),                 // 10: anka.plugin.v1.Endpoint
+	(*AttachResponse)(nil),           // 11: anka.plugin.v1.AttachResponse
+	(*DetachRequest)(nil),            // 12: anka.plugin.v1.DetachRequest
+	(*DetachResponse)(nil),           // 13: anka.plugin.v1.DetachResponse
+	(*ReleaseRequest)(nil),           // 14: anka.plugin.v1.ReleaseRequest
+	(*ReleaseResponse)(nil),          // 15: anka.plugin.v1.ReleaseResponse
+	(*StatusRequest)(nil),            // 16: anka.plugin.v1.StatusRequest
+	(*StatusResponse)(nil),           // 17: anka.plugin.v1.StatusResponse
+	(*SuspendRequest)(nil),           // 18: anka.plugin.v1.SuspendRequest
+	(*SuspendResponse)(nil),          // 19: anka.plugin.v1.SuspendResponse
+	(*ResumeRequest)(nil),            // 20: anka.plugin.v1.ResumeRequest
+	(*ResumeResponse)(nil),           // 21: anka.plugin.v1.ResumeResponse
+	(*PortForward)(nil),              // 22: anka.plugin.v1.PortForward
+	(*PortForwardRequest)(nil),       // 23: anka.plugin.v1.PortForwardRequest
+	(*PortForwardResponse)(nil),      // 24: anka.plugin.v1.PortForwardResponse
+	(*ListPortForwardsRequest)(nil),  // 25: anka.plugin.v1.ListPortForwardsRequest
+	(*ListPortForwardsResponse)(nil), // 26: anka.plugin.v1.ListPortForwardsResponse
+	(*CaptureRequest)(nil),           // 27: anka.plugin.v1.CaptureRequest
+	(*CaptureResponse)(nil),          // 28: anka.plugin.v1.CaptureResponse
+	nil,                              // 29: anka.plugin.v1.Card.OptionsEntry
+	nil,                              // 30: anka.plugin.v1.ValidateRequest.SettingsEntry
+	nil,                              // 31: anka.plugin.v1.AttachRequest.SettingsEntry
+	nil,                              // 32: anka.plugin.v1.StatusResponse.CountersEntry
+	nil,                              // 33: anka.plugin.v1.StatusResponse.DetailsEntry
 }
 var file_proto_v1_anka_proto_depIdxs = []int32{
-	28, // 0: anka.plugin.v1.Card.options:type_name -> anka.plugin.v1.Card.OptionsEntry
-	5,  // 1: anka.plugin.v1.InfoResponse.types:type_name -> anka.plugin.v1.TypeInfo
-	1,  // 2: anka.plugin.v1.ValidateRequest.vm:type_name -> anka.plugin.v1.VMRef
-	2,  // 3: anka.plugin.v1.ValidateRequest.card:type_name -> anka.plugin.v1.Card
-	29, // 4: anka.plugin.v1.ValidateRequest.settings:type_name -> anka.plugin.v1.ValidateRequest.SettingsEntry
-	1,  // 5: anka.plugin.v1.AttachRequest.vm:type_name -> anka.plugin.v1.VMRef
-	2,  // 6: anka.plugin.v1.AttachRequest.card:type_name -> anka.plugin.v1.Card
-	30, // 7: anka.plugin.v1.AttachRequest.settings:type_name -> anka.plugin.v1.AttachRequest.SettingsEntry
-	9,  // 8: anka.plugin.v1.AttachResponse.endpoint:type_name -> anka.plugin.v1.Endpoint
-	1,  // 9: anka.plugin.v1.DetachRequest.vm:type_name -> anka.plugin.v1.VMRef
-	1,  // 10: anka.plugin.v1.ReleaseRequest.vm:type_name -> anka.plugin.v1.VMRef
-	1,  // 11: anka.plugin.v1.StatusRequest.vm:type_name -> anka.plugin.v1.VMRef
-	31, // 12: anka.plugin.v1.StatusResponse.counters:type_name -> anka.plugin.v1.StatusResponse.CountersEntry
-	32, // 13: anka.plugin.v1.StatusResponse.details:type_name -> anka.plugin.v1.StatusResponse.DetailsEntry
-	1,  // 14: anka.plugin.v1.SuspendRequest.vm:type_name -> anka.plugin.v1.VMRef
-	1,  // 15: anka.plugin.v1.ResumeRequest.vm:type_name -> anka.plugin.v1.VMRef
-	1,  // 16: anka.plugin.v1.PortForwardRequest.vm:type_name -> anka.plugin.v1.VMRef
-	21, // 17: anka.plugin.v1.PortForwardRequest.rule:type_name -> anka.plugin.v1.PortForward
-	1,  // 18: anka.plugin.v1.ListPortForwardsRequest.vm:type_name -> anka.plugin.v1.VMRef
-	21, // 19: anka.plugin.v1.ListPortForwardsResponse.rules:type_name -> anka.plugin.v1.PortForward
-	1,  // 20: anka.plugin.v1.CaptureRequest.vm:type_name -> anka.plugin.v1.VMRef
-	3,  // 21: anka.plugin.v1.NetworkPlugin.Info:input_type -> anka.plugin.v1.InfoRequest
-	6,  // 22: anka.plugin.v1.NetworkPlugin.Validate:input_type -> anka.plugin.v1.ValidateRequest
-	8,  // 23: anka.plugin.v1.NetworkPlugin.Attach:input_type -> anka.plugin.v1.AttachRequest
-	11, // 24: anka.plugin.v1.NetworkPlugin.Detach:input_type -> anka.plugin.v1.DetachRequest
-	13, // 25: anka.plugin.v1.NetworkPlugin.Release:input_type -> anka.plugin.v1.ReleaseRequest
-	15, // 26: anka.plugin.v1.NetworkPlugin.Status:input_type -> anka.plugin.v1.StatusRequest
-	17, // 27: anka.plugin.v1.NetworkPlugin.Suspend:input_type -> anka.plugin.v1.SuspendRequest
-	19, // 28: anka.plugin.v1.NetworkPlugin.Resume:input_type -> anka.plugin.v1.ResumeRequest
-	22, // 29: anka.plugin.v1.NetworkPlugin.AddPortForward:input_type -> anka.plugin.v1.PortForwardRequest
-	22, // 30: anka.plugin.v1.NetworkPlugin.RemovePortForward:input_type -> anka.plugin.v1.PortForwardRequest
-	24, // 31: anka.plugin.v1.NetworkPlugin.ListPortForwards:input_type -> anka.plugin.v1.ListPortForwardsRequest
-	26, // 32: anka.plugin.v1.NetworkPlugin.StartCapture:input_type -> anka.plugin.v1.CaptureRequest
-	26, // 33: anka.plugin.v1.NetworkPlugin.StopCapture:input_type -> anka.plugin.v1.CaptureRequest
-	4,  // 34: anka.plugin.v1.NetworkPlugin.Info:output_type -> anka.plugin.v1.InfoResponse
-	7,  // 35: anka.plugin.v1.NetworkPlugin.Validate:output_type -> anka.plugin.v1.ValidateResponse
-	10, // 36: anka.plugin.v1.NetworkPlugin.Attach:output_type -> anka.plugin.v1.AttachResponse
-	12, // 37: anka.plugin.v1.NetworkPlugin.Detach:output_type -> anka.plugin.v1.DetachResponse
-	14, // 38: anka.plugin.v1.NetworkPlugin.Release:output_type -> anka.plugin.v1.ReleaseResponse
-	16, // 39: anka.plugin.v1.NetworkPlugin.Status:output_type -> anka.plugin.v1.StatusResponse
-	18, // 40: anka.plugin.v1.NetworkPlugin.Suspend:output_type -> anka.plugin.v1.SuspendResponse
-	20, // 41: anka.plugin.v1.NetworkPlugin.Resume:output_type -> anka.plugin.v1.ResumeResponse
-	23, // 42: anka.plugin.v1.NetworkPlugin.AddPortForward:output_type -> anka.plugin.v1.PortForwardResponse
-	23, // 43: anka.plugin.v1.NetworkPlugin.RemovePortForward:output_type -> anka.plugin.v1.PortForwardResponse
-	25, // 44: anka.plugin.v1.NetworkPlugin.ListPortForwards:output_type -> anka.plugin.v1.ListPortForwardsResponse
-	27, // 45: anka.plugin.v1.NetworkPlugin.StartCapture:output_type -> anka.plugin.v1.CaptureResponse
-	27, // 46: anka.plugin.v1.NetworkPlugin.StopCapture:output_type -> anka.plugin.v1.CaptureResponse
-	34, // [34:47] is the sub-list for method output_type
-	21, // [21:34] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	29, // 0: anka.plugin.v1.Card.options:type_name -> anka.plugin.v1.Card.OptionsEntry
+	6,  // 1: anka.plugin.v1.InfoResponse.types:type_name -> anka.plugin.v1.TypeInfo
+	5,  // 2: anka.plugin.v1.InfoResponse.runtime:type_name -> anka.plugin.v1.ProcessRuntime
+	1,  // 3: anka.plugin.v1.ValidateRequest.vm:type_name -> anka.plugin.v1.VMRef
+	2,  // 4: anka.plugin.v1.ValidateRequest.card:type_name -> anka.plugin.v1.Card
+	30, // 5: anka.plugin.v1.ValidateRequest.settings:type_name -> anka.plugin.v1.ValidateRequest.SettingsEntry
+	1,  // 6: anka.plugin.v1.AttachRequest.vm:type_name -> anka.plugin.v1.VMRef
+	2,  // 7: anka.plugin.v1.AttachRequest.card:type_name -> anka.plugin.v1.Card
+	31, // 8: anka.plugin.v1.AttachRequest.settings:type_name -> anka.plugin.v1.AttachRequest.SettingsEntry
+	10, // 9: anka.plugin.v1.AttachResponse.endpoint:type_name -> anka.plugin.v1.Endpoint
+	1,  // 10: anka.plugin.v1.DetachRequest.vm:type_name -> anka.plugin.v1.VMRef
+	1,  // 11: anka.plugin.v1.ReleaseRequest.vm:type_name -> anka.plugin.v1.VMRef
+	1,  // 12: anka.plugin.v1.StatusRequest.vm:type_name -> anka.plugin.v1.VMRef
+	32, // 13: anka.plugin.v1.StatusResponse.counters:type_name -> anka.plugin.v1.StatusResponse.CountersEntry
+	33, // 14: anka.plugin.v1.StatusResponse.details:type_name -> anka.plugin.v1.StatusResponse.DetailsEntry
+	1,  // 15: anka.plugin.v1.SuspendRequest.vm:type_name -> anka.plugin.v1.VMRef
+	1,  // 16: anka.plugin.v1.ResumeRequest.vm:type_name -> anka.plugin.v1.VMRef
+	1,  // 17: anka.plugin.v1.PortForwardRequest.vm:type_name -> anka.plugin.v1.VMRef
+	22, // 18: anka.plugin.v1.PortForwardRequest.rule:type_name -> anka.plugin.v1.PortForward
+	1,  // 19: anka.plugin.v1.ListPortForwardsRequest.vm:type_name -> anka.plugin.v1.VMRef
+	22, // 20: anka.plugin.v1.ListPortForwardsResponse.rules:type_name -> anka.plugin.v1.PortForward
+	1,  // 21: anka.plugin.v1.CaptureRequest.vm:type_name -> anka.plugin.v1.VMRef
+	3,  // 22: anka.plugin.v1.NetworkPlugin.Info:input_type -> anka.plugin.v1.InfoRequest
+	7,  // 23: anka.plugin.v1.NetworkPlugin.Validate:input_type -> anka.plugin.v1.ValidateRequest
+	9,  // 24: anka.plugin.v1.NetworkPlugin.Attach:input_type -> anka.plugin.v1.AttachRequest
+	12, // 25: anka.plugin.v1.NetworkPlugin.Detach:input_type -> anka.plugin.v1.DetachRequest
+	14, // 26: anka.plugin.v1.NetworkPlugin.Release:input_type -> anka.plugin.v1.ReleaseRequest
+	16, // 27: anka.plugin.v1.NetworkPlugin.Status:input_type -> anka.plugin.v1.StatusRequest
+	18, // 28: anka.plugin.v1.NetworkPlugin.Suspend:input_type -> anka.plugin.v1.SuspendRequest
+	20, // 29: anka.plugin.v1.NetworkPlugin.Resume:input_type -> anka.plugin.v1.ResumeRequest
+	23, // 30: anka.plugin.v1.NetworkPlugin.AddPortForward:input_type -> anka.plugin.v1.PortForwardRequest
+	23, // 31: anka.plugin.v1.NetworkPlugin.RemovePortForward:input_type -> anka.plugin.v1.PortForwardRequest
+	25, // 32: anka.plugin.v1.NetworkPlugin.ListPortForwards:input_type -> anka.plugin.v1.ListPortForwardsRequest
+	27, // 33: anka.plugin.v1.NetworkPlugin.StartCapture:input_type -> anka.plugin.v1.CaptureRequest
+	27, // 34: anka.plugin.v1.NetworkPlugin.StopCapture:input_type -> anka.plugin.v1.CaptureRequest
+	4,  // 35: anka.plugin.v1.NetworkPlugin.Info:output_type -> anka.plugin.v1.InfoResponse
+	8,  // 36: anka.plugin.v1.NetworkPlugin.Validate:output_type -> anka.plugin.v1.ValidateResponse
+	11, // 37: anka.plugin.v1.NetworkPlugin.Attach:output_type -> anka.plugin.v1.AttachResponse
+	13, // 38: anka.plugin.v1.NetworkPlugin.Detach:output_type -> anka.plugin.v1.DetachResponse
+	15, // 39: anka.plugin.v1.NetworkPlugin.Release:output_type -> anka.plugin.v1.ReleaseResponse
+	17, // 40: anka.plugin.v1.NetworkPlugin.Status:output_type -> anka.plugin.v1.StatusResponse
+	19, // 41: anka.plugin.v1.NetworkPlugin.Suspend:output_type -> anka.plugin.v1.SuspendResponse
+	21, // 42: anka.plugin.v1.NetworkPlugin.Resume:output_type -> anka.plugin.v1.ResumeResponse
+	24, // 43: anka.plugin.v1.NetworkPlugin.AddPortForward:output_type -> anka.plugin.v1.PortForwardResponse
+	24, // 44: anka.plugin.v1.NetworkPlugin.RemovePortForward:output_type -> anka.plugin.v1.PortForwardResponse
+	26, // 45: anka.plugin.v1.NetworkPlugin.ListPortForwards:output_type -> anka.plugin.v1.ListPortForwardsResponse
+	28, // 46: anka.plugin.v1.NetworkPlugin.StartCapture:output_type -> anka.plugin.v1.CaptureResponse
+	28, // 47: anka.plugin.v1.NetworkPlugin.StopCapture:output_type -> anka.plugin.v1.CaptureResponse
+	35, // [35:48] is the sub-list for method output_type
+	22, // [22:35] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_proto_v1_anka_proto_init() }
@@ -1883,7 +1965,7 @@ func file_proto_v1_anka_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_v1_anka_proto_rawDesc), len(file_proto_v1_anka_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   33,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
