@@ -6,8 +6,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -95,6 +97,21 @@ func TestSubreaperReapsOrphans(t *testing.T) {
 func newServer(t *testing.T, hooks ...func(*config.Config, plugins.Finder) vm.Hooks) (*Client, *Server, *config.Config) {
 	t.Helper()
 	dir := t.TempDir()
+	// Whatever happens below, no daemon outlives the test, and none is
+	// still writing its log when the temporary folder goes.
+	t.Cleanup(func() {
+		b, err := os.ReadFile(filepath.Join(dir, "state", "daemon.pid"))
+		pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil || pid <= 0 {
+			return
+		}
+		syscall.Kill(pid, syscall.SIGKILL)
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			if syscall.Kill(pid, 0) != nil {
+				return
+			}
+		}
+	})
 	env := map[string]string{"ANKA_STATE_DIR": filepath.Join(dir, "state"), "ANKA_CONFIG": filepath.Join(dir, "u.yaml"),
 		"ANKA_SYSTEM_CONFIG": filepath.Join(dir, "s.yaml"), "ANKA_PLUGIN_DIR": filepath.Join(dir, "plugins")}
 	cfg, err := config.Load(config.Options{LookupEnv: func(k string) (string, bool) { v, ok := env[k]; return v, ok }, Environ: func() []string { return nil }})

@@ -138,7 +138,8 @@ func newEnv(t *testing.T) *env {
 			t.Fatal(err)
 		}
 	}
-	// Plugins outlive anka by design: stop the ones this test started.
+	// Plugins and VMs outlive anka by design: stop the ones this test
+	// started.
 	t.Cleanup(func() { killPlugins(filepath.Join(dir, "state")) })
 	return &env{t: t, bin: builtBin, dir: dir}
 }
@@ -156,6 +157,14 @@ func killPlugins(stateDir string) {
 		}
 		if b, err := os.ReadFile(f); err == nil && json.Unmarshal(b, &ri) == nil && ri.Pid > 0 {
 			syscall.Kill(ri.Pid, syscall.SIGKILL)
+		}
+	}
+	// And the VMs' QEMUs: a test's own `daemon stop --all` may not reach
+	// them (its network namespace already gone at cleanup), and a QEMU
+	// left behind runs on, eating the machine's CPU, long after the test.
+	for _, p := range qemuFor(stateDir) {
+		if pid, _ := strconv.Atoi(p); pid > 0 {
+			syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}
 }
