@@ -84,6 +84,9 @@ func OpenStore(path string) (*Store, error) {
 	if errors.Is(err, bolterrors.ErrTimeout) {
 		return nil, fmt.Errorf("dhcp: lease database %s is locked by another process; is another instance of this plugin running?", path)
 	}
+	if errors.Is(err, bolterrors.ErrInvalid) || errors.Is(err, bolterrors.ErrVersionMismatch) || errors.Is(err, bolterrors.ErrChecksum) {
+		return nil, fmt.Errorf("dhcp: lease database %s is damaged (%w); move it aside to start with no leases (its VMs then get fresh addresses)", path, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("dhcp: open lease database %s: %w", path, err)
 	}
