@@ -110,6 +110,54 @@ func giveToPluginUser(t *testing.T, path string) {
 	}
 }
 
+// endpoint is an external VM's NIC as `anka -j show` gives it.
+type endpoint struct {
+	Kind       string
+	PluginPath string `json:"plugin_path"`
+	VMPath     string `json:"vm_path"`
+	MAC        string
+}
+
+// relayGuest plays an external hypervisor for a namespace guest: ns's
+// eth0, a TAP with the VM's MAC, relayed to the VM's datagram endpoint.
+// stop ends the relay and closes both ends; register it after ns's own
+// cleanup so the relay stops before the namespace goes.
+func relayGuest(t *testing.T, ns *frameiotest.Netns, ep endpoint) (stop func()) {
+	t.Helper()
+	var tap *frameio.TAPPort
+	var port *frameio.DgramPort
+	if err := ns.Run(func() (err error) {
+		if tap, err = frameio.OpenTAP("eth0", frameio.TAPOptions{}); err != nil {
+			return err
+		}
+		os.Remove(ep.VMPath) // left by an earlier hypervisor, if any
+		port, err = frameio.ListenDgram(ep.VMPath, frameio.DgramOptions{Peer: ep.PluginPath, Logger: frameiotest.Quiet})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	giveToPluginUser(t, ep.VMPath)
+	ns.IP(t, "link", "set", "eth0", "address", ep.MAC)
+	ns.IP(t, "link", "set", "eth0", "up")
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for _, pair := range [][2]frameio.Port{{tap, port}, {port, tap}} {
+		wg.Add(1)
+		go func() { defer wg.Done(); frameio.Relay(ctx, pair[0], pair[1], 64) }()
+	}
+	return func() { cancel(); tap.Close(); port.Close(); wg.Wait() }
+}
+
+// udhcpc runs one DHCP exchange on ns's eth0 and returns the fields of
+// its `ip -4 -o addr show` line (the address with its prefix is [3]).
+func udhcpc(t *testing.T, e *env, ns *frameiotest.Netns) []string {
+	t.Helper()
+	script := filepath.Join(e.dir, "udhcpc.sh")
+	os.WriteFile(script, []byte("#!/bin/sh\ncase \"$1\" in bound|renew) ip addr replace \"$ip/${mask:-24}\" dev \"$interface\";; esac\n"), 0o755)
+	ns.Exec(t, "busybox", "udhcpc", "-i", "eth0", "-n", "-q", "-t", "10", "-T", "2", "-s", script)
+	return strings.Fields(ns.IP(t, "-4", "-o", "addr", "show", "dev", "eth0"))
+}
+
 // openTun gives the unprivileged plugins of these tests a /dev/net/tun
 // they may open (0666, Debian's default) where the machine's is 0600, as
 // in some containers: a node of our own on a tmpfs over /dev/net, in the
@@ -691,12 +739,7 @@ func TestExternalRuntimeOnSegment(t *testing.T) {
 	}
 	var shown struct {
 		Status   string
-		Endpoint struct {
-			Kind       string
-			PluginPath string `json:"plugin_path"`
-			VMPath     string `json:"vm_path"`
-			MAC        string
-		}
+		Endpoint endpoint
 	}
 	json.Unmarshal(e.jsonOK("show", "x1"), &shown)
 	ep := shown.Endpoint
@@ -705,28 +748,8 @@ func TestExternalRuntimeOnSegment(t *testing.T) {
 	}
 
 	ns := frameiotest.NewNetns(t)
-	var tap *frameio.TAPPort
-	var port *frameio.DgramPort
-	if err := ns.Run(func() (err error) {
-		if tap, err = frameio.OpenTAP("eth0", frameio.TAPOptions{}); err != nil {
-			return err
-		}
-		port, err = frameio.ListenDgram(ep.VMPath, frameio.DgramOptions{Peer: ep.PluginPath, Logger: frameiotest.Quiet})
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	giveToPluginUser(t, ep.VMPath)
-	ns.IP(t, "link", "set", "eth0", "address", ep.MAC)
-	ns.IP(t, "link", "set", "eth0", "up")
+	t.Cleanup(relayGuest(t, ns, ep))
 	ns.IP(t, "addr", "add", "10.56.0.2/24", "dev", "eth0")
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	for _, pair := range [][2]frameio.Port{{tap, port}, {port, tap}} {
-		wg.Add(1)
-		go func() { defer wg.Done(); frameio.Relay(ctx, pair[0], pair[1], 64) }()
-	}
-	t.Cleanup(func() { cancel(); tap.Close(); port.Close(); wg.Wait() })
 
 	waitFor(t, "the QEMU guest to ping the external VM", 120*time.Second, pingDone(e, "q1", "10.56.0.2"))
 	if !consoleHas(e, "q1", "anka-guest: ping 10.56.0.2 ok")() {

@@ -20,7 +20,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/anka-net/anka/sdk/netkit/frameio"
 	"github.com/anka-net/anka/sdk/netkit/frameio/frameiotest"
 )
 
@@ -345,14 +344,7 @@ func (w *faultWorld) up(first bool) {
 // runs a DHCP client there; it returns the leased address.
 func (w *faultWorld) attachNSGuest(g *sockGuest) string {
 	t, e := w.l.e.t, w.l.e
-	var shown struct {
-		Endpoint struct {
-			Kind       string
-			PluginPath string `json:"plugin_path"`
-			VMPath     string `json:"vm_path"`
-			MAC        string
-		}
-	}
+	var shown struct{ Endpoint endpoint }
 	json.Unmarshal(e.jsonOK("show", g.vm), &shown)
 	ep := shown.Endpoint
 	if ep.Kind != "dgram" {
@@ -362,29 +354,8 @@ func (w *faultWorld) attachNSGuest(g *sockGuest) string {
 	// Registered after the namespace's own cleanup, so it runs first: the
 	// flows stop before the namespace goes.
 	t.Cleanup(w.down)
-	var tap *frameio.TAPPort
-	var port *frameio.DgramPort
-	if err := ns.Run(func() (err error) {
-		if tap, err = frameio.OpenTAP("eth0", frameio.TAPOptions{}); err != nil {
-			return err
-		}
-		os.Remove(ep.VMPath) // left by the hypervisor before the reboot
-		port, err = frameio.ListenDgram(ep.VMPath, frameio.DgramOptions{Peer: ep.PluginPath, Logger: frameiotest.Quiet})
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	giveToPluginUser(t, ep.VMPath)
 	ns.IP(t, "link", "set", "lo", "up")
-	ns.IP(t, "link", "set", "eth0", "address", ep.MAC)
-	ns.IP(t, "link", "set", "eth0", "up")
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	for _, pair := range [][2]frameio.Port{{tap, port}, {port, tap}} {
-		wg.Add(1)
-		go func() { defer wg.Done(); frameio.Relay(ctx, pair[0], pair[1], 64) }()
-	}
-	w.close = append(w.close, func() { cancel(); tap.Close(); port.Close(); wg.Wait() })
+	w.close = append(w.close, relayGuest(t, ns, ep))
 	g.ns = ns
 	return w.dhcp(g)
 }
@@ -392,11 +363,8 @@ func (w *faultWorld) attachNSGuest(g *sockGuest) string {
 // dhcp runs one DHCP exchange in the namespace guest and returns the
 // address it holds.
 func (w *faultWorld) dhcp(g *sockGuest) string {
-	t, e := w.l.e.t, w.l.e
-	script := filepath.Join(e.dir, "udhcpc.sh")
-	os.WriteFile(script, []byte("#!/bin/sh\ncase \"$1\" in bound|renew) ip addr replace \"$ip/${mask:-24}\" dev \"$interface\";; esac\n"), 0o755)
-	g.ns.Exec(t, "busybox", "udhcpc", "-i", "eth0", "-n", "-q", "-t", "10", "-T", "2", "-s", script)
-	f := strings.Fields(g.ns.IP(t, "-4", "-o", "addr", "show", "dev", "eth0"))
+	t := w.l.e.t
+	f := udhcpc(t, w.l.e, g.ns)
 	if len(f) < 4 {
 		t.Fatalf("%s has no address after DHCP: %v", g.vm, f)
 	}

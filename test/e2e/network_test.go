@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -12,14 +11,12 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"golang.org/x/net/dns/dnsmessage"
 
-	"github.com/anka-net/anka/sdk/netkit/frameio"
 	"github.com/anka-net/anka/sdk/netkit/frameio/frameiotest"
 )
 
@@ -441,47 +438,17 @@ func TestFastPathAndSocketGuests(t *testing.T) {
 	e.ok("create", "x1", "--runtime", "external")
 	e.ok("modify", "x1", "set", "network-card", "-t", "shared")
 	e.ok("start", "x1")
-	var shown struct {
-		Endpoint struct {
-			Kind       string
-			PluginPath string `json:"plugin_path"`
-			VMPath     string `json:"vm_path"`
-			MAC        string
-		}
-	}
+	var shown struct{ Endpoint endpoint }
 	json.Unmarshal(e.jsonOK("show", "x1"), &shown)
 	ep := shown.Endpoint
 	if ep.Kind != "dgram" {
 		t.Fatalf("external VM endpoint: %+v", ep)
 	}
 	ns := frameiotest.NewNetns(t)
-	var tap *frameio.TAPPort
-	var port *frameio.DgramPort
-	if err := ns.Run(func() (err error) {
-		if tap, err = frameio.OpenTAP("eth0", frameio.TAPOptions{}); err != nil {
-			return err
-		}
-		port, err = frameio.ListenDgram(ep.VMPath, frameio.DgramOptions{Peer: ep.PluginPath, Logger: frameiotest.Quiet})
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	giveToPluginUser(t, ep.VMPath)
 	ns.IP(t, "link", "set", "lo", "up")
-	ns.IP(t, "link", "set", "eth0", "address", ep.MAC)
-	ns.IP(t, "link", "set", "eth0", "up")
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	for _, pair := range [][2]frameio.Port{{tap, port}, {port, tap}} {
-		wg.Add(1)
-		go func() { defer wg.Done(); frameio.Relay(ctx, pair[0], pair[1], 64) }()
-	}
-	t.Cleanup(func() { cancel(); tap.Close(); port.Close(); wg.Wait() })
+	t.Cleanup(relayGuest(t, ns, ep))
 
-	script := filepath.Join(e.dir, "udhcpc.sh")
-	os.WriteFile(script, []byte("#!/bin/sh\ncase \"$1\" in bound|renew) ip addr replace \"$ip/${mask:-24}\" dev \"$interface\";; esac\n"), 0o755)
-	ns.Exec(t, "busybox", "udhcpc", "-i", "eth0", "-n", "-q", "-t", "10", "-T", "2", "-s", script)
-	xip := strings.Fields(ns.IP(t, "-4", "-o", "addr", "show", "dev", "eth0"))
+	xip := udhcpc(t, e, ns)
 	if len(xip) < 4 || !inRange(strings.Split(xip[3], "/")[0], "192.168.64.2", "192.168.64.254") || strings.HasPrefix(xip[3], qip+"/") {
 		t.Fatalf("the socket guest's lease: %v (the fast-path guest has %s)", xip, qip)
 	}
