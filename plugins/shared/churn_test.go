@@ -1,12 +1,10 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -40,27 +38,7 @@ func TestBinaryChurnKill9Soak(t *testing.T) {
 }
 
 func runBinaryChurn(t *testing.T, nVMs, cyclesPerPhase, kills int) {
-	routedtest.Skip(t)
-	if testing.Short() {
-		t.Skip("builds the plugin")
-	}
-	bin := routedtest.BuildBinary(t, ".", "shared")
-	cfg := host.Config{Path: bin, SocketDir: frameiotest.TempDir(t), DataDir: t.TempDir(), LogLevel: "info", Logger: routedtest.Quiet}
-	launch := func() *host.Plugin {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		pl, err := host.Launch(ctx, cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return pl
-	}
-	defer func() {
-		if t.Failed() {
-			b, _ := os.ReadFile(filepath.Join(cfg.DataDir, "plugin.log"))
-			t.Logf("plugin log:\n%s", b)
-		}
-	}()
+	_, launch := routedtest.BinaryLauncher(t, "shared", "info")
 	type vm struct {
 		ref    sdk.VMRef
 		card   sdk.Card

@@ -1,11 +1,8 @@
 package main
 
 import (
-	"context"
 	"net"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -382,27 +379,7 @@ func TestFastPathRestart(t *testing.T) {
 // the guest works on. Stopped while the VM runs, the plugin keeps only
 // the VM's TAP; once the VM is gone, the next start removes it too.
 func TestBinaryCrashWithFastPath(t *testing.T) {
-	routedtest.Skip(t)
-	if testing.Short() {
-		t.Skip("builds the plugin")
-	}
-	bin := routedtest.BuildBinary(t, ".", "shared")
-	cfg := host.Config{Path: bin, SocketDir: frameiotest.TempDir(t), DataDir: t.TempDir(), LogLevel: "debug", Logger: routedtest.Quiet}
-	launch := func() *host.Plugin {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		pl, err := host.Launch(ctx, cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return pl
-	}
-	defer func() {
-		if t.Failed() {
-			b, _ := os.ReadFile(filepath.Join(cfg.DataDir, "plugin.log"))
-			t.Logf("plugin log:\n%s", b)
-		}
-	}()
+	_, launch := routedtest.BinaryLauncher(t, "shared", "debug")
 	vm, card := vmRef("vm1"), sdk.Card{Type: "shared", DynamicMAC: dyn(1)}
 	attach := func(pl *host.Plugin) sdk.Endpoint {
 		resp, err := pl.Client().Attach(t.Context(), &sdk.AttachRequest{VM: vm, Card: card, Endpoints: routedtest.QEMU, RunDir: frameiotest.TempDir(t)})

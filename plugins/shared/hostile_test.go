@@ -1,14 +1,11 @@
 package main
 
 import (
-	"context"
 	"encoding/binary"
 	"io"
 	"math/rand/v2"
 	"net"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strconv"
 	"syscall"
 	"testing"
@@ -35,25 +32,9 @@ import (
 // ports in Status, and the guests keep reaching each other and the host
 // and renewing their leases, during the attack and after it.
 func TestBinaryHostileInput(t *testing.T) {
-	routedtest.Skip(t)
-	if testing.Short() {
-		t.Skip("builds the plugin")
-	}
-	bin := routedtest.BuildBinary(t, ".", "shared")
-	cfg := host.Config{Path: bin, SocketDir: frameiotest.TempDir(t), DataDir: t.TempDir(), LogLevel: "info", Logger: routedtest.Quiet}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	pl, err := host.Launch(ctx, cfg)
-	cancel()
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, launch := routedtest.BinaryLauncher(t, "shared", "info")
+	pl := launch()
 	defer pl.Kill()
-	defer func() {
-		if t.Failed() {
-			b, _ := os.ReadFile(filepath.Join(cfg.DataDir, "plugin.log"))
-			t.Logf("plugin log:\n%s", b)
-		}
-	}()
 	attach := func(name string, n byte, kinds []sdk.EndpointKind) (sdk.VMRef, sdk.Endpoint) {
 		vm := vmRef(name)
 		resp, err := pl.Client().Attach(t.Context(), &sdk.AttachRequest{VM: vm, Card: sdk.Card{Type: "shared", DynamicMAC: dyn(n)}, Endpoints: kinds, RunDir: frameiotest.TempDir(t)})

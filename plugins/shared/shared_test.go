@@ -17,7 +17,6 @@ import (
 	"github.com/anka-net/anka/plugins/shared/routed"
 	"github.com/anka-net/anka/plugins/shared/routed/routedtest"
 	"github.com/anka-net/anka/sdk"
-	"github.com/anka-net/anka/sdk/host"
 	"github.com/anka-net/anka/sdk/netkit/frameio/frameiotest"
 	"github.com/anka-net/anka/sdk/netkit/lan/lantest"
 )
@@ -378,21 +377,7 @@ func TestRestartKeepsTheLease(t *testing.T) {
 // starts and removes the bridge and the nftables tables when anka stops it;
 // after a kill -9 the next start cleans up what was left.
 func TestBinaryStartsAndStops(t *testing.T) {
-	routedtest.Skip(t)
-	if testing.Short() {
-		t.Skip("builds the plugin")
-	}
-	bin := routedtest.BuildBinary(t, ".", "shared")
-	cfg := host.Config{Path: bin, SocketDir: frameiotest.TempDir(t), DataDir: t.TempDir(), LogLevel: "debug", Logger: routedtest.Quiet}
-	launch := func() *host.Plugin {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		pl, err := host.Launch(ctx, cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return pl
-	}
+	cfg, launch := routedtest.BinaryLauncher(t, "shared", "debug")
 	up := func() bool {
 		return routedtest.LinkExists("anka-shared0") && routedtest.TableExists(t, "anka-shared") && routedtest.BridgeTableExists(t, "anka-br-shared")
 	}

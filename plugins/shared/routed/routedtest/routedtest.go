@@ -7,6 +7,7 @@
 package routedtest
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"log/slog"
@@ -19,11 +20,13 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/miekg/dns"
 
 	"github.com/anka-net/anka/sdk"
+	"github.com/anka-net/anka/sdk/host"
 	"github.com/anka-net/anka/sdk/netkit/frameio"
 	"github.com/anka-net/anka/sdk/netkit/frameio/frameiotest"
 	"github.com/anka-net/anka/sdk/netkit/lan/lantest"
@@ -284,4 +287,33 @@ func BuildBinary(t testing.TB, dir, typ string) string {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 	return bin
+}
+
+// BinaryLauncher builds the plugin in the test's package folder as
+// anka-net-<typ> (skipped with -short, and outside a test namespace) and
+// returns how anka would run it: its host config and a launch that waits
+// up to 30 s. A test that fails logs the plugin's log.
+func BinaryLauncher(t *testing.T, typ, logLevel string) (host.Config, func() *host.Plugin) {
+	t.Helper()
+	Skip(t)
+	if testing.Short() {
+		t.Skip("builds the plugin")
+	}
+	cfg := host.Config{Path: BuildBinary(t, ".", typ), SocketDir: frameiotest.TempDir(t), DataDir: t.TempDir(), LogLevel: logLevel, Logger: Quiet}
+	t.Cleanup(func() {
+		if t.Failed() {
+			b, _ := os.ReadFile(filepath.Join(cfg.DataDir, "plugin.log"))
+			t.Logf("plugin log:\n%s", b)
+		}
+	})
+	return cfg, func() *host.Plugin {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		pl, err := host.Launch(ctx, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return pl
+	}
 }
