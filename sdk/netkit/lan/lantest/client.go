@@ -165,29 +165,7 @@ func (c *Client) exchange(m *dhcpv4.DHCPv4, want dhcpv4.MessageType, deadline ti
 	if err != nil {
 		return nil, err
 	}
-	tick := time.NewTicker(300 * time.Millisecond)
-	defer tick.Stop()
-	c.Send(frame)
-	for {
-		select {
-		case f := <-c.in:
-			r, err := parseDHCP(f)
-			if err != nil || r.TransactionID != m.TransactionID {
-				continue
-			}
-			switch r.MessageType() {
-			case want:
-				return r, nil
-			case dhcpv4.MessageTypeNak:
-				return nil, errNAK
-			}
-		case now := <-tick.C:
-			if now.After(deadline) {
-				return nil, fmt.Errorf("no %s for %s", want, m.MessageType())
-			}
-			c.Send(frame)
-		}
-	}
+	return c.await(frame, m.TransactionID, m.MessageType(), want, deadline)
 }
 
 // frame wraps m as the guest sends it: from 0.0.0.0:68 to the broadcast.

@@ -60,24 +60,28 @@ func (c *Client) exchangeFrom(m *dhcpv4.DHCPv4, src netip.Addr, want dhcpv4.Mess
 	if err != nil {
 		return nil, err
 	}
-	return c.await(frame, m.TransactionID, want, deadline)
+	return c.await(frame, m.TransactionID, m.MessageType(), want, deadline)
 }
 
 // Exchange sends frame, a request with transaction id xid that a test may
 // have built by hand, until a reply of type want arrives (or a NAK:
 // ErrNAK), resending every 300 ms until within passes.
 func (c *Client) Exchange(frame []byte, xid dhcpv4.TransactionID, want dhcpv4.MessageType, within time.Duration) (*dhcpv4.DHCPv4, error) {
-	return c.await(frame, xid, want, time.Now().Add(within))
+	sent := dhcpv4.MessageTypeNone
+	if m, err := parseDHCP(frame); err == nil {
+		sent = m.MessageType()
+	}
+	return c.await(frame, xid, sent, want, time.Now().Add(within))
 }
 
-// await sends frame until a reply with xid of type want (or a NAK)
-// arrives, resending every 300 ms until deadline.
-func (c *Client) await(frame []byte, xid dhcpv4.TransactionID, want dhcpv4.MessageType, deadline time.Time) (*dhcpv4.DHCPv4, error) {
+// await sends frame, a message of type sent, until a reply with xid of
+// type want (or a NAK) arrives, resending every 300 ms until deadline.
+// A send that fails (a full socket) is tried again at the next tick, as
+// a client's retransmission would.
+func (c *Client) await(frame []byte, xid dhcpv4.TransactionID, sent, want dhcpv4.MessageType, deadline time.Time) (*dhcpv4.DHCPv4, error) {
 	tick := time.NewTicker(300 * time.Millisecond)
 	defer tick.Stop()
-	if err := c.Send(frame); err != nil {
-		return nil, err
-	}
+	c.Send(frame)
 	for {
 		select {
 		case f := <-c.in:
@@ -93,7 +97,7 @@ func (c *Client) await(frame []byte, xid dhcpv4.TransactionID, want dhcpv4.Messa
 			}
 		case now := <-tick.C:
 			if now.After(deadline) {
-				return nil, fmt.Errorf("no %s for %s", want, dhcpv4.MessageTypeRequest)
+				return nil, fmt.Errorf("no %s for %s", want, sent)
 			}
 			c.Send(frame)
 		}
