@@ -99,6 +99,13 @@ const (
 	EndpointStream EndpointKind = "stream"
 	// EndpointTAP: a TAP device named TAP.
 	EndpointTAP EndpointKind = "tap"
+	// EndpointVhostUser: a vhost-user socket at PluginPath, listened on by
+	// the plugin, which reads and writes the guest's virtqueues in the
+	// guest's shared memory (QEMU -chardev socket,path=PluginPath with
+	// -netdev vhost-user and a memory backend with share=on; cloud-hypervisor
+	// and other vhost-user front-ends alike). No system call or copy per
+	// frame between the VM and the plugin.
+	EndpointVhostUser EndpointKind = "vhost-user"
 )
 
 // VMRef names the VM a call is about. ID (the VM's uuid) is the identity
@@ -232,7 +239,7 @@ type AttachRequest struct {
 // Endpoint is what the runtime connects the VM's NIC to.
 type Endpoint struct {
 	Kind EndpointKind
-	// PluginPath is the plugin's socket (dgram and stream).
+	// PluginPath is the plugin's socket (dgram, stream and vhost-user).
 	PluginPath string
 	// VMPath is the socket the VM side binds (dgram), which the plugin
 	// connects to.

@@ -257,3 +257,30 @@ func TestStartNoWait(t *testing.T) {
 		t.Fatalf("start with a bad timeout: exit %d %s", code, errOut)
 	}
 }
+
+// --endpoint names what an external VM's hypervisor connects to; bad or
+// misplaced lists are refused and nothing is written.
+func TestCreateEndpoints(t *testing.T) {
+	h := newHarness(t)
+	out := h.ok("-j", "create", "x1", "--runtime", "external", "--endpoint", "vhost-user,dgram")
+	if !strings.Contains(strings.Join(strings.Fields(out), ""), `"endpoints":["vhost-user","dgram"]`) {
+		t.Fatalf("create: %s", out)
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"create", "x2", "--runtime", "external", "--endpoint", "pigeon"}, `"pigeon" is not an endpoint kind`},
+		{[]string{"create", "x2", "--runtime", "external", "--endpoint", "dgram,dgram"}, "twice"},
+		{[]string{"create", "x2", "--runtime", "external", "--endpoint", ""}, "--endpoint is empty"},
+		{[]string{"create", "x2", "--kernel", h.kernel(), "--endpoint", "dgram"}, "--endpoint is for --runtime external"},
+	} {
+		_, errOut, code := h.run(c.args...)
+		if code != int(errs.Invalid) || !strings.Contains(errOut, c.want) {
+			t.Errorf("%v: exit %d %q; want %q", c.args, code, errOut, c.want)
+		}
+	}
+	if _, _, code := h.run("show", "x2"); code != int(errs.NotFound) {
+		t.Fatalf("a refused create left VM x2 behind: exit %d", code)
+	}
+}

@@ -20,6 +20,7 @@ type CreateOptions struct {
 	CPU                          int
 	RAM                          string
 	Runtime                      string
+	Endpoints                    []string
 }
 
 // NewCmdCreate builds `anka create NAME (--kernel PATH ... | --disk PATH)`.
@@ -47,6 +48,7 @@ func NewCmdCreate(f *Factory, out *output, runF func(*CreateOptions) error) *cob
 	fl.IntVar(&opts.CPU, "cpu", 1, "number of virtual CPUs")
 	fl.StringVar(&opts.RAM, "ram", "512M", "memory size, e.g. 512M or 2G")
 	fl.StringVar(&opts.Runtime, "runtime", "qemu", "qemu, or external: a hypervisor anka does not launch connects to the endpoint `anka start` prints")
+	fl.StringSliceVar(&opts.Endpoints, "endpoint", nil, "with --runtime external: the endpoint kinds its hypervisor connects to, preferred first (dgram, stream, vhost-user, tap; default dgram,stream)")
 	return cmd
 }
 
@@ -56,6 +58,9 @@ func createRun(cmd *cobra.Command, o *CreateOptions) error {
 	}
 	if o.Runtime != vm.RuntimeQEMU && o.Runtime != vm.RuntimeExternal {
 		return errs.Invalidf("--runtime %q is not known: use qemu or external", o.Runtime)
+	}
+	if cmd.Flags().Changed("endpoint") && len(o.Endpoints) == 0 {
+		return errs.Invalidf("--endpoint is empty: name the endpoint kinds the hypervisor connects to (dgram, stream, vhost-user, tap), or leave --endpoint out")
 	}
 	ram, err := vm.ParseRAM(o.RAM)
 	if err != nil {
@@ -88,7 +93,7 @@ func createRun(cmd *cobra.Command, o *CreateOptions) error {
 		Runtime: vm.RuntimeSpec{
 			Kind:   runtimeKind(o.Runtime),
 			Kernel: o.Kernel, Initrd: o.Initrd, Append: o.Append, Disk: o.Disk,
-			CPU: o.CPU, RAMMiB: ram,
+			CPU: o.CPU, RAMMiB: ram, Endpoints: o.Endpoints,
 		},
 		NetworkCard: &vm.NetworkCard{Type: "shared"},
 	}

@@ -233,6 +233,8 @@ func printEndpoint(w io.Writer, ep *runtime.ExternalEndpoint) {
 		fmt.Fprintf(w, "connect the VM's NIC: unix stream socket %s, each frame behind a 4-byte big-endian length\n", ep.PluginPath)
 	case "tap":
 		fmt.Fprintf(w, "connect the VM's NIC to TAP device %s\n", ep.TAP)
+	case "vhost-user":
+		fmt.Fprintf(w, "connect the VM's NIC: vhost-user net, front-end (client) of socket %s;\n  share the guest's memory (QEMU: memory-backend-memfd with share=on)\n", ep.PluginPath)
 	}
 	fmt.Fprintf(w, "  give the NIC MAC %s\n", ep.MAC)
 	if !ep.LinkUp {

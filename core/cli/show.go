@@ -132,18 +132,20 @@ func showRun(cmd *cobra.Command, o *ShowOptions) error {
 
 // showJSON is the body of `anka -j show NAME`.
 type showJSON struct {
-	Name        string    `json:"name"`
-	UUID        string    `json:"uuid"`
-	Status      vm.State  `json:"status"`
-	Created     time.Time `json:"creation_date"`
-	CPU         int       `json:"cpu"`
-	RAM         string    `json:"ram"`
-	Kernel      string    `json:"kernel,omitempty"`
-	Initrd      string    `json:"initrd,omitempty"`
-	Append      string    `json:"append,omitempty"`
-	Disk        string    `json:"disk,omitempty"`
-	PID         int       `json:"pid,omitempty"`
-	ConsoleLog  string    `json:"console_log"`
+	Name       string    `json:"name"`
+	UUID       string    `json:"uuid"`
+	Status     vm.State  `json:"status"`
+	Created    time.Time `json:"creation_date"`
+	CPU        int       `json:"cpu"`
+	RAM        string    `json:"ram"`
+	Kernel     string    `json:"kernel,omitempty"`
+	Initrd     string    `json:"initrd,omitempty"`
+	Append     string    `json:"append,omitempty"`
+	Disk       string    `json:"disk,omitempty"`
+	PID        int       `json:"pid,omitempty"`
+	ConsoleLog string    `json:"console_log"`
+	// Endpoints are the kinds an external VM's hypervisor connects to.
+	Endpoints   []string  `json:"endpoints,omitempty"`
 	NetworkCard *cardJSON `json:"network_card"`
 	// Endpoint is what an external hypervisor connects the NIC to.
 	Endpoint *runtime.ExternalEndpoint `json:"endpoint,omitempty"`
@@ -182,6 +184,7 @@ func showBody(m *vm.Manager, st *vm.Status) showJSON {
 		Name:     st.Name, UUID: st.UUID, Status: st.State, Created: st.Created,
 		CPU: r.CPU, RAM: vm.FormatRAM(r.RAMMiB), Kernel: r.Kernel, Initrd: r.Initrd, Append: r.Append, Disk: r.Disk,
 		PID: st.PID, ConsoleLog: filepath.Join(m.Store.Dir(st.Name), "console.log"),
+		Endpoints:   r.Endpoints,
 		NetworkCard: cardBody(st),
 	}
 }
@@ -231,6 +234,9 @@ func printShow(w io.Writer, m *vm.Manager, st *vm.Status) {
 	}
 	if st.Runtime.Kind != "" {
 		rows = append(rows, []string{"runtime", st.Runtime.Kind})
+	}
+	if len(b.Endpoints) > 0 {
+		rows = append(rows, []string{"endpoints", strings.Join(b.Endpoints, ",")})
 	}
 	rows = append(rows, []string{"console_log", b.ConsoleLog}, []string{"network", networkLine(b.NetworkCard)})
 	table(w, nil, rows)

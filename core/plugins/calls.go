@@ -151,9 +151,9 @@ func checkEndpoint(req *sdk.AttachRequest, resp *sdk.AttachResponse) string {
 		if !inRunDir(ep.PluginPath) || !inRunDir(ep.VMPath) || ep.PluginPath == ep.VMPath {
 			return fmt.Sprintf("dgram socket paths %q and %q, which are not two sockets in the VM's folder %s", ep.PluginPath, ep.VMPath, req.RunDir)
 		}
-	case sdk.EndpointStream:
+	case sdk.EndpointStream, sdk.EndpointVhostUser:
 		if !inRunDir(ep.PluginPath) {
-			return fmt.Sprintf("stream socket path %q, which is not a socket in the VM's folder %s", ep.PluginPath, req.RunDir)
+			return fmt.Sprintf("%s socket path %q, which is not a socket in the VM's folder %s", ep.Kind, ep.PluginPath, req.RunDir)
 		}
 	case sdk.EndpointTAP:
 		if ep.TAP == "" || len(ep.TAP) > 15 || strings.ContainsAny(ep.TAP, "/ \t\n:\x00") {

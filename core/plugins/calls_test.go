@@ -3,16 +3,18 @@ package plugins
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/anka-net/anka/core/errs"
+	"github.com/anka-net/anka/core/vm"
 	"github.com/anka-net/anka/sdk"
 )
 
 func TestCheckEndpoint(t *testing.T) {
-	req := &sdk.AttachRequest{RunDir: "/var/lib/anka/vms/vm1", Endpoints: []sdk.EndpointKind{sdk.EndpointDgram, sdk.EndpointTAP}}
+	req := &sdk.AttachRequest{RunDir: "/var/lib/anka/vms/vm1", Endpoints: []sdk.EndpointKind{sdk.EndpointDgram, sdk.EndpointTAP, sdk.EndpointVhostUser}}
 	good := sdk.Endpoint{Kind: sdk.EndpointDgram, PluginPath: "/var/lib/anka/vms/vm1/p.sock", VMPath: "/var/lib/anka/vms/vm1/v.sock", MAC: "52:54:00:12:34:56", MTU: 1500}
 	for _, c := range []struct {
 		name string
@@ -27,6 +29,10 @@ func TestCheckEndpoint(t *testing.T) {
 		{"escape", func(e *sdk.Endpoint) { e.VMPath = "/var/lib/anka/vms/vm1/../vm2/v.sock" }, "folder"},
 		{"relative", func(e *sdk.Endpoint) { e.VMPath = "v.sock" }, "folder"},
 		{"same socket", func(e *sdk.Endpoint) { e.VMPath = e.PluginPath }, "folder"},
+		{"vhost-user", func(e *sdk.Endpoint) {
+			*e = sdk.Endpoint{Kind: sdk.EndpointVhostUser, PluginPath: "/var/lib/anka/vms/vm1/vu.sock"}
+		}, ""},
+		{"vhost-user elsewhere", func(e *sdk.Endpoint) { *e = sdk.Endpoint{Kind: sdk.EndpointVhostUser, PluginPath: "/tmp/vu.sock"} }, "vhost-user socket path"},
 		{"bad tap", func(e *sdk.Endpoint) { *e = sdk.Endpoint{Kind: sdk.EndpointTAP, TAP: "a/b"} }, "TAP"},
 		{"long tap", func(e *sdk.Endpoint) { *e = sdk.Endpoint{Kind: sdk.EndpointTAP, TAP: strings.Repeat("t", 16)} }, "TAP"},
 		{"bad mac", func(e *sdk.Endpoint) { e.MAC = "zz" }, "MAC"},
@@ -76,5 +82,23 @@ func TestTimedGivesUpOnAHungCall(t *testing.T) {
 	err = h.timed(context.Background(), fd, "Validate", func(context.Context) error { return sdk.Errorf(sdk.CodeInvalid, "no option x") })
 	if !errs.Is(err, errs.Invalid) || !strings.Contains(err.Error(), "no option x") {
 		t.Fatalf("plugin refusal: %v", err)
+	}
+}
+
+// QEMU offers the fast path, vhost-user and datagrams; an external VM
+// offers what it was created with, dgram and stream unless told.
+func TestEndpointKinds(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		rt   vm.RuntimeSpec
+		want []sdk.EndpointKind
+	}{
+		{"qemu", vm.RuntimeSpec{}, []sdk.EndpointKind{sdk.EndpointTAP, sdk.EndpointVhostUser, sdk.EndpointDgram}},
+		{"external default", vm.RuntimeSpec{Kind: vm.RuntimeExternal}, []sdk.EndpointKind{sdk.EndpointDgram, sdk.EndpointStream}},
+		{"external vhost-user", vm.RuntimeSpec{Kind: vm.RuntimeExternal, Endpoints: []string{"vhost-user", "dgram"}}, []sdk.EndpointKind{sdk.EndpointVhostUser, sdk.EndpointDgram}},
+	} {
+		if got := endpointKinds(&vm.VM{Runtime: c.rt}); !slices.Equal(got, c.want) {
+			t.Errorf("%s: %v, want %v", c.name, got, c.want)
+		}
 	}
 }

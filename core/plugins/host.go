@@ -336,11 +336,7 @@ func (h *Host) BeforeStart(ctx context.Context, v *vm.VM, dynamicMAC string) (*r
 }
 
 func (h *Host) attachRequest(v *vm.VM, dynamicMAC string) (*sdk.AttachRequest, error) {
-	// QEMU can take a TAP; a hypervisor anka does not launch gets sockets.
-	kinds := []sdk.EndpointKind{sdk.EndpointDgram, sdk.EndpointTAP}
-	if v.Runtime.Kind == vm.RuntimeExternal {
-		kinds = []sdk.EndpointKind{sdk.EndpointDgram, sdk.EndpointStream}
-	}
+	kinds := endpointKinds(v)
 	dir, err := h.runDir(v.Name)
 	if err != nil {
 		return nil, err
@@ -349,6 +345,26 @@ func (h *Host) attachRequest(v *vm.VM, dynamicMAC string) (*sdk.AttachRequest, e
 		VM: ref(v), Card: card(v.NetworkCard, dynamicMAC), MTU: h.MTU, Endpoints: kinds,
 		RunDir: dir, Settings: h.Settings,
 	}, nil
+}
+
+// endpointKinds are what the VM's runtime can connect, preferred first.
+// QEMU takes a TAP (the kernel fast path, when the plugin has one),
+// vhost-user (the guest's queues read in place) and datagram sockets; a
+// hypervisor anka does not launch takes what its VM was created with
+// (--endpoint), dgram and stream unless told.
+func endpointKinds(v *vm.VM) []sdk.EndpointKind {
+	if v.Runtime.Kind != vm.RuntimeExternal {
+		return []sdk.EndpointKind{sdk.EndpointTAP, sdk.EndpointVhostUser, sdk.EndpointDgram}
+	}
+	names := v.Runtime.Endpoints
+	if len(names) == 0 {
+		names = vm.DefaultExternalEndpoints
+	}
+	kinds := make([]sdk.EndpointKind, len(names))
+	for i, n := range names {
+		kinds[i] = sdk.EndpointKind(n)
+	}
+	return kinds
 }
 
 // AfterStop detaches the port; the address stays reserved.

@@ -34,7 +34,8 @@ type ExternalState struct {
 type ExternalEndpoint struct {
 	// Kind is dgram (one frame per datagram: bind VMPath, send to
 	// PluginPath), stream (connect to PluginPath; 4-byte big-endian length
-	// before each frame) or tap.
+	// before each frame), vhost-user (a vhost-user front-end connecting to
+	// PluginPath, the guest's memory shared) or tap.
 	Kind       string `json:"kind"`
 	PluginPath string `json:"plugin_path,omitempty"`
 	VMPath     string `json:"vm_path,omitempty"`

@@ -49,6 +49,10 @@ const (
 	killWait = 10 * time.Second
 	// nicID names the VM's one netdev, for SetLink.
 	nicID = "n0"
+	// nicCharID and memID name a vhost-user NIC's socket and the guest
+	// memory it shares.
+	nicCharID = "n0sock"
+	memID     = "anka-mem"
 	// maxUnixPath is the longest unix socket path Linux accepts
 	// (sun_path is 108 bytes with the terminating NUL).
 	maxUnixPath = 107
@@ -252,7 +256,7 @@ func validateSpec(s *Spec) error {
 			if err := sock("local", n.LocalPath); err != nil {
 				return err
 			}
-		case NICStream:
+		case NICStream, NICVhostUser:
 			if err := sock("plugin", n.Path); err != nil {
 				return err
 			}
@@ -261,7 +265,7 @@ func validateSpec(s *Spec) error {
 				return errs.Invalidf("VM %s: TAP interface name %q is not valid", s.Name, n.TAP)
 			}
 		default:
-			return errs.Invalidf("VM %s: NIC kind %q is not supported: use dgram, stream or tap", s.Name, n.Kind)
+			return errs.Invalidf("VM %s: NIC kind %q is not supported: use dgram, stream, tap or vhost-user", s.Name, n.Kind)
 		}
 	}
 	return nil
@@ -367,6 +371,16 @@ func (q *QEMU) Args(s *Spec) ([]string, error) {
 		if q.useVhostNet() {
 			netdev += ",vhost=on"
 		}
+	case NICVhostUser:
+		// The plugin reads the guest's virtqueues in the guest's memory,
+		// so the memory is a shared memfd of exactly -m's size. QEMU
+		// connects to the plugin's socket and, with reconnect, connects
+		// again when a restarted plugin listens there anew.
+		a = append(a,
+			"-object", "memory-backend-memfd,id="+memID+",size="+strconv.Itoa(mem)+"M,share=on",
+			"-machine", "memory-backend="+memID,
+			"-chardev", "socket,id="+nicCharID+",path="+escapeOpt(n.Path)+",reconnect=1")
+		netdev = "vhost-user,id=" + nicID + ",chardev=" + nicCharID
 	}
 	model := n.Model
 	if model == "" {

@@ -162,6 +162,33 @@ func TestArgsTable(t *testing.T) {
 				t.Errorf("-netdev %q", v)
 			}
 		}},
+		{"vhost-user nic shares the guest's memory", false, func(s *Spec) {
+			s.MemoryMiB = 384
+			s.NIC = &NIC{Kind: NICVhostUser, MAC: mac, Path: "/run/anka/net/vm1/a,b.sock", LinkUp: true}
+		}, func(t *testing.T, a []string) {
+			if v, _ := valueOf(a, "-netdev"); v != "vhost-user,id=n0,chardev=n0sock" {
+				t.Errorf("-netdev %q", v)
+			}
+			if v, _ := valueOf(a, "-chardev"); !strings.Contains(strings.Join(a, " "), "socket,id=n0sock,path=/run/anka/net/vm1/a,,b.sock,reconnect=1") {
+				t.Errorf("no vhost-user chardev in %q (first -chardev %q)", a, v)
+			}
+			if v, _ := valueOf(a, "-object"); v != "memory-backend-memfd,id=anka-mem,size=384M,share=on" {
+				t.Errorf("-object %q", v)
+			}
+			if v, _ := valueOf(a, "-machine"); v != "memory-backend=anka-mem" {
+				t.Errorf("-machine %q", v)
+			}
+			if v, _ := valueOf(a, "-m"); v != "384" {
+				t.Errorf("-m %q: the shared memory must be the guest's size", v)
+			}
+		}},
+		{"sockets keep private memory", false, func(s *Spec) {
+			s.NIC = &NIC{Kind: NICDgram, MAC: mac, Path: "/run/p.sock", LocalPath: "/run/v.sock", LinkUp: true}
+		}, func(t *testing.T, a []string) {
+			if slices.Contains(a, "-object") || slices.Contains(a, "-machine") {
+				t.Errorf("a dgram NIC got a shared memory backend: %q", a)
+			}
+		}},
 		{"tap nic with model, no mac", false, func(s *Spec) {
 			s.NIC = &NIC{Kind: NICTap, TAP: "anka-tap0", Model: "e1000", LinkUp: true}
 		}, func(t *testing.T, a []string) {
@@ -252,6 +279,7 @@ func TestArgsInvalid(t *testing.T) {
 		{"dgram without local", &Spec{Name: "a", Dir: "/v", Kernel: "/k", NIC: &NIC{Kind: NICDgram, Path: "/p"}}, "local socket path"},
 		{"stream without path", &Spec{Name: "a", Dir: "/v", Kernel: "/k", NIC: &NIC{Kind: NICStream}}, "plugin socket path"},
 		{"long socket", &Spec{Name: "a", Dir: "/v", Kernel: "/k", NIC: &NIC{Kind: NICStream, Path: long}}, "unix sockets allow"},
+		{"vhost-user without path", &Spec{Name: "a", Dir: "/v", Kernel: "/k", NIC: &NIC{Kind: NICVhostUser}}, "plugin socket path"},
 		{"tap name", &Spec{Name: "a", Dir: "/v", Kernel: "/k", NIC: &NIC{Kind: NICTap, TAP: "a,b"}}, "TAP interface name"},
 		{"model injection", &Spec{Name: "a", Dir: "/v", Kernel: "/k", NIC: &NIC{Kind: NICTap, TAP: "t", Model: "e1000,romfile=/x"}}, "NIC model"},
 		{"bad mac", &Spec{Name: "a", Dir: "/v", Kernel: "/k", NIC: &NIC{Kind: NICTap, TAP: "t", MAC: net.HardwareAddr{1, 2}}}, "EUI-48"},

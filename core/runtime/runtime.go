@@ -35,6 +35,10 @@ const (
 	NICStream = "stream"
 	// NICTap is a TAP device named TAP, created beforehand.
 	NICTap = "tap"
+	// NICVhostUser is a vhost-user socket at Path (listened on by the
+	// plugin); the VM's memory is shared with the plugin, which moves
+	// frames through the virtqueues directly.
+	NICVhostUser = "vhost-user"
 )
 
 // DefaultNICModel is the guest-visible device model of a NIC.
@@ -44,8 +48,8 @@ const DefaultNICModel = "virtio-net-pci"
 // which is also the name SetLink acts on.
 type NIC struct {
 	MAC       net.HardwareAddr // nil: the hypervisor picks one
-	Kind      string           // NICDgram, NICStream or NICTap
-	Path      string           // dgram: the plugin's socket; stream: the socket to connect to
+	Kind      string           // NICDgram, NICStream, NICTap or NICVhostUser
+	Path      string           // dgram: the plugin's socket; stream, vhost-user: the socket to connect to
 	LocalPath string           // dgram: the VM's own socket, bound by the VM process
 	TAP       string           // tap: the interface name
 	LinkUp    bool             // false: the guest sees the cable unplugged from its first instruction

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -137,6 +138,22 @@ func (m *Manager) List(ctx context.Context) ([]*Status, []error, error) {
 	return out, bad, nil
 }
 
+// ValidateEndpoints checks an external VM's endpoint kinds: known, each
+// once.
+func ValidateEndpoints(kinds []string) error {
+	seen := map[string]bool{}
+	for _, k := range kinds {
+		switch {
+		case !slices.Contains(EndpointKinds, k):
+			return errs.Invalidf("--endpoint %q is not an endpoint kind: use %s, preferred first", k, strings.Join(EndpointKinds, ", "))
+		case seen[k]:
+			return errs.Invalidf("--endpoint names %s twice: name each kind once, preferred first", k)
+		}
+		seen[k] = true
+	}
+	return nil
+}
+
 // Create validates and stores a new, stopped VM with card 0 of type shared.
 func (m *Manager) Create(ctx context.Context, v *VM) error {
 	if err := ValidateName("VM", v.Name); err != nil {
@@ -148,7 +165,12 @@ func (m *Manager) Create(ctx context.Context, v *VM) error {
 		return errs.Invalidf("--runtime %q is not known: use qemu or external", r.Kind)
 	case r.Kind == RuntimeExternal && (r.Kernel != "" || r.Disk != "" || r.Initrd != "" || r.Append != ""):
 		return errs.Invalidf("an external VM is booted by its own hypervisor: drop --kernel, --initrd, --append and --disk")
+	case len(r.Endpoints) > 0 && r.Kind != RuntimeExternal:
+		return errs.Invalidf("--endpoint is for --runtime external: anka knows which endpoints QEMU takes; drop --endpoint")
 	case r.Kind == RuntimeExternal:
+		if err := ValidateEndpoints(r.Endpoints); err != nil {
+			return err
+		}
 	case r.Kernel == "" && r.Disk == "":
 		return errs.Invalidf("a VM needs --kernel PATH (with --initrd, --append) or --disk PATH")
 	case r.Kernel != "" && r.Disk != "":

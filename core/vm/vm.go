@@ -47,7 +47,17 @@ type RuntimeSpec struct {
 	Disk   string `yaml:"disk,omitempty" json:"disk,omitempty"`
 	CPU    int    `yaml:"cpu" json:"cpu"`
 	RAMMiB int    `yaml:"ram_mib" json:"ram_mib"`
+	// Endpoints are the NIC endpoint kinds an external VM's hypervisor
+	// can connect to, preferred first (EndpointKinds); empty means dgram
+	// and stream. QEMU VMs leave it empty: anka knows what QEMU takes.
+	Endpoints []string `yaml:"endpoints,omitempty" json:"endpoints,omitempty"`
 }
+
+// EndpointKinds are the NIC endpoint kinds a hypervisor may connect to.
+var EndpointKinds = []string{"dgram", "stream", "vhost-user", "tap"}
+
+// DefaultExternalEndpoints is what an external VM offers unless told.
+var DefaultExternalEndpoints = []string{"dgram", "stream"}
 
 // NetworkCard is card 0, the only one, as in Anka.
 type NetworkCard struct {
