@@ -64,6 +64,7 @@ type Port struct {
 	conn    atomic.Pointer[net.UnixConn]
 	linkUp  atomic.Bool
 	limiter logLimiter
+	faults  atomic.Uint64 // data path panics recovered (fuzzing checks it stays 0)
 
 	q [2]vring
 

@@ -257,6 +257,7 @@ func (q *vring) writeChain(head uint16, frame []byte) (uint32, int) {
 // front-end. It is deferred right after the queue lock.
 func (p *Port) guard(q *vring) {
 	if r := recover(); r != nil {
+		p.faults.Add(1)
 		p.kill(q, fmt.Sprintf("data path fault: %v", r))
 	}
 }
