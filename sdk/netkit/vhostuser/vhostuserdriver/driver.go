@@ -1,0 +1,783 @@
+//go:build linux
+
+// Package vhostuserdriver is the other side of a vhost-user net back-end:
+// what QEMU and a guest's virtio-net driver do together, in one process.
+// It allocates "guest memory" in a memfd, lays out the receive and
+// transmit split virtqueues in it, connects to a back-end's socket,
+// performs the handshake QEMU 7.2's vhost-user-net performs, and then
+// drives the queues as a virtio-net driver. A Driver is a frameio.Port:
+// ReadBatch returns what the back-end put in the receive queue,
+// WriteBatch sends through the transmit queue. Tests and benchmarks use it
+// in place of a VM.
+package vhostuserdriver
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"github.com/anka-net/anka/sdk/netkit/frameio"
+	"github.com/anka-net/anka/sdk/netkit/vhostuser/internal/vuproto"
+	"golang.org/x/sys/unix"
+)
+
+var le = binary.LittleEndian
+
+// DriverOptions configure a Driver.
+type DriverOptions struct {
+	// MTU sizes the buffers (frameio.FrameSize(MTU) per frame); 0 means
+	// frameio.DefaultMTU.
+	MTU int
+	// HostMTU, when set and the back-end offers NET_MTU, is sent with
+	// NET_SET_MTU, as QEMU sends virtio-net-pci's host_mtu=.
+	HostMTU int
+	// QueueSize is the size of both queues (a power of 2); 0 means 256,
+	// QEMU's default.
+	QueueSize int
+	// RxChunk, when set, posts each receive buffer as a descriptor chain,
+	// the way Linux posts "big packets" without mergeable buffers: the
+	// header in its own descriptor, then pieces of RxChunk bytes.
+	RxChunk int
+	// TxChunk, when set, sends each frame as a chain: the header in its
+	// own descriptor, then pieces of TxChunk bytes.
+	TxChunk int
+	// WriteTimeout is how long WriteBatch waits for the back-end to free
+	// transmit buffers; 0 means frameio.DefaultWriteTimeout, negative
+	// means never wait.
+	WriteTimeout time.Duration
+	// GPABase is the guest physical address of the memory; 0 means 4 GiB
+	// (unlike the user address, so a back-end that confuses the two
+	// fails).
+	GPABase uint64
+	// Log receives warnings; nil discards them.
+	Log *slog.Logger
+}
+
+// Driver is a vhost-user front-end and virtio-net driver.
+type Driver struct {
+	mtu, frameSize int
+	hdrLen         int
+	writeTimeout   time.Duration
+	log            *slog.Logger
+
+	cmu  sync.Mutex // the control connection
+	conn *vuproto.Conn
+	ack  bool // REPLY_ACK negotiated
+
+	memfd   int
+	mem     []byte
+	gpaBase uint64
+	uva     uint64
+
+	features, protoFeatures uint64
+
+	q [2]queue
+
+	ctr    frameio.Counters
+	closed atomic.Bool
+	wakefd int
+	epfd   int
+	waitMu sync.RWMutex
+	evs    [4]unix.EpollEvent
+}
+
+// queue is one split virtqueue as the driver sees it.
+type queue struct {
+	mu                         sync.Mutex
+	idx                        int
+	num                        uint16
+	k                          uint16 // descriptors per slot
+	desc                       []byte
+	avail, used                []byte
+	availHdr, usedHdr          *uint32
+	descOff, availOff, usedOff int // offsets in mem
+	bufOff, slotSize           int // slot s's buffer is mem[bufOff+s*slotSize:]
+	chunk                      int // piece size after the header descriptor; 0 = one descriptor
+
+	availIdx   uint16
+	availFlags uint16
+	lastUsed   uint16
+	free       []uint16 // free slot heads (TX)
+
+	kick, call int
+	base       uint16 // for restart after Stop
+	stopped    bool
+	one, buf   [8]byte
+}
+
+const defaultGPABase = 1 << 32
+
+func alignUp(n, a int) int { return (n + a - 1) &^ (a - 1) }
+
+// Dial connects to a back-end at path, performs the handshake and starts
+// both queues.
+func Dial(path string, o DriverOptions) (*Driver, error) {
+	mtu := o.MTU
+	if mtu == 0 {
+		mtu = frameio.DefaultMTU
+	}
+	if mtu < 68 || mtu > frameio.MaxMTU {
+		return nil, fmt.Errorf("vhostuserdriver: MTU %d is out of range: use 68 to %d", mtu, frameio.MaxMTU)
+	}
+	num := o.QueueSize
+	if num == 0 {
+		num = 256
+	}
+	if num < 2 || num > vuproto.MaxQueueSize || num&(num-1) != 0 {
+		return nil, fmt.Errorf("vhostuserdriver: queue size %d is not a power of 2 from 2 to %d", num, vuproto.MaxQueueSize)
+	}
+	if o.RxChunk < 0 || o.TxChunk < 0 || (o.RxChunk > 0 && o.RxChunk < 64) || (o.TxChunk > 0 && o.TxChunk < 64) {
+		return nil, fmt.Errorf("vhostuserdriver: chunk sizes must be 0 or at least 64 bytes")
+	}
+	d := &Driver{mtu: mtu, frameSize: frameio.FrameSize(mtu), writeTimeout: o.WriteTimeout, log: o.Log, memfd: -1, wakefd: -1, epfd: -1}
+	if d.writeTimeout == 0 {
+		d.writeTimeout = frameio.DefaultWriteTimeout
+	}
+	if d.log == nil {
+		d.log = slog.New(slog.DiscardHandler)
+	}
+	d.gpaBase = o.GPABase
+	if d.gpaBase == 0 {
+		d.gpaBase = defaultGPABase
+	}
+	for i := range d.q {
+		d.q[i].idx, d.q[i].kick, d.q[i].call = i, -1, -1
+		d.q[i].one[0] = 1
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			d.release()
+		}
+	}()
+	c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("vhostuserdriver: connect to %s: %w", path, err)
+	}
+	d.conn = vuproto.NewConn(c)
+	d.conn.Timeout = 5 * time.Second
+	if err := d.handshake(uint16(num), o); err != nil {
+		return nil, fmt.Errorf("vhostuserdriver: %s: %w", path, err)
+	}
+	ok = true
+	return d, nil
+}
+
+// layout sizes the memory: rings first, then the buffer slots.
+func (d *Driver) layout(num uint16, o DriverOptions) int {
+	off := 0
+	bufSize := d.hdrLen + d.frameSize
+	for i := range d.q {
+		q := &d.q[i]
+		q.num = num
+		chunk := o.RxChunk
+		if i == 1 {
+			chunk = o.TxChunk
+		}
+		q.chunk, q.k, q.slotSize = chunk, 1, alignUp(bufSize, 64)
+		if chunk > 0 {
+			pieces := (d.frameSize + chunk - 1) / chunk
+			q.k = uint16(1 + pieces)
+			if q.k > num {
+				q.k = num
+			}
+			q.slotSize = alignUp(d.hdrLen, 64) + pieces*chunk
+		}
+		q.descOff = alignUp(off, 4096)
+		q.availOff = q.descOff + vuproto.DescSize(int(num))
+		q.usedOff = alignUp(q.availOff+vuproto.AvailSize(int(num)), 4096)
+		off = q.usedOff + vuproto.UsedSize(int(num))
+	}
+	for i := range d.q {
+		q := &d.q[i]
+		q.bufOff = alignUp(off, 4096)
+		off = q.bufOff + int(num/q.k)*q.slotSize
+	}
+	return alignUp(off, 1<<21)
+}
+
+// slots is how many buffers a queue holds.
+func (q *queue) slots() uint16 { return q.num / q.k }
+
+// buildSlot writes slot s's descriptor chain for a buffer of n bytes of
+// frame (the header comes first); it returns the head.
+func (d *Driver) buildSlot(q *queue, s uint16, frameLen int, write bool) uint16 {
+	head := s * q.k
+	base := q.bufOff + int(s)*q.slotSize
+	var flags uint16
+	if write {
+		flags = vuproto.DescFWrite
+	}
+	if q.chunk == 0 {
+		n := d.hdrLen + frameLen
+		d.putDesc(q, head, d.gpaBase+uint64(base), uint32(n), flags, 0)
+		return head
+	}
+	hdrSpace := alignUp(d.hdrLen, 64)
+	i := head
+	d.putDesc(q, i, d.gpaBase+uint64(base), uint32(d.hdrLen), flags|vuproto.DescFNext, i+1)
+	left, off := frameLen, base+hdrSpace
+	for p := uint16(1); p < q.k && left > 0; p++ {
+		i = head + p
+		n := min(left, q.chunk)
+		left -= n
+		nf := flags
+		if left > 0 && p+1 < q.k {
+			nf |= vuproto.DescFNext
+		}
+		d.putDesc(q, i, d.gpaBase+uint64(off), uint32(n), nf, i+1)
+		off += n
+	}
+	if frameLen == 0 {
+		// Just the header: no NEXT.
+		d.putDesc(q, head, d.gpaBase+uint64(base), uint32(d.hdrLen), flags, 0)
+	}
+	return head
+}
+
+func (d *Driver) putDesc(q *queue, i uint16, addr uint64, n uint32, flags, next uint16) {
+	b := q.desc[int(i)*16:]
+	le.PutUint64(b, addr)
+	le.PutUint32(b[8:], n)
+	le.PutUint16(b[12:], flags)
+	le.PutUint16(b[14:], next)
+}
+
+// slotCopyIn writes header and frame into slot s.
+func (d *Driver) slotCopyIn(q *queue, s uint16, frame []byte) {
+	base := q.bufOff + int(s)*q.slotSize
+	hdr := d.mem[base : base+d.hdrLen]
+	clear(hdr)
+	if d.hdrLen == 12 {
+		hdr[10] = 1
+	}
+	if q.chunk == 0 {
+		copy(d.mem[base+d.hdrLen:], frame)
+	} else {
+		copy(d.mem[base+alignUp(d.hdrLen, 64):], frame)
+	}
+}
+
+// slotCopyOut reads n bytes (header included) out of slot s into dst.
+func (d *Driver) slotCopyOut(q *queue, s uint16, n int, dst []byte) int {
+	base := q.bufOff + int(s)*q.slotSize
+	fl := n - d.hdrLen
+	if q.chunk == 0 {
+		return copy(dst, d.mem[base+d.hdrLen:base+d.hdrLen+fl])
+	}
+	off := base + alignUp(d.hdrLen, 64)
+	return copy(dst, d.mem[off:off+fl])
+}
+
+func (d *Driver) call(req uint32, payload []byte, fds []int, wantReply bool) ([]byte, error) {
+	h := vuproto.Header{Request: req, Flags: vuproto.Version}
+	needAck := !wantReply && d.ack
+	if needAck {
+		h.Flags |= vuproto.FlagNeedReply
+	}
+	if err := d.conn.Write(h, payload, fds); err != nil {
+		return nil, fmt.Errorf("send %s: %w", vuproto.Name(req), err)
+	}
+	if !wantReply && !needAck {
+		return nil, nil
+	}
+	d.conn.C.SetReadDeadline(time.Now().Add(5 * time.Second))
+	defer d.conn.C.SetReadDeadline(time.Time{})
+	m, err := d.conn.Read()
+	if err != nil {
+		return nil, fmt.Errorf("reply to %s: %w", vuproto.Name(req), err)
+	}
+	for _, fd := range m.FDs {
+		unix.Close(fd)
+	}
+	if m.Request != req || m.Flags&vuproto.FlagReply == 0 {
+		return nil, fmt.Errorf("reply to %s is %s with flags %#x", vuproto.Name(req), vuproto.Name(m.Request), m.Flags)
+	}
+	if needAck {
+		v, err := vuproto.U64(req, m.Payload)
+		if err != nil {
+			return nil, err
+		}
+		if v != 0 {
+			return nil, fmt.Errorf("the back-end refused %s (status %d)", vuproto.Name(req), v)
+		}
+		return nil, nil
+	}
+	return append([]byte(nil), m.Payload...), nil
+}
+
+func (d *Driver) callU64(req uint32, v uint64, fds []int) error {
+	_, err := d.call(req, le.AppendUint64(nil, v), fds, false)
+	return err
+}
+
+func (d *Driver) getU64(req uint32) (uint64, error) {
+	r, err := d.call(req, nil, nil, true)
+	if err != nil {
+		return 0, err
+	}
+	return vuproto.U64(req, r)
+}
+
+func (d *Driver) handshake(num uint16, o DriverOptions) error {
+	f, err := d.getU64(vuproto.GetFeatures)
+	if err != nil {
+		return err
+	}
+	if f&(1<<vuproto.FProtocolFeatures) != 0 {
+		pf, err := d.getU64(vuproto.GetProtocolFeatures)
+		if err != nil {
+			return err
+		}
+		d.protoFeatures = pf & (1<<vuproto.PFReplyAck | 1<<vuproto.PFNetMTU | 1<<vuproto.PFConfig)
+		if err := d.callU64(vuproto.SetProtocolFeatures, d.protoFeatures, nil); err != nil {
+			return err
+		}
+		d.ack = d.protoFeatures&(1<<vuproto.PFReplyAck) != 0
+	}
+	if _, err := d.call(vuproto.SetOwner, nil, nil, false); err != nil {
+		return err
+	}
+	if f, err = d.getU64(vuproto.GetFeatures); err != nil {
+		return err
+	}
+	d.features = f & (1<<vuproto.FVersion1 | 1<<vuproto.NetFMTU | 1<<vuproto.NetFMAC | 1<<vuproto.FProtocolFeatures)
+	d.hdrLen = 10
+	if d.features&(1<<vuproto.FVersion1) != 0 {
+		d.hdrLen = 12
+	}
+	// Memory.
+	size := d.layout(num, o)
+	if d.memfd, err = unix.MemfdCreate("vhostuserdriver", unix.MFD_CLOEXEC); err != nil {
+		return fmt.Errorf("memfd_create: %w", err)
+	}
+	if err := unix.Ftruncate(d.memfd, int64(size)); err != nil {
+		return fmt.Errorf("size the memfd: %w", err)
+	}
+	if d.mem, err = unix.Mmap(d.memfd, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED); err != nil {
+		return fmt.Errorf("mmap the memfd: %w", err)
+	}
+	d.uva = uint64(uintptr(unsafe.Pointer(&d.mem[0])))
+	for i := range d.q {
+		q := &d.q[i]
+		q.desc = d.mem[q.descOff : q.descOff+vuproto.DescSize(int(num))]
+		q.avail = d.mem[q.availOff : q.availOff+vuproto.AvailSize(int(num))]
+		q.used = d.mem[q.usedOff : q.usedOff+vuproto.UsedSize(int(num))]
+		q.availHdr = (*uint32)(unsafe.Pointer(&q.avail[0]))
+		q.usedHdr = (*uint32)(unsafe.Pointer(&q.used[0]))
+		if q.kick, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
+			return err
+		}
+		if q.call, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
+			return err
+		}
+	}
+	if d.wakefd, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
+		return err
+	}
+	if d.epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
+		return err
+	}
+	for _, fd := range []int{d.wakefd, d.q[0].call} {
+		if err := unix.EpollCtl(d.epfd, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)}); err != nil {
+			return err
+		}
+	}
+	// Receive buffers go in before the device starts, as Linux does.
+	rx := &d.q[0]
+	for s := uint16(0); s < rx.slots(); s++ {
+		head := d.buildSlot(rx, s, d.frameSize, true)
+		le.PutUint16(rx.avail[4+2*int(rx.availIdx&(num-1)):], head)
+		rx.availIdx++
+	}
+	rx.publishAvail()
+	tx := &d.q[1]
+	tx.availFlags = vuproto.AvailFNoInterrupt
+	tx.publishAvail()
+	tx.free = make([]uint16, 0, tx.slots())
+	for s := tx.slots(); s > 0; s-- {
+		tx.free = append(tx.free, s-1)
+	}
+	// QEMU's order: the call fds at init, then at start features, memory
+	// and each queue, then enable.
+	for i := range d.q {
+		if err := d.callU64(vuproto.SetVringCall, uint64(i), []int{d.q[i].call}); err != nil {
+			return err
+		}
+	}
+	if err := d.callU64(vuproto.SetFeatures, d.features, nil); err != nil {
+		return err
+	}
+	mt := vuproto.PutMemTable(nil, []vuproto.MemRegion{{GuestPhysAddr: d.gpaBase, MemorySize: uint64(size), UserspaceAddr: d.uva}})
+	if _, err := d.call(vuproto.SetMemTable, mt, []int{d.memfd}, false); err != nil {
+		return err
+	}
+	for i := range d.q {
+		if err := d.startQueue(i); err != nil {
+			return err
+		}
+	}
+	if d.features&(1<<vuproto.FProtocolFeatures) != 0 {
+		for i := range d.q {
+			if _, err := d.call(vuproto.SetVringEnable, vuproto.VringState{Index: uint32(i), Num: 1}.Put(nil), nil, false); err != nil {
+				return err
+			}
+		}
+	}
+	if o.HostMTU > 0 && d.protoFeatures&(1<<vuproto.PFNetMTU) != 0 {
+		if err := d.callU64(vuproto.NetSetMTU, uint64(o.HostMTU), nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (d *Driver) startQueue(i int) error {
+	q := &d.q[i]
+	st := func(n uint32) []byte { return vuproto.VringState{Index: uint32(i), Num: n}.Put(nil) }
+	if _, err := d.call(vuproto.SetVringNum, st(uint32(q.num)), nil, false); err != nil {
+		return err
+	}
+	if _, err := d.call(vuproto.SetVringBase, st(uint32(q.base)), nil, false); err != nil {
+		return err
+	}
+	a := vuproto.VringAddr{Index: uint32(i), Desc: d.uva + uint64(q.descOff), Used: d.uva + uint64(q.usedOff), Avail: d.uva + uint64(q.availOff)}
+	if _, err := d.call(vuproto.SetVringAddr, a.Put(nil), nil, false); err != nil {
+		return err
+	}
+	if err := d.callU64(vuproto.SetVringKick, uint64(i), []int{q.kick}); err != nil {
+		return err
+	}
+	return d.callU64(vuproto.SetVringCall, uint64(i), []int{q.call})
+}
+
+// StopQueue stops queue i with GET_VRING_BASE, as QEMU does when the
+// guest stops the device, and returns the back-end's next avail index.
+func (d *Driver) StopQueue(i int) (uint16, error) {
+	d.cmu.Lock()
+	defer d.cmu.Unlock()
+	r, err := d.call(vuproto.GetVringBase, vuproto.VringState{Index: uint32(i)}.Put(nil), nil, true)
+	if err != nil {
+		return 0, err
+	}
+	s, err := vuproto.ParseVringState(vuproto.GetVringBase, r)
+	if err != nil {
+		return 0, err
+	}
+	d.q[i].base = uint16(s.Num)
+	return uint16(s.Num), nil
+}
+
+// StartQueue starts queue i again where StopQueue left it.
+func (d *Driver) StartQueue(i int) error {
+	d.cmu.Lock()
+	defer d.cmu.Unlock()
+	if err := d.startQueue(i); err != nil {
+		return err
+	}
+	if d.features&(1<<vuproto.FProtocolFeatures) != 0 {
+		_, err := d.call(vuproto.SetVringEnable, vuproto.VringState{Index: uint32(i), Num: 1}.Put(nil), nil, false)
+		return err
+	}
+	return nil
+}
+
+// Config reads the device's config space (GET_CONFIG) when the back-end
+// offers it: the MAC and MTU it advertises.
+func (d *Driver) Config() (mac net.HardwareAddr, mtu int, err error) {
+	if d.protoFeatures&(1<<vuproto.PFConfig) == 0 {
+		return nil, 0, errors.New("vhostuserdriver: the back-end does not offer GET_CONFIG")
+	}
+	d.cmu.Lock()
+	defer d.cmu.Unlock()
+	req := make([]byte, vuproto.ConfigHeaderSize+12)
+	le.PutUint32(req[4:], 12)
+	r, err := d.call(vuproto.GetConfig, req, nil, true)
+	if err != nil {
+		return nil, 0, err
+	}
+	c, err := vuproto.ParseConfig(vuproto.GetConfig, r)
+	if err != nil || len(c.Data) < 12 {
+		return nil, 0, fmt.Errorf("vhostuserdriver: bad GET_CONFIG reply: %v", err)
+	}
+	if d.features&(1<<vuproto.NetFMAC) != 0 {
+		mac = append(net.HardwareAddr(nil), c.Data[:6]...)
+	}
+	return mac, int(le.Uint16(c.Data[10:])), nil
+}
+
+// Features are the virtio features the driver acknowledged.
+func (d *Driver) Features() uint64 { return d.features }
+
+func (q *queue) publishAvail() {
+	atomic.StoreUint32(q.availHdr, uint32(q.availFlags)|uint32(q.availIdx)<<16)
+}
+
+func (q *queue) kickIfWanted() {
+	if atomic.LoadUint32(q.usedHdr)&vuproto.UsedFNoNotify == 0 {
+		unix.Write(q.kick, q.one[:])
+	}
+}
+
+// Kind is frameio.KindVhostUser.
+func (d *Driver) Kind() frameio.Kind { return frameio.KindVhostUser }
+
+// MTU is the driver's MTU.
+func (d *Driver) MTU() int { return d.mtu }
+
+// Stats: Rx is what the back-end delivered, Tx what was sent to it.
+func (d *Driver) Stats() frameio.Stats { return d.ctr.Snapshot() }
+
+// ReadBatch waits for frames in the receive queue.
+func (d *Driver) ReadBatch(frames []frameio.Frame) (int, error) {
+	for {
+		if d.closed.Load() {
+			return 0, frameio.ErrClosed
+		}
+		if len(frames) == 0 {
+			return 0, nil
+		}
+		if n := d.readOnce(frames); n > 0 {
+			return n, nil
+		}
+		d.waitMu.RLock()
+		if d.closed.Load() {
+			d.waitMu.RUnlock()
+			return 0, frameio.ErrClosed
+		}
+		unix.EpollWait(d.epfd, d.evs[:], -1)
+		var b [8]byte
+		unix.Read(d.wakefd, b[:])
+		unix.Read(d.q[0].call, b[:])
+		d.waitMu.RUnlock()
+	}
+}
+
+func (d *Driver) readOnce(frames []frameio.Frame) int {
+	q := &d.q[0]
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.desc == nil {
+		return 0
+	}
+	got, bytes, dropped := 0, 0, 0
+	mask := q.num - 1
+	for got < len(frames) {
+		usedIdx := uint16(atomic.LoadUint32(q.usedHdr) >> 16)
+		if usedIdx == q.lastUsed {
+			if got > 0 {
+				break
+			}
+			if q.availFlags&vuproto.AvailFNoInterrupt != 0 {
+				q.availFlags &^= vuproto.AvailFNoInterrupt
+				q.publishAvail()
+				continue
+			}
+			break
+		}
+		if q.availFlags&vuproto.AvailFNoInterrupt == 0 {
+			q.availFlags |= vuproto.AvailFNoInterrupt
+			q.publishAvail()
+		}
+		for ; q.lastUsed != usedIdx && got < len(frames); q.lastUsed++ {
+			off := 4 + 8*int(q.lastUsed&mask)
+			id, n := le.Uint32(q.used[off:]), int(le.Uint32(q.used[off+4:]))
+			if id >= uint32(q.num) || uint16(id)%q.k != 0 {
+				d.log.Warn("vhostuserdriver: the back-end returned a bad descriptor id", "id", id)
+				continue
+			}
+			s := uint16(id) / q.k
+			if n < d.hdrLen+frameio.MinFrameLen || n > d.hdrLen+d.frameSize {
+				dropped++
+			} else {
+				f := &frames[got]
+				f.N = d.slotCopyOut(q, s, n, f.Buf)
+				bytes += f.N
+				got++
+			}
+			le.PutUint16(q.avail[4+2*int(q.availIdx&mask):], uint16(id))
+			q.availIdx++
+		}
+		q.publishAvail()
+	}
+	if got > 0 || dropped > 0 {
+		q.kickIfWanted()
+	}
+	d.ctr.AddRx(got, bytes)
+	d.ctr.AddRxDropped(dropped)
+	return got
+}
+
+// WriteBatch sends frames through the transmit queue, waiting up to
+// WriteTimeout for free buffers.
+func (d *Driver) WriteBatch(frames []frameio.Frame) (int, error) {
+	return d.writeBatch(frames, d.writeTimeout)
+}
+
+// WriteBatchNoWait is WriteBatch without waiting (frameio.NoWaitWriter).
+func (d *Driver) WriteBatchNoWait(frames []frameio.Frame) (int, error) {
+	return d.writeBatch(frames, -1)
+}
+
+// reclaim takes back the transmit buffers the back-end is done with.
+func (q *queue) reclaim() {
+	usedIdx := uint16(atomic.LoadUint32(q.usedHdr) >> 16)
+	for ; q.lastUsed != usedIdx; q.lastUsed++ {
+		off := 4 + 8*int(q.lastUsed&(q.num-1))
+		id := le.Uint32(q.used[off:])
+		if id < uint32(q.num) && uint16(id)%q.k == 0 && len(q.free) < cap(q.free) {
+			q.free = append(q.free, uint16(id)/q.k)
+		}
+	}
+}
+
+func (d *Driver) writeBatch(frames []frameio.Frame, timeout time.Duration) (int, error) {
+	if d.closed.Load() {
+		return 0, frameio.ErrClosed
+	}
+	q := &d.q[1]
+	q.mu.Lock()
+	if q.desc == nil {
+		q.mu.Unlock()
+		return 0, frameio.ErrClosed
+	}
+	sent, bytes := 0, 0
+	var deadline time.Time
+	mask := q.num - 1
+	for i := range frames {
+		f := &frames[i]
+		if f.N < frameio.MinFrameLen || f.N > d.frameSize {
+			continue
+		}
+		if len(q.free) == 0 {
+			q.reclaim()
+		}
+		for len(q.free) == 0 && timeout >= 0 && !d.closed.Load() {
+			if deadline.IsZero() {
+				deadline = time.Now().Add(timeout)
+			}
+			left := time.Until(deadline)
+			if left <= 0 {
+				break
+			}
+			d.waitTx(q, left)
+		}
+		if len(q.free) == 0 {
+			break
+		}
+		s := q.free[len(q.free)-1]
+		q.free = q.free[:len(q.free)-1]
+		d.slotCopyIn(q, s, f.Bytes())
+		head := d.buildSlot(q, s, f.N, false)
+		le.PutUint16(q.avail[4+2*int(q.availIdx&mask):], head)
+		q.availIdx++
+		sent++
+		bytes += f.N
+		if sent%64 == 0 {
+			q.publishAvail()
+			q.kickIfWanted()
+		}
+	}
+	if sent%64 != 0 {
+		q.publishAvail()
+		q.kickIfWanted()
+	}
+	q.mu.Unlock()
+	d.ctr.AddTx(sent, bytes)
+	d.ctr.AddTxDropped(len(frames) - sent)
+	return sent, nil
+}
+
+// waitTx asks for an interrupt and waits up to left for freed buffers.
+func (d *Driver) waitTx(q *queue, left time.Duration) {
+	q.publishAvail()
+	q.kickIfWanted()
+	q.availFlags &^= vuproto.AvailFNoInterrupt
+	q.publishAvail()
+	defer func() {
+		q.availFlags |= vuproto.AvailFNoInterrupt
+		q.publishAvail()
+	}()
+	if q.reclaim(); len(q.free) > 0 {
+		return
+	}
+	ms := int((left + time.Millisecond - 1) / time.Millisecond)
+	fds := [1]unix.PollFd{{Fd: int32(q.call), Events: unix.POLLIN}}
+	unix.Poll(fds[:], ms)
+	unix.Read(q.call, q.buf[:])
+	q.reclaim()
+}
+
+// Close disconnects from the back-end and frees the memory.
+func (d *Driver) Close() error {
+	if d.closed.Swap(true) {
+		return nil
+	}
+	d.conn.C.Close()
+	var one = [8]byte{1}
+	unix.Write(d.wakefd, one[:])
+	d.waitMu.Lock()
+	d.q[0].mu.Lock()
+	d.q[1].mu.Lock()
+	d.release()
+	d.q[1].mu.Unlock()
+	d.q[0].mu.Unlock()
+	d.waitMu.Unlock()
+	return nil
+}
+
+func (d *Driver) release() {
+	if d.conn != nil {
+		d.conn.C.Close()
+	}
+	for i := range d.q {
+		q := &d.q[i]
+		for _, fd := range []*int{&q.kick, &q.call} {
+			if *fd >= 0 {
+				unix.Close(*fd)
+				*fd = -1
+			}
+		}
+		q.desc, q.avail, q.used, q.availHdr, q.usedHdr = nil, nil, nil, nil, nil
+	}
+	for _, fd := range []*int{&d.wakefd, &d.epfd, &d.memfd} {
+		if *fd >= 0 {
+			unix.Close(*fd)
+			*fd = -1
+		}
+	}
+	if d.mem != nil {
+		unix.Munmap(d.mem)
+		d.mem = nil
+	}
+}
+
+var (
+	_ frameio.Port         = (*Driver)(nil)
+	_ frameio.NoWaitWriter = (*Driver)(nil)
+)
+
+// Rings returns queue i's descriptor table, avail ring and used ring in
+// the driver's memory, and the guest physical address of the memory's
+// start: for tests that play a hostile driver. Writing them races with
+// the driver's own use; a test does so while the driver is idle.
+func (d *Driver) Rings(i int) (desc, avail, used []byte, gpaBase uint64) {
+	q := &d.q[i]
+	return q.desc, q.avail, q.used, d.gpaBase
+}
+
+// Kick notifies the back-end on queue i, as the driver does after adding
+// buffers (for tests that write the rings themselves).
+func (d *Driver) Kick(i int) {
+	unix.Write(d.q[i].kick, d.q[i].one[:])
+}
+
+// MemFD is the memfd holding the driver's memory (for fault-injection
+// tests: shrinking it makes the back-end's mapping fault).
+func (d *Driver) MemFD() int { return d.memfd }
