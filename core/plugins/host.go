@@ -331,7 +331,7 @@ func (h *Host) BeforeStart(ctx context.Context, v *vm.VM, dynamicMAC string) (*r
 		return nil, err
 	}
 	ep := resp.Endpoint
-	nic := &runtime.NIC{Kind: string(ep.Kind), Path: ep.PluginPath, LocalPath: ep.VMPath, TAP: ep.TAP, LinkUp: ep.LinkUp}
+	nic := &runtime.NIC{Kind: string(ep.Kind), Path: ep.PluginPath, LocalPath: ep.VMPath, TAP: ep.TAP, LinkUp: ep.LinkUp, MTU: ep.MTU}
 	return nic, nil
 }
 

@@ -390,6 +390,12 @@ func (q *QEMU) Args(s *Spec) ([]string, error) {
 	if n.MAC != nil {
 		device += ",mac=" + n.MAC.String()
 	}
+	if n.Kind == NICVhostUser && n.MTU > 0 && model == DefaultNICModel {
+		// The plugin offers no mergeable buffers: a Linux guest posts
+		// receive buffers big enough for frames above 1500 bytes only
+		// when the device announces the MTU.
+		device += ",host_mtu=" + strconv.Itoa(n.MTU)
+	}
 	a = append(a, "-netdev", netdev, "-device", device)
 	if !n.LinkUp {
 		// Start with the vCPUs stopped; Start unplugs the cable over

@@ -164,8 +164,11 @@ func TestArgsTable(t *testing.T) {
 		}},
 		{"vhost-user nic shares the guest's memory", false, func(s *Spec) {
 			s.MemoryMiB = 384
-			s.NIC = &NIC{Kind: NICVhostUser, MAC: mac, Path: "/run/anka/net/vm1/a,b.sock", LinkUp: true}
+			s.NIC = &NIC{Kind: NICVhostUser, MAC: mac, Path: "/run/anka/net/vm1/a,b.sock", LinkUp: true, MTU: 9000}
 		}, func(t *testing.T, a []string) {
+			if v, _ := valueOf(a, "-device"); v != "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56,host_mtu=9000" {
+				t.Errorf("-device %q", v)
+			}
 			if v, _ := valueOf(a, "-netdev"); v != "vhost-user,id=n0,chardev=n0sock" {
 				t.Errorf("-netdev %q", v)
 			}

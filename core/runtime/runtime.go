@@ -53,6 +53,7 @@ type NIC struct {
 	LocalPath string           // dgram: the VM's own socket, bound by the VM process
 	TAP       string           // tap: the interface name
 	LinkUp    bool             // false: the guest sees the cable unplugged from its first instruction
+	MTU       int              // vhost-user: the MTU the device offers the guest (host_mtu); 0: the default
 	Model     string           // "": DefaultNICModel
 }
 

@@ -58,8 +58,9 @@ func inRange(ip netip.Addr) bool {
 
 // TestSharedNetwork: a guest gets a lease by udhcpc, the host and the
 // guest reach each other, the guest reaches the outside through NAT and
-// resolves a name through the gateway; on both paths: a QEMU VM on its
-// TAP on the kernel bridge, and a socket VM on the user-space switch.
+// resolves a name through the gateway; on every path: a QEMU VM on its
+// TAP on the kernel bridge, a socket VM on the user-space switch, and a
+// vhost-user VM (its queues read in place) on the same switch.
 func TestSharedNetwork(t *testing.T) {
 	routedtest.Skip(t)
 	for _, tc := range []struct {
@@ -70,6 +71,7 @@ func TestSharedNetwork(t *testing.T) {
 	}{
 		{"kernel bridge", routedtest.QEMU, sdk.EndpointTAP, "kernel bridge (TAP aks"},
 		{"user-space switch", routedtest.Sockets, sdk.EndpointDgram, "user-space switch"},
+		{"vhost-user", []sdk.EndpointKind{sdk.EndpointVhostUser, sdk.EndpointDgram}, sdk.EndpointVhostUser, "user-space switch over vhost-user"},
 	} {
 		t.Run(tc.name, func(t *testing.T) { testSharedNetwork(t, tc.kinds, tc.want, tc.path) })
 	}

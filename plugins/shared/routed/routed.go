@@ -320,7 +320,7 @@ func (p *Plugin) Info(context.Context, *sdk.InfoRequest) (*sdk.InfoResponse, err
 		}
 		types = append(types, sdk.TypeInfo{
 			Name: t.Name, Description: t.Description + where, Capabilities: caps,
-			Endpoints: []sdk.EndpointKind{sdk.EndpointTAP, sdk.EndpointDgram, sdk.EndpointStream},
+			Endpoints: []sdk.EndpointKind{sdk.EndpointTAP, sdk.EndpointVhostUser, sdk.EndpointDgram, sdk.EndpointStream},
 		})
 	}
 	return &sdk.InfoResponse{Name: p.net.Binary, Version: p.net.Version, ProtocolVersions: []int{sdk.ProtocolVersion}, Types: types,
@@ -549,6 +549,9 @@ func (p *Plugin) Status(_ context.Context, req *sdk.StatusRequest) (*sdk.StatusR
 		resp.Details["tap"] = s.Endpoint.TAP
 	} else if s.Attached {
 		resp.Details["socket"] = fmt.Sprintf("%s %s", s.Endpoint.Kind, s.Endpoint.PluginPath)
+		if s.Endpoint.Kind == frameio.KindVhostUser {
+			resp.Path = fmt.Sprintf("user-space switch over vhost-user (the guest's queues read in its shared memory), routed by the host (%s)", p.net.What)
+		}
 	}
 	if s.Attached {
 		resp.Details["attached_since"] = s.Since.UTC().Format(time.RFC3339)

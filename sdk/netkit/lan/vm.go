@@ -19,6 +19,7 @@ import (
 	"github.com/anka-net/anka/sdk/netkit/dhcpserver"
 	"github.com/anka-net/anka/sdk/netkit/frameio"
 	"github.com/anka-net/anka/sdk/netkit/mactrans"
+	"github.com/anka-net/anka/sdk/netkit/vhostuser"
 	"github.com/anka-net/anka/sdk/netkit/vswitch"
 )
 
@@ -42,8 +43,8 @@ type VM struct {
 type AttachRequest struct {
 	VM VM
 	// Kinds the runtime can connect, preferred first; the LAN hands out
-	// frameio.KindDgram and frameio.KindStream, and with a Bridge
-	// frameio.KindTAP. Empty means dgram. A TAP, when offered, wins over
+	// frameio.KindDgram, frameio.KindStream and frameio.KindVhostUser,
+	// and with a Bridge frameio.KindTAP. Empty means dgram. A TAP, when offered, wins over
 	// the order (it is the kernel fast path) for a VM without an internal
 	// MAC, unless the VM's datagram socket is live: a VM still running
 	// on sockets (attached again after a restart) keeps them.
@@ -344,6 +345,10 @@ func (l *LAN) attachSocketLocked(a *attachment, v VM, name string, internal net.
 		link, err = frameio.ListenDgram(ep.PluginPath, frameio.DgramOptions{MTU: ep.MTU, Peer: ep.VMPath, Logger: log})
 	case frameio.KindStream:
 		link, err = frameio.ListenStream(ep.PluginPath, frameio.StreamOptions{MTU: ep.MTU, Logger: log})
+	case frameio.KindVhostUser:
+		// The guest sees its internal MAC; the switch's port the dynamic
+		// one (the translators below sit between them).
+		link, err = vhostuser.Listen(ep.PluginPath, vhostuser.Options{MTU: ep.MTU, MAC: slices.Clone(internal), Log: log})
 	}
 	if err != nil {
 		return nil, errorf(Unavailable, "VM %s: cannot create its socket: %w", name, err)
@@ -474,24 +479,26 @@ func (l *LAN) chooseKind(kinds []frameio.Kind, translated bool, vmPath string) (
 	if len(kinds) == 0 {
 		return frameio.KindDgram, nil
 	}
+	if slices.Contains(kinds, frameio.KindDgram) && vmPath != "" && socketLive(vmPath) {
+		// A VM running on datagrams, attached again after a restart.
+		return frameio.KindDgram, nil
+	}
 	offersTAP := slices.Contains(kinds, frameio.KindTAP)
 	if offersTAP && l.cfg.Bridge != nil && !translated {
-		if !slices.Contains(kinds, frameio.KindDgram) || vmPath == "" || !socketLive(vmPath) {
-			return frameio.KindTAP, nil
-		}
+		return frameio.KindTAP, nil
 	}
 	for _, k := range kinds {
-		if k == frameio.KindDgram || k == frameio.KindStream {
+		if k == frameio.KindDgram || k == frameio.KindStream || k == frameio.KindVhostUser {
 			return k, nil
 		}
 	}
 	if offersTAP && l.cfg.Bridge != nil {
-		return "", errors.New("a VM with an internal MAC (-m) needs its frames translated, which only the user-space switch does, and the runtime offered a TAP only (" + kindList(kinds) + "): offer a dgram or stream socket, or drop the internal MAC")
+		return "", errors.New("a VM with an internal MAC (-m) needs its frames translated, which only the user-space switch does, and the runtime offered a TAP only (" + kindList(kinds) + "): offer a dgram, stream or vhost-user socket, or drop the internal MAC")
 	}
 	if l.cfg.Bridge != nil {
-		return "", errors.New("the network hands out TAPs and dgram and stream sockets; the runtime offered " + kindList(kinds))
+		return "", errors.New("the network hands out TAPs, dgram, stream and vhost-user sockets; the runtime offered " + kindList(kinds))
 	}
-	return "", errors.New("the network hands out dgram and stream sockets; the runtime offered " + kindList(kinds))
+	return "", errors.New("the network hands out dgram, stream and vhost-user sockets; the runtime offered " + kindList(kinds))
 }
 
 func kindList(kinds []frameio.Kind) string {

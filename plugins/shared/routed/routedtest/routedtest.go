@@ -139,9 +139,9 @@ func (f writerFunc) Write(b []byte) (int, error) { return f(b) }
 
 var _ io.Writer = writerFunc(nil)
 
-// QEMU is what the core offers for a QEMU VM: a datagram socket or a
-// TAP (the plugin takes the TAP for its fast path when it can).
-var QEMU = []sdk.EndpointKind{sdk.EndpointDgram, sdk.EndpointTAP}
+// QEMU is what the core offers for a QEMU VM: a TAP (the plugin takes it
+// for its fast path when it can), vhost-user or a datagram socket.
+var QEMU = []sdk.EndpointKind{sdk.EndpointTAP, sdk.EndpointVhostUser, sdk.EndpointDgram}
 
 // Sockets is what the core offers a hypervisor it does not launch.
 var Sockets = []sdk.EndpointKind{sdk.EndpointDgram, sdk.EndpointStream}

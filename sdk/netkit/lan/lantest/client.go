@@ -18,11 +18,12 @@ import (
 
 	"github.com/anka-net/anka/sdk/netkit/frameio"
 	"github.com/anka-net/anka/sdk/netkit/frameio/frameiotest"
+	"github.com/anka-net/anka/sdk/netkit/vhostuser/vhostuserdriver"
 )
 
 // Plug is a VM endpoint as the plugin handed it out.
 type Plug struct {
-	Kind       frameio.Kind // dgram (default), stream or tap
+	Kind       frameio.Kind // dgram (default), stream, tap or vhost-user
 	PluginPath string
 	VMPath     string
 	// TAP is the VM's TAP (tap), opened by name as QEMU opens it, in
@@ -34,7 +35,8 @@ type Plug struct {
 }
 
 // Open is the VM side of p, as QEMU makes it: for dgram it binds VMPath
-// and sends to PluginPath without connecting; for stream it connects;
+// and sends to PluginPath without connecting; for stream and vhost-user
+// it connects;
 // for tap it opens the TAP by name (QEMU -netdev tap,ifname=...; QEMU
 // holds it by its file descriptor). It is closed when tb ends.
 func Open(tb testing.TB, p Plug) frameio.Port {
@@ -48,6 +50,10 @@ func Open(tb testing.TB, p Plug) frameio.Port {
 		port, err = frameio.DialStream(p.PluginPath, frameio.StreamOptions{MTU: p.MTU, Logger: frameiotest.Quiet})
 	case frameio.KindTAP:
 		port, err = OpenTAP(p)
+	case frameio.KindVhostUser:
+		// The front-end and the guest's virtio driver, as QEMU and Linux
+		// drive them; big frames in chains of pages, as Linux posts them.
+		port, err = vhostuserdriver.Dial(p.PluginPath, vhostuserdriver.DriverOptions{MTU: p.MTU, HostMTU: p.MTU, RxChunk: 4096, Log: frameiotest.Quiet})
 	default:
 		tb.Fatalf("lantest: cannot play the VM behind a %s endpoint", p.Kind)
 	}
