@@ -142,7 +142,12 @@ var startIP = regexp.MustCompile(`(?m)^ip (\S+)$`)
 // it printed.
 func (l *lab) start(name string) string {
 	l.e.t.Helper()
-	out := l.e.ok("start", name)
+	r := l.e.run("start", name)
+	if r.code != 0 {
+		qlog, _ := os.ReadFile(filepath.Join(l.e.dir, "state", "vms", name, "qemu.log"))
+		l.e.t.Fatalf("anka start %s: exit %d\nstdout: %s\nstderr: %s\nqemu.log: %s", name, r.code, r.stdout, r.stderr, qlog)
+	}
+	out := r.stdout
 	m := startIP.FindStringSubmatch(out)
 	if m == nil {
 		l.e.t.Fatalf("anka start %s printed no IP:\n%s", name, out)
@@ -417,10 +422,11 @@ func reattachPID(path string) int {
 	return ri.Pid
 }
 
-// A QEMU guest on the kernel fast path (a TAP on the network's bridge) and
-// a socket guest (an external VM: a namespace relayed to its datagram
-// endpoint) share one shared network: one DHCP server, and they reach
-// each other and the host.
+// A QEMU guest on the kernel fast path (a TAP on the network's bridge), a
+// socket guest (an external VM: a namespace relayed to its datagram
+// endpoint) and a QEMU guest on vhost-user (with -m) share one shared
+// network: one DHCP server, and they reach each other and the host; the
+// vhost-user guest comes back after a kill -9 of the plugin.
 func TestFastPathAndSocketGuests(t *testing.T) {
 	l := newLab(t)
 	e := l.e
@@ -460,5 +466,52 @@ func TestFastPathAndSocketGuests(t *testing.T) {
 	}
 	if page, err := l.fetch("http://" + qip + "/"); err != nil || !strings.Contains(page, "anka-guest q1") {
 		t.Fatalf("host -> fast-path guest: %v %s", err, page)
+	}
+
+	// A QEMU guest with an internal MAC (-m) needs the switch to translate
+	// its frames: it gets vhost-user, the plugin reading its virtqueues in
+	// its shared memory, on the same network.
+	l.guest("v1", "anka.ping="+qip)
+	e.ok("modify", "v1", "set", "network-card", "-t", "shared", "-m", "52:54:00:aa:bb:01")
+	vip := l.start("v1")
+	json.Unmarshal(e.jsonOK("show", "v1", "network"), &q)
+	if !strings.Contains(q.Path, "vhost-user") {
+		t.Fatalf("a QEMU guest with -m is not on vhost-user: %q", q.Path)
+	}
+	waitFor(t, "v1 to ping the fast-path guest", 90*time.Second, pingDone(e, "v1", qip))
+	if !consoleHas(e, "v1", "ping "+qip+" ok")() {
+		t.Fatalf("vhost-user guest -> fast-path guest %s failed", qip)
+	}
+	if out := ns.Exec(t, "busybox", "ping", "-c", "3", "-W", "2", vip); strings.Contains(out, " 0 packets received") {
+		t.Fatalf("socket guest -> vhost-user guest %s:\n%s", vip, out)
+	}
+	if page, err := l.fetch("http://" + vip + "/"); err != nil || !strings.Contains(page, "anka-guest v1") {
+		t.Fatalf("host -> vhost-user guest: %v %s", err, page)
+	}
+
+	// Suspend and resume stop and start the plugin's rings (QEMU asks for
+	// their state and hands it back); the guest carries on.
+	e.ok("suspend", "v1")
+	e.ok("start", "v1")
+	waitFor(t, "the vhost-user guest to answer after suspend and resume", 30*time.Second, func() bool {
+		page, err := l.fetch("http://" + vip + "/")
+		return err == nil && strings.Contains(page, "anka-guest v1")
+	})
+
+	// kill -9 of the plugin: QEMU connects again to the restarted plugin's
+	// socket and the guest answers at the same address.
+	reattach := filepath.Join(e.dir, "state", "plugins", "anka-net-shared", "reattach.json")
+	old := reattachPID(reattach)
+	kill9(t, "anka-net-shared", old)
+	waitFor(t, "the daemon to start the shared plugin again", 30*time.Second, func() bool {
+		p := reattachPID(reattach)
+		return p != old && alive(p)
+	})
+	waitFor(t, "the vhost-user guest to answer after the plugin's restart", 60*time.Second, func() bool {
+		page, err := l.fetch("http://" + vip + "/")
+		return err == nil && strings.Contains(page, "anka-guest v1")
+	})
+	if got := l.card("v1").IP; got != vip {
+		t.Errorf("the vhost-user guest's address after the restart: %q, had %s", got, vip)
 	}
 }
