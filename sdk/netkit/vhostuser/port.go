@@ -3,6 +3,7 @@
 package vhostuser
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -120,7 +121,12 @@ func Listen(path string, o Options) (*Port, error) {
 	if o.MAC != nil {
 		p.offered |= 1 << vuproto.NetFMAC
 	}
-	p.protoOffered = 1<<vuproto.PFReplyAck | 1<<vuproto.PFNetMTU | 1<<vuproto.PFConfig
+	p.protoOffered = 1<<vuproto.PFReplyAck | 1<<vuproto.PFNetMTU
+	if o.MAC != nil {
+		// QEMU's virtio-net does not use it (and warns that it does
+		// not); a front-end that reads the MAC from the back-end does.
+		p.protoOffered |= 1 << vuproto.PFConfig
+	}
 	for i := range p.q {
 		p.q[i].init(i)
 	}
@@ -230,6 +236,9 @@ func (p *Port) session(vc *vuproto.Conn) error {
 		m, err := vc.Read()
 		if err != nil {
 			return err
+		}
+		if p.log.Enabled(context.Background(), slog.LevelDebug) {
+			p.log.Debug("vhostuser: request", "path", p.path, "request", vuproto.Name(m.Request), "flags", m.Flags, "size", m.Size, "fds", len(m.FDs), "payload", fmt.Sprintf("%x", m.Payload))
 		}
 		reply, herr := p.handle(&m)
 		for _, fd := range m.FDs {
