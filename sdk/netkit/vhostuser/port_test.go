@@ -255,3 +255,37 @@ func TestCloseUnblocksRead(t *testing.T) {
 		t.Fatalf("Kind = %q", p.Kind())
 	}
 }
+
+func openFDs(t *testing.T) int {
+	es, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(es)
+}
+
+// Front-ends coming and going, and ports opening and closing, leave no
+// file descriptors behind (eventfds, memfds, sockets, epoll).
+func TestNoFDLeak(t *testing.T) {
+	before := openFDs(t)
+	for range 5 {
+		p, err := vhostuser.Listen(filepath.Join(sockDir(t), "s"), vhostuser.Options{WriteTimeout: -1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range 3 {
+			d, err := vhostuserdriver.Dial(p.Path(), vhostuserdriver.DriverOptions{WriteTimeout: -1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			transfer(t, d, p, [][]byte{frame(64, 1)}, 1500)
+			transfer(t, p, d, [][]byte{frame(64, 2)}, 1500)
+			d.Close()
+			eventually(t, "the port notices the driver left", func() bool { return !p.Connected() })
+		}
+		p.Close()
+	}
+	if after := openFDs(t); after > before {
+		t.Fatalf("%d file descriptors open before, %d after", before, after)
+	}
+}

@@ -201,32 +201,59 @@ func answersUs(f []byte, guestMAC net.HardwareAddr) bool {
 
 // A real QEMU connects, the guest boots, its DHCPDISCOVER arrives
 // through ReadBatch, and an ICMPv6 echo request written with WriteBatch
-// reaches it (it answers).
+// reaches it (it answers). Then the plugin restarts: the port closes, a
+// new one listens on the same path, QEMU reconnects (reconnect=1) and
+// restarts the running device on it, and both directions work again.
 func TestQEMUGuest(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots a VM")
 	}
 	const mtu = 1500
 	mac := net.HardwareAddr{0x52, 0x54, 0, 0x12, 0x34, 0x56}
-	p := listen(t, vhostuser.Options{MTU: mtu, Log: testLog(t)})
-	startVM(t, p.Path(), mac.String(), mtu)
+	dir := sockDir(t)
+	path := filepath.Join(dir, "vu.sock")
+	p, err := vhostuser.Listen(path, vhostuser.Options{MTU: mtu, Log: testLog(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	startVM(t, path, mac.String(), mtu)
+	expectGuest(t, p, mac, "first boot")
+	p.Close()
 
+	p, err = vhostuser.Listen(path, vhostuser.Options{MTU: mtu, Log: testLog(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	expectGuest(t, p, mac, "after the plugin restarted")
+}
+
+// expectGuest waits for the guest's DHCPDISCOVER on p and for its answer
+// to an echo request sent through p.
+func expectGuest(t *testing.T, p *vhostuser.Port, mac net.HardwareAddr, phase string) {
+	t.Helper()
+	mtu := p.MTU()
 	frames := make(chan []byte, 256)
+	stop := make(chan struct{})
+	defer close(stop)
 	go func() {
 		b := frameio.NewBatch(16, mtu)
 		for {
 			n, err := p.ReadBatch(b)
 			if err != nil {
-				close(frames)
 				return
 			}
 			for _, f := range b[:n] {
-				frames <- append([]byte(nil), f.Bytes()...)
+				select {
+				case frames <- append([]byte(nil), f.Bytes()...):
+				case <-stop:
+					return
+				}
 			}
 		}
 	}()
 	// Hang guards for a TCG boot, not timing assertions.
-	deadline := time.After(60 * time.Second)
+	deadline := time.After(3 * time.Minute)
 	tick := time.NewTicker(500 * time.Millisecond)
 	defer tick.Stop()
 	out := frameio.NewBatch(1, mtu)
@@ -234,10 +261,7 @@ func TestQEMUGuest(t *testing.T) {
 	var seq uint16
 	for !sawDiscover || !answered {
 		select {
-		case f, ok := <-frames:
-			if !ok {
-				t.Fatal("port closed")
-			}
+		case f := <-frames:
 			if isDHCPDiscover(f, mac) {
 				sawDiscover = true
 			}
@@ -251,11 +275,11 @@ func TestQEMUGuest(t *testing.T) {
 				p.WriteBatchNoWait(out)
 			}
 		case <-deadline:
-			t.Fatalf("gave up: DHCPDISCOVER seen %v, guest answered %v; port stats %+v, connected %v",
-				sawDiscover, answered, p.Stats(), p.Connected())
+			t.Fatalf("%s: gave up: DHCPDISCOVER seen %v, guest answered %v; port stats %+v, connected %v",
+				phase, sawDiscover, answered, p.Stats(), p.Connected())
 		}
 	}
 	if s := p.Stats(); s.RxDropped != 0 {
-		t.Errorf("the port dropped %d frames from the guest", s.RxDropped)
+		t.Errorf("%s: the port dropped %d frames from the guest", phase, s.RxDropped)
 	}
 }
