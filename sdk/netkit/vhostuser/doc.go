@@ -80,8 +80,9 @@
 // mapping it. A bad chain is returned to the guest unused and counted
 // (RxDropped from the guest, TxDropped towards it); an avail index more
 // than a queue ahead, a malformed or unsupported message, too many file
-// descriptors, or a front-end that does not read its replies within 5
-// seconds ends that session, logged, and the port waits for the next
+// descriptors, a front-end that does not read its replies within 5
+// seconds or says nothing within 10 seconds of connecting ends that
+// session, logged, and the port waits for the next
 // front-end. Memory truncated under the mapping faults when touched; the
 // data path runs with debug.SetPanicOnFault and turns such a fault into
 // an ended session instead of a crashed plugin.

@@ -232,6 +232,15 @@ func TestHostileMessages(t *testing.T) {
 		checkStillServes(t, p)
 	})
 
+	t.Run("front-end that never says anything", func(t *testing.T) {
+		if testing.Short() {
+			t.Skip("waits for the first-message timeout")
+		}
+		rawDial(t, p)
+		eventually(t, "the silent front-end is served", p.Connected)
+		checkStillServes(t, p)
+	})
+
 	t.Run("front-end that never reads replies", func(t *testing.T) {
 		if testing.Short() {
 			t.Skip("waits for the reply timeout")

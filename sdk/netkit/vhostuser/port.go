@@ -49,6 +49,11 @@ const (
 // replyTimeout bounds a reply to a front-end that stopped reading.
 const replyTimeout = 5 * time.Second
 
+// helloTimeout bounds the wait for a new front-end's first message (QEMU
+// sends GET_FEATURES at once), so a connection that says nothing does not
+// hold the port from the next front-end for ever.
+const helloTimeout = 10 * time.Second
+
 // Port is a vhost-user net back-end on a unix socket; see the package doc.
 type Port struct {
 	path         string
@@ -232,10 +237,17 @@ func (p *Port) serveConn(c *net.UnixConn) {
 }
 
 func (p *Port) session(vc *vuproto.Conn) error {
-	for {
+	vc.C.SetReadDeadline(time.Now().Add(helloTimeout))
+	for first := true; ; first = false {
 		m, err := vc.Read()
 		if err != nil {
+			if first && errors.Is(err, os.ErrDeadlineExceeded) {
+				return fmt.Errorf("no request within %v of connecting", helloTimeout)
+			}
 			return err
+		}
+		if first {
+			vc.C.SetReadDeadline(time.Time{})
 		}
 		if p.log.Enabled(context.Background(), slog.LevelDebug) {
 			p.log.Debug("vhostuser: request", "path", p.path, "request", vuproto.Name(m.Request), "flags", m.Flags, "size", m.Size, "fds", len(m.FDs), "payload", fmt.Sprintf("%x", m.Payload))
