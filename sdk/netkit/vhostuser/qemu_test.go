@@ -152,11 +152,9 @@ func linkLocal(mac net.HardwareAddr) net.IP {
 	return ip
 }
 
-// echoRequest is an ICMPv6 echo request from us to the guest.
-func echoRequest(guestMAC net.HardwareAddr, seq uint16) []byte {
+// icmp6 frames an ICMPv6 message from us to the guest, checksum filled.
+func icmp6(guestMAC net.HardwareAddr, hopLimit byte, icmp []byte) []byte {
 	dst := linkLocal(guestMAC)
-	icmp := []byte{128, 0, 0, 0, 0x12, 0x34, byte(seq >> 8), byte(seq)}
-	icmp = append(icmp, []byte("vhost-user")...)
 	var sum uint32
 	add := func(b []byte) {
 		for i := 0; i+1 < len(b); i += 2 {
@@ -176,61 +174,100 @@ func echoRequest(guestMAC net.HardwareAddr, seq uint16) []byte {
 	binary.BigEndian.PutUint16(icmp[2:], ^uint16(sum))
 	f := append([]byte{}, guestMAC...)
 	f = append(f, ourMAC...)
-	f = append(f, 0x86, 0xdd, 0x60, 0, 0, 0, byte(len(icmp)>>8), byte(len(icmp)), 58, 64)
+	f = append(f, 0x86, 0xdd, 0x60, 0, 0, 0, byte(len(icmp)>>8), byte(len(icmp)), 58, hopLimit)
 	f = append(f, ourLL.To16()...)
 	f = append(f, dst...)
 	return append(f, icmp...)
 }
 
-// answersUs reports whether the guest's frame f is an echo reply to us or
-// a neighbour solicitation for our address (it got our request and looks
-// for where to send the reply).
-func answersUs(f []byte, guestMAC net.HardwareAddr) bool {
+// echoRequest is an ICMPv6 echo request to the guest with size bytes of
+// data.
+func echoRequest(guestMAC net.HardwareAddr, seq uint16, size int) []byte {
+	icmp := []byte{128, 0, 0, 0, 0x12, 0x34, byte(seq >> 8), byte(seq)}
+	for i := range size {
+		icmp = append(icmp, byte(i))
+	}
+	return icmp6(guestMAC, 64, icmp)
+}
+
+// neighborAdvert tells the guest where fe80::1 is.
+func neighborAdvert(guestMAC net.HardwareAddr) []byte {
+	icmp := []byte{136, 0, 0, 0, 0x60, 0, 0, 0}
+	icmp = append(icmp, ourLL.To16()...)
+	icmp = append(icmp, 2, 1)
+	icmp = append(icmp, ourMAC...)
+	return icmp6(guestMAC, 255, icmp)
+}
+
+// fromGuestICMP6 returns the ICMPv6 message in the guest's frame f, or nil.
+func fromGuestICMP6(f []byte, guestMAC net.HardwareAddr) []byte {
 	if len(f) < 14+40+8 || !bytes.Equal(f[6:12], guestMAC) || f[12] != 0x86 || f[13] != 0xdd || f[14+6] != 58 {
-		return false
+		return nil
 	}
-	icmp := f[14+40:]
-	switch icmp[0] {
-	case 129:
-		return bytes.Equal(f[14+24:14+40], ourLL.To16())
-	case 135:
-		return len(icmp) >= 24 && bytes.Equal(icmp[8:24], ourLL.To16())
+	return f[14+40:]
+}
+
+// solicitsUs reports whether the guest asks where fe80::1 is: it got our
+// echo request and wants to answer.
+func solicitsUs(icmp []byte) bool {
+	return icmp != nil && icmp[0] == 135 && len(icmp) >= 24 && bytes.Equal(icmp[8:24], ourLL.To16())
+}
+
+// echoReplySize is the data size of an echo reply, or -1.
+func echoReplySize(icmp []byte) int {
+	if icmp == nil || icmp[0] != 129 {
+		return -1
 	}
-	return false
+	return len(icmp) - 8
 }
 
 // A real QEMU connects, the guest boots, its DHCPDISCOVER arrives
 // through ReadBatch, and an ICMPv6 echo request written with WriteBatch
-// reaches it (it answers). Then the plugin restarts: the port closes, a
-// new one listens on the same path, QEMU reconnects (reconnect=1) and
-// restarts the running device on it, and both directions work again.
+// gets its reply (after a neighbour solicitation the port answers). Then
+// the plugin restarts: the port closes, a new one listens on the same
+// path, QEMU reconnects (reconnect=1) and restarts the running device on
+// it, and both directions work again. With MTU 65520 the guest posts
+// "big packets" (receive buffers chained from pages) and transmits large
+// frames as chains: a 60000-byte echo goes both ways.
 func TestQEMUGuest(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots a VM")
 	}
-	const mtu = 1500
-	mac := net.HardwareAddr{0x52, 0x54, 0, 0x12, 0x34, 0x56}
-	dir := sockDir(t)
-	path := filepath.Join(dir, "vu.sock")
-	p, err := vhostuser.Listen(path, vhostuser.Options{MTU: mtu, Log: testLog(t)})
-	if err != nil {
-		t.Fatal(err)
+	for _, tc := range []struct {
+		name     string
+		mtu      int
+		echoSize int
+		restart  bool
+	}{
+		{"MTU 1500 and plugin restart", 1500, 1000, true},
+		{"MTU 65520", frameio.MaxMTU, 60000, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mac := net.HardwareAddr{0x52, 0x54, 0, 0x12, 0x34, 0x56}
+			path := filepath.Join(sockDir(t), "vu.sock")
+			p, err := vhostuser.Listen(path, vhostuser.Options{MTU: tc.mtu, Log: testLog(t)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			startVM(t, path, mac.String(), tc.mtu)
+			expectGuest(t, p, mac, tc.echoSize, "first boot")
+			p.Close()
+			if !tc.restart {
+				return
+			}
+			p, err = vhostuser.Listen(path, vhostuser.Options{MTU: tc.mtu, Log: testLog(t)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer p.Close()
+			expectGuest(t, p, mac, tc.echoSize, "after the plugin restarted")
+		})
 	}
-	startVM(t, path, mac.String(), mtu)
-	expectGuest(t, p, mac, "first boot")
-	p.Close()
-
-	p, err = vhostuser.Listen(path, vhostuser.Options{MTU: mtu, Log: testLog(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	expectGuest(t, p, mac, "after the plugin restarted")
 }
 
-// expectGuest waits for the guest's DHCPDISCOVER on p and for its answer
-// to an echo request sent through p.
-func expectGuest(t *testing.T, p *vhostuser.Port, mac net.HardwareAddr, phase string) {
+// expectGuest waits for the guest's DHCPDISCOVER on p and for its reply
+// to an echo request of echoSize bytes sent through p.
+func expectGuest(t *testing.T, p *vhostuser.Port, mac net.HardwareAddr, echoSize int, phase string) {
 	t.Helper()
 	mtu := p.MTU()
 	frames := make(chan []byte, 256)
@@ -257,26 +294,36 @@ func expectGuest(t *testing.T, p *vhostuser.Port, mac net.HardwareAddr, phase st
 	tick := time.NewTicker(500 * time.Millisecond)
 	defer tick.Stop()
 	out := frameio.NewBatch(1, mtu)
-	sawDiscover, answered := false, false
+	write := func(f []byte) {
+		out[0].N = copy(out[0].Buf, f)
+		p.WriteBatchNoWait(out)
+	}
+	sawDiscover, replied := false, false
 	var seq uint16
-	for !sawDiscover || !answered {
+	for !sawDiscover || !replied {
 		select {
 		case f := <-frames:
 			if isDHCPDiscover(f, mac) {
 				sawDiscover = true
 			}
-			if answersUs(f, mac) {
-				answered = true
+			icmp := fromGuestICMP6(f, mac)
+			if solicitsUs(icmp) {
+				write(neighborAdvert(mac))
+			}
+			if n := echoReplySize(icmp); n >= 0 {
+				if n != echoSize {
+					t.Fatalf("%s: echo reply with %d bytes of data, want %d", phase, n, echoSize)
+				}
+				replied = true
 			}
 		case <-tick.C:
 			if p.Connected() {
 				seq++
-				out[0].N = copy(out[0].Buf, echoRequest(mac, seq))
-				p.WriteBatchNoWait(out)
+				write(echoRequest(mac, seq, echoSize))
 			}
 		case <-deadline:
-			t.Fatalf("%s: gave up: DHCPDISCOVER seen %v, guest answered %v; port stats %+v, connected %v",
-				phase, sawDiscover, answered, p.Stats(), p.Connected())
+			t.Fatalf("%s: gave up: DHCPDISCOVER seen %v, echo reply %v; port stats %+v, connected %v",
+				phase, sawDiscover, replied, p.Stats(), p.Connected())
 		}
 	}
 	if s := p.Stats(); s.RxDropped != 0 {
