@@ -436,6 +436,7 @@ func (p *Port) handle(m *vuproto.Msg) ([]byte, error) {
 		// Resume where the used ring is (libvhost-user does the same):
 		// the driver has seen every entry up to it.
 		q.usedIdx = uint16(q.usedWord() >> 16)
+		q.published = q.usedIdx
 		return nil, nil
 	case vuproto.SetVringBase:
 		s, err := vuproto.ParseVringState(m.Request, pl)

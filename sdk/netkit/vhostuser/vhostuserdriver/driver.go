@@ -9,6 +9,11 @@
 // ReadBatch returns what the back-end put in the receive queue,
 // WriteBatch sends through the transmit queue. Tests and benchmarks use it
 // in place of a VM.
+//
+// It serves one connection: it does not reconnect. When the back-end goes
+// away, ReadBatch blocks until Close and WriteBatch drops once the
+// transmit queue is full. Offloads, mergeable buffers, indirect
+// descriptors and EVENT_IDX are not negotiated, like the back-end.
 package vhostuserdriver
 
 import (
