@@ -4,7 +4,6 @@ package vhostuser_test
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -18,11 +17,7 @@ import (
 	"github.com/anka-net/anka/sdk/netkit/vhostuser/vhostuserdriver"
 )
 
-type tb interface {
-	testing.TB
-}
-
-func testLog(t tb) *slog.Logger {
+func testLog(t testing.TB) *slog.Logger {
 	if os.Getenv("VHOSTUSER_TEST_LOG") != "" {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
@@ -30,7 +25,7 @@ func testLog(t tb) *slog.Logger {
 }
 
 // sockDir is a short directory for sockets (sun_path is 108 bytes).
-func sockDir(t tb) string {
+func sockDir(t testing.TB) string {
 	d, err := os.MkdirTemp("", "vu")
 	if err != nil {
 		t.Fatal(err)
@@ -39,7 +34,7 @@ func sockDir(t tb) string {
 	return d
 }
 
-func listen(t tb, o vhostuser.Options) *vhostuser.Port {
+func listen(t testing.TB, o vhostuser.Options) *vhostuser.Port {
 	t.Helper()
 	if o.Log == nil {
 		o.Log = testLog(t)
@@ -52,7 +47,7 @@ func listen(t tb, o vhostuser.Options) *vhostuser.Port {
 	return p
 }
 
-func dial(t tb, p *vhostuser.Port, o vhostuserdriver.DriverOptions) *vhostuserdriver.Driver {
+func dial(t testing.TB, p *vhostuser.Port, o vhostuserdriver.DriverOptions) *vhostuserdriver.Driver {
 	t.Helper()
 	if o.Log == nil {
 		o.Log = testLog(t)
@@ -85,7 +80,7 @@ func frame(n, seq int) []byte {
 }
 
 // send writes all of frames through w, retrying what was dropped.
-func send(t tb, w frameio.Port, frames [][]byte, mtu int) error {
+func send(t testing.TB, w frameio.Port, frames [][]byte, mtu int) error {
 	batch := frameio.NewBatch(16, mtu)
 	for i := 0; i < len(frames); {
 		n := min(len(batch), len(frames)-i)
@@ -119,7 +114,7 @@ func receive(r frameio.Port, want, mtu int) ([][]byte, error) {
 
 // transfer sends frames from w to r and checks they arrive whole and in
 // order.
-func transfer(t tb, w, r frameio.Port, frames [][]byte, mtu int) {
+func transfer(t testing.TB, w, r frameio.Port, frames [][]byte, mtu int) {
 	t.Helper()
 	var got [][]byte
 	var rerr error
@@ -157,7 +152,7 @@ func head(b []byte) []byte { return b[:min(len(b), 24)] }
 
 // eventually polls cond until it holds or a generous deadline passes (a
 // hang guard, not a timing assertion).
-func eventually(t tb, what string, cond func() bool) {
+func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for !cond() {
@@ -167,5 +162,3 @@ func eventually(t tb, what string, cond func() bool) {
 		time.Sleep(2 * time.Millisecond)
 	}
 }
-
-var errTimeout = errors.New("timed out")

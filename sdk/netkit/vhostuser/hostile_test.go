@@ -232,6 +232,15 @@ func TestHostileMessages(t *testing.T) {
 		checkStillServes(t, p)
 	})
 
+	t.Run("front-end that never says anything", func(t *testing.T) {
+		if testing.Short() {
+			t.Skip("waits for the first-message timeout")
+		}
+		rawDial(t, p)
+		eventually(t, "the silent front-end is served", p.Connected)
+		checkStillServes(t, p)
+	})
+
 	t.Run("front-end that never reads replies", func(t *testing.T) {
 		if testing.Short() {
 			t.Skip("waits for the reply timeout")
@@ -283,9 +292,18 @@ func (f *hostileFE) bufOff(q, i int) int {
 }
 
 func newHostileFE(t *testing.T, p *vhostuser.Port) *hostileFE {
-	f := &hostileFE{t: t, c: rawDial(t, p), num: feNum, gpaBase: feGPA}
+	f := &hostileFE{t: t, num: feNum, gpaBase: feGPA}
 	f.fd, f.mem = memfd(t, feMemSize)
 	f.uva = uint64(uintptr(unsafe.Pointer(&f.mem[0])))
+	f.connect(p)
+	return f
+}
+
+// connect runs the handshake on a new connection, starting each queue
+// where the driver's avail index is (as QEMU does after a reconnect).
+func (f *hostileFE) connect(p *vhostuser.Port) {
+	t := f.t
+	f.c = rawDial(t, p)
 	c := f.c
 	rawSend(t, c, vuproto.GetFeatures, 0, nil)
 	rawReply(t, c, vuproto.GetFeatures)
@@ -294,7 +312,7 @@ func newHostileFE(t *testing.T, p *vhostuser.Port) *hostileFE {
 	rawSend(t, c, vuproto.SetMemTable, 0, vuproto.PutMemTable(nil, []vuproto.MemRegion{{GuestPhysAddr: feGPA, MemorySize: feMemSize, UserspaceAddr: f.uva}}), f.fd)
 	for q := range 2 {
 		rawSend(t, c, vuproto.SetVringNum, 0, vuproto.VringState{Index: uint32(q), Num: feNum}.Put(nil))
-		rawSend(t, c, vuproto.SetVringBase, 0, vuproto.VringState{Index: uint32(q)}.Put(nil))
+		rawSend(t, c, vuproto.SetVringBase, 0, vuproto.VringState{Index: uint32(q), Num: uint32(f.avail[q])}.Put(nil))
 		rawSend(t, c, vuproto.SetVringAddr, 0, vuproto.VringAddr{Index: uint32(q),
 			Desc: f.uva + uint64(f.descOff(q)), Avail: f.uva + uint64(f.availOff(q)), Used: f.uva + uint64(f.usedOff(q))}.Put(nil))
 		f.kick[q] = eventfd(t)
@@ -304,7 +322,6 @@ func newHostileFE(t *testing.T, p *vhostuser.Port) *hostileFE {
 	// Round trip: the back-end has handled everything above.
 	rawSend(t, c, vuproto.GetFeatures, 0, nil)
 	rawReply(t, c, vuproto.GetFeatures)
-	return f
 }
 
 func (f *hostileFE) setDesc(q, i int, addr uint64, n uint32, flags, next uint16) {
@@ -482,4 +499,71 @@ func TestHostileShrunkMemory(t *testing.T) {
 	f.setDesc(1, 0, f.gpaBase+feMemSize-4096, 200, 0, 0)
 	f.post(1, 0, 1)
 	checkServesPendingReader(t, p, pending)
+}
+
+// A front-end that reconnects with rings already in use (QEMU after a
+// plugin restart) finds its used index where it was: the port resumes
+// from it and never shows the guest an index going backwards, even
+// before it has anything to put there.
+func TestReconnectKeepsUsedIndex(t *testing.T) {
+	p := listen(t, vhostuser.Options{MTU: 1500, WriteTimeout: -1})
+	f := newHostileFE(t, p)
+	w := frameio.NewBatch(1, 1500)
+	w[0].N = copy(w[0].Buf, frame(100, 1))
+	for i := range 3 {
+		f.setDesc(0, i, f.gpaBase+uint64(f.bufOff(0, i)), 2000, vuproto.DescFWrite, 0)
+		f.post(0, uint16(i), 1)
+		if n, _ := p.WriteBatch(w); n != 1 {
+			t.Fatalf("frame %d not delivered", i)
+		}
+	}
+	if got := f.usedIdx(0); got != 3 {
+		t.Fatalf("used idx %d after 3 frames", got)
+	}
+	// Each reconnect is one chance for the port to show a stale index:
+	// take twenty.
+	for round := range 20 {
+		f.c.C.Close()
+		eventually(t, "the port notices the front-end left", func() bool { return !p.Connected() })
+		f.connect(p)
+		// No buffers: nothing to deliver, but the port looks at the ring
+		// and sets its flags, while the guest watches the used index.
+		var wrong atomic.Int32
+		wrong.Store(-1)
+		done := make(chan struct{})
+		watching, stopped := make(chan struct{}), make(chan struct{})
+		go func() {
+			defer close(stopped)
+			close(watching)
+			for {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				if got := f.usedIdx(0); got != 3 {
+					wrong.Store(int32(got))
+				}
+			}
+		}()
+		<-watching
+		for range 10 {
+			if n, _ := p.WriteBatchNoWait(w); n != 0 {
+				t.Fatal("a frame was delivered without a buffer")
+			}
+		}
+		close(done)
+		<-stopped
+		if got := wrong.Load(); got >= 0 {
+			t.Fatalf("reconnect %d: the guest saw used idx %d, want it kept at 3", round, got)
+		}
+	}
+	f.setDesc(0, 3, f.gpaBase+uint64(f.bufOff(0, 3)), 2000, vuproto.DescFWrite, 0)
+	f.post(0, 3, 1)
+	if n, _ := p.WriteBatch(w); n != 1 {
+		t.Fatal("frame not delivered after the reconnect")
+	}
+	if got := f.usedIdx(0); got != 4 {
+		t.Fatalf("used idx %d, want 4", got)
+	}
 }

@@ -3,6 +3,7 @@
 package vhostuser
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -47,6 +48,11 @@ const (
 
 // replyTimeout bounds a reply to a front-end that stopped reading.
 const replyTimeout = 5 * time.Second
+
+// helloTimeout bounds the wait for a new front-end's first message (QEMU
+// sends GET_FEATURES at once), so a connection that says nothing does not
+// hold the port from the next front-end for ever.
+const helloTimeout = 10 * time.Second
 
 // Port is a vhost-user net back-end on a unix socket; see the package doc.
 type Port struct {
@@ -120,7 +126,12 @@ func Listen(path string, o Options) (*Port, error) {
 	if o.MAC != nil {
 		p.offered |= 1 << vuproto.NetFMAC
 	}
-	p.protoOffered = 1<<vuproto.PFReplyAck | 1<<vuproto.PFNetMTU | 1<<vuproto.PFConfig
+	p.protoOffered = 1<<vuproto.PFReplyAck | 1<<vuproto.PFNetMTU
+	if o.MAC != nil {
+		// QEMU's virtio-net does not use it (and warns that it does
+		// not); a front-end that reads the MAC from the back-end does.
+		p.protoOffered |= 1 << vuproto.PFConfig
+	}
 	for i := range p.q {
 		p.q[i].init(i)
 	}
@@ -226,10 +237,20 @@ func (p *Port) serveConn(c *net.UnixConn) {
 }
 
 func (p *Port) session(vc *vuproto.Conn) error {
-	for {
+	vc.C.SetReadDeadline(time.Now().Add(helloTimeout))
+	for first := true; ; first = false {
 		m, err := vc.Read()
 		if err != nil {
+			if first && errors.Is(err, os.ErrDeadlineExceeded) {
+				return fmt.Errorf("no request within %v of connecting", helloTimeout)
+			}
 			return err
+		}
+		if first {
+			vc.C.SetReadDeadline(time.Time{})
+		}
+		if p.log.Enabled(context.Background(), slog.LevelDebug) {
+			p.log.Debug("vhostuser: request", "path", p.path, "request", vuproto.Name(m.Request), "flags", m.Flags, "size", m.Size, "fds", len(m.FDs), "payload", fmt.Sprintf("%x", m.Payload))
 		}
 		reply, herr := p.handle(&m)
 		for _, fd := range m.FDs {
@@ -415,6 +436,7 @@ func (p *Port) handle(m *vuproto.Msg) ([]byte, error) {
 		// Resume where the used ring is (libvhost-user does the same):
 		// the driver has seen every entry up to it.
 		q.usedIdx = uint16(q.usedWord() >> 16)
+		q.published = q.usedIdx
 		return nil, nil
 	case vuproto.SetVringBase:
 		s, err := vuproto.ParseVringState(m.Request, pl)

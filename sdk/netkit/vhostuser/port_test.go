@@ -255,3 +255,82 @@ func TestCloseUnblocksRead(t *testing.T) {
 		t.Fatalf("Kind = %q", p.Kind())
 	}
 }
+
+func openFDs(t *testing.T) int {
+	es, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(es)
+}
+
+// Front-ends coming and going, and ports opening and closing, leave no
+// file descriptors behind (eventfds, memfds, sockets, epoll).
+func TestNoFDLeak(t *testing.T) {
+	before := openFDs(t)
+	for range 5 {
+		p, err := vhostuser.Listen(filepath.Join(sockDir(t), "s"), vhostuser.Options{WriteTimeout: -1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range 3 {
+			d, err := vhostuserdriver.Dial(p.Path(), vhostuserdriver.DriverOptions{WriteTimeout: -1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			transfer(t, d, p, [][]byte{frame(64, 1)}, 1500)
+			transfer(t, p, d, [][]byte{frame(64, 2)}, 1500)
+			d.Close()
+			eventually(t, "the port notices the driver left", func() bool { return !p.Connected() })
+		}
+		p.Close()
+	}
+	if after := openFDs(t); after > before {
+		t.Fatalf("%d file descriptors open before, %d after", before, after)
+	}
+}
+
+// A disabled transmit queue is drained and its frames discarded (counted);
+// a disabled receive queue takes nothing. Enabled again, both carry.
+func TestDisabledQueues(t *testing.T) {
+	const mtu = 1500
+	p := listen(t, vhostuser.Options{MTU: mtu, WriteTimeout: -1})
+	d := dial(t, p, vhostuserdriver.DriverOptions{WriteTimeout: -1})
+	pending := make(chan [][]byte, 1)
+	go func() {
+		got, _ := receive(p, 1, mtu)
+		pending <- got
+	}()
+	if err := d.EnableQueue(1, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := send(t, d, [][]byte{frame(64, 1), frame(64, 2), frame(64, 3)}, mtu); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the disabled queue is drained", func() bool { return p.Stats().RxDropped == 3 })
+	if err := d.EnableQueue(1, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := send(t, d, [][]byte{frame(64, 4)}, mtu); err != nil {
+		t.Fatal(err)
+	}
+	if err := sameFrames(<-pending, [][]byte{frame(64, 4)}); err != nil {
+		t.Fatal(err)
+	}
+	if s := p.Stats(); s.RxDropped != 3 || s.RxFrames != 1 {
+		t.Fatalf("RxDropped %d RxFrames %d, want 3 discarded and 1 delivered", s.RxDropped, s.RxFrames)
+	}
+
+	if err := d.EnableQueue(0, false); err != nil {
+		t.Fatal(err)
+	}
+	b := frameio.NewBatch(1, mtu)
+	b[0].N = copy(b[0].Buf, frame(64, 5))
+	if n, _ := p.WriteBatch(b); n != 0 {
+		t.Fatal("a frame went into a disabled receive queue")
+	}
+	if err := d.EnableQueue(0, true); err != nil {
+		t.Fatal(err)
+	}
+	transfer(t, p, d, [][]byte{frame(64, 6)}, mtu)
+}

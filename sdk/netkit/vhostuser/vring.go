@@ -312,9 +312,12 @@ func (p *Port) readOnce(frames []frameio.Frame, woke bool) (got int, poll bool) 
 	if woke {
 		q.drainKick()
 	}
-	if !q.ready() {
+	// A disabled transmit queue is still drained, its frames discarded
+	// (the vhost-user spec's rule), so a guest does not stall on it.
+	if !q.started || q.broken || q.desc == nil {
 		return 0, false
 	}
+	discard := !q.enabled
 	bytes, dropped := 0, 0
 	for got < len(frames) {
 		avail, ok := q.pending()
@@ -347,6 +350,10 @@ func (p *Port) readOnce(frames []frameio.Frame, woke bool) (got int, poll bool) 
 			if why != chainOK {
 				dropped++
 				p.badChain(q, why)
+				continue
+			}
+			if discard {
+				dropped++
 				continue
 			}
 			f.N = n

@@ -9,6 +9,11 @@
 // ReadBatch returns what the back-end put in the receive queue,
 // WriteBatch sends through the transmit queue. Tests and benchmarks use it
 // in place of a VM.
+//
+// It serves one connection: it does not reconnect. When the back-end goes
+// away, ReadBatch blocks until Close and WriteBatch drops once the
+// transmit queue is full. Offloads, mergeable buffers, indirect
+// descriptors and EVENT_IDX are not negotiated, like the back-end.
 package vhostuserdriver
 
 import (
@@ -360,7 +365,7 @@ func (d *Driver) handshake(num uint16, o DriverOptions) error {
 	if err := unix.Ftruncate(d.memfd, int64(size)); err != nil {
 		return fmt.Errorf("size the memfd: %w", err)
 	}
-	if d.mem, err = unix.Mmap(d.memfd, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED); err != nil {
+	if d.mem, err = unix.Mmap(d.memfd, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE); err != nil {
 		return fmt.Errorf("mmap the memfd: %w", err)
 	}
 	d.uva = uint64(uintptr(unsafe.Pointer(&d.mem[0])))
@@ -486,6 +491,18 @@ func (d *Driver) StartQueue(i int) error {
 		return err
 	}
 	return nil
+}
+
+// EnableQueue sends SET_VRING_ENABLE for queue i.
+func (d *Driver) EnableQueue(i int, on bool) error {
+	d.cmu.Lock()
+	defer d.cmu.Unlock()
+	var n uint32
+	if on {
+		n = 1
+	}
+	_, err := d.call(vuproto.SetVringEnable, vuproto.VringState{Index: uint32(i), Num: n}.Put(nil), nil, false)
+	return err
 }
 
 // Config reads the device's config space (GET_CONFIG) when the back-end
