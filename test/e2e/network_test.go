@@ -145,7 +145,21 @@ func (l *lab) start(name string) string {
 	r := l.e.run("start", name)
 	if r.code != 0 {
 		qlog, _ := os.ReadFile(filepath.Join(l.e.dir, "state", "vms", name, "qemu.log"))
-		l.e.t.Fatalf("anka start %s: exit %d\nstdout: %s\nstderr: %s\nqemu.log: %s", name, r.code, r.stdout, r.stderr, qlog)
+		console, _ := os.ReadFile(filepath.Join(l.e.dir, "state", "vms", name, "console.log"))
+		if len(console) > 3000 {
+			console = console[len(console)-3000:]
+		}
+		var plog []byte
+		logs, _ := filepath.Glob(filepath.Join(l.e.dir, "state", "plugins", "*", "plugin.log"))
+		for _, f := range logs {
+			b, _ := os.ReadFile(f)
+			if len(b) > 3000 {
+				b = b[len(b)-3000:]
+			}
+			plog = append(plog, "--- "+f+"\n"...)
+			plog = append(plog, b...)
+		}
+		l.e.t.Fatalf("anka start %s: exit %d\nstdout: %s\nstderr: %s\nqemu.log: %s\nconsole.log (end): %s\nplugin logs (end):\n%s", name, r.code, r.stdout, r.stderr, qlog, console, plog)
 	}
 	out := r.stdout
 	m := startIP.FindStringSubmatch(out)

@@ -346,9 +346,10 @@ func (l *LAN) attachSocketLocked(a *attachment, v VM, name string, internal net.
 	case frameio.KindStream:
 		link, err = frameio.ListenStream(ep.PluginPath, frameio.StreamOptions{MTU: ep.MTU, Logger: log})
 	case frameio.KindVhostUser:
-		// The guest sees its internal MAC; the switch's port the dynamic
-		// one (the translators below sit between them).
-		link, err = vhostuser.Listen(ep.PluginPath, vhostuser.Options{MTU: ep.MTU, MAC: slices.Clone(internal), Log: log})
+		// No MAC in the device's config space: the runtime gives the NIC
+		// its MAC (QEMU's mac=, which QEMU prefers, warning when the
+		// back-end offers one too).
+		link, err = vhostuser.Listen(ep.PluginPath, vhostuser.Options{MTU: ep.MTU, Log: log})
 	}
 	if err != nil {
 		return nil, errorf(Unavailable, "VM %s: cannot create its socket: %w", name, err)
