@@ -46,7 +46,9 @@ func fuzzSession() []byte {
 		b = binary.LittleEndian.AppendUint16(b, flags)
 		return binary.LittleEndian.AppendUint16(b, next)
 	}
-	poke := func(off uint16, data []byte) { msg(fuzzPoke, append(binary.LittleEndian.AppendUint16(nil, off), data...)) }
+	poke := func(off uint16, data []byte) {
+		msg(fuzzPoke, append(binary.LittleEndian.AppendUint16(nil, off), data...))
+	}
 	poke(0x1000, desc(0x2000, 12+64, 0, 0))
 	poke(0x1200, []byte{0, 0, 1, 0, 0, 0})
 	poke(0x0000, desc(0x3000, 2048, vuproto.DescFWrite, 0))
