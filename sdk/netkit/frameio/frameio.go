@@ -28,11 +28,12 @@ func FrameSize(mtu int) int { return mtu + EthHeaderLen + VLANTagLen }
 type Kind string
 
 const (
-	KindDgram     Kind = "dgram"      // unix datagram, one frame per datagram
-	KindStream    Kind = "stream"     // unix stream, 4-byte big-endian length before each frame
-	KindTAP       Kind = "tap"        // Linux TAP device
-	KindPacket    Kind = "packet"     // AF_PACKET on a host interface
-	KindPipe      Kind = "pipe"       // in-process, for services and tests
+	KindDgram  Kind = "dgram"  // unix datagram, one frame per datagram
+	KindStream Kind = "stream" // unix stream, 4-byte big-endian length before each frame
+	KindTAP    Kind = "tap"    // Linux TAP device
+	KindPacket Kind = "packet" // AF_PACKET on a host interface
+	KindPipe   Kind = "pipe"   // in-process, for services and tests
+
 	KindVhostUser Kind = "vhost-user" // vhost-user back-end: the guest's virtqueues in shared memory
 )
 

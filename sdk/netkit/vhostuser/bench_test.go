@@ -29,8 +29,8 @@ func BenchmarkThroughput(b *testing.B) {
 	} {
 		for _, dir := range []string{"guest-to-port", "port-to-guest"} {
 			b.Run(fmt.Sprintf("%s/%s", tc.name, dir), func(b *testing.B) {
-				p := listen(b, vhostuser.Options{MTU: tc.mtu, WriteTimeout: -1})
-				d := dial(b, p, vhostuserdriver.DriverOptions{RxChunk: tc.rxChunk, WriteTimeout: -1})
+				p := listen(b, vhostuser.Options{MTU: tc.mtu})
+				d := dial(b, p, vhostuserdriver.DriverOptions{RxChunk: tc.rxChunk})
 				var w, r frameio.Port = d, p
 				if dir == "port-to-guest" {
 					w, r = p, d

@@ -68,7 +68,6 @@ type Port struct {
 	closed  atomic.Bool
 	done    chan struct{}
 	conn    atomic.Pointer[net.UnixConn]
-	linkUp  atomic.Bool
 	limiter logLimiter
 	faults  atomic.Uint64 // data path panics recovered (fuzzing checks it stays 0)
 

@@ -334,3 +334,27 @@ func TestDisabledQueues(t *testing.T) {
 	}
 	transfer(t, p, d, [][]byte{frame(64, 6)}, mtu)
 }
+
+// A guest that stops taking frames costs WriteBatch at most WriteTimeout
+// per batch: what fits in its posted buffers is delivered, the rest is
+// dropped and counted, nothing blocks.
+func TestGuestThatStopsReading(t *testing.T) {
+	const mtu = 1500
+	p := listen(t, vhostuser.Options{MTU: mtu})
+	dial(t, p, vhostuserdriver.DriverOptions{QueueSize: 64})
+	b := frameio.NewBatch(16, mtu)
+	for i := range b {
+		b[i].N = copy(b[i].Buf, frame(100, i))
+	}
+	sent := 0
+	for range 10 {
+		n, err := p.WriteBatch(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sent += n
+	}
+	if s := p.Stats(); sent != 64 || s.TxFrames != 64 || s.TxDropped != 160-64 {
+		t.Fatalf("sent %d, stats %+v; want the 64 posted buffers filled and 96 frames dropped", sent, s)
+	}
+}

@@ -454,7 +454,9 @@ func (p *Port) waitBuffers(q *vring, left time.Duration) uint16 {
 	q.flush()
 	q.setNotify(true)
 	defer q.setNotify(false)
-	if n, ok := q.pending(); n > 0 || !ok {
+	if n, ok := q.pending(); !ok {
+		return 0 // the next batch's check ends the session
+	} else if n > 0 {
 		return n
 	}
 	ms := int((left + time.Millisecond - 1) / time.Millisecond)
