@@ -58,6 +58,19 @@ func TestConformanceShared(t *testing.T) {
 	}, newInProcess(t).plugin)
 }
 
+// The suite again with the VMs on vhost-user: the suite plays each VM
+// with the vhost-user driver, QEMU and a virtio-net driver in one.
+func TestConformanceSharedVhostUser(t *testing.T) {
+	routedtest.Skip(t)
+	plugintest.RunAll(t, plugintest.Config{
+		Type:          "shared",
+		ValidCard:     func(sdk.VMRef) sdk.Card { return sdk.Card{} },
+		InvalidCards:  []sdk.Card{{IP: "192.168.64.9"}},
+		PassesTraffic: true,
+		Endpoints:     []sdk.EndpointKind{sdk.EndpointVhostUser},
+	}, newInProcess(t).plugin)
+}
+
 func TestConformanceStatic(t *testing.T) {
 	routedtest.Skip(t)
 	var mu sync.Mutex

@@ -311,7 +311,7 @@ func (s *suite) testAttach(t *testing.T) {
 		r := s.start(t)
 		v := r.newVM(t, "vm1")
 		r.attach(t, v) // checks the endpoint
-		if v.ep.Kind == sdk.EndpointDgram || v.ep.Kind == sdk.EndpointStream {
+		if socketKind(v.ep.Kind) {
 			r.plug(t, v) // the VM side can bind or connect
 		}
 	})
@@ -347,8 +347,10 @@ func (s *suite) testTraffic(t *testing.T) {
 	if ep := r.attach(t, v2); ep.VMPath != g2.ep.VMPath || ep.PluginPath != g2.ep.PluginPath || ep.Kind != g2.ep.Kind {
 		g2.close()
 		g2 = r.plug(t, v2)
-	} else if ep.Kind == sdk.EndpointStream {
-		g2.close() // the old connection went with the old listener
+	} else if ep.Kind == sdk.EndpointStream || ep.Kind == sdk.EndpointVhostUser {
+		// The old connection went with the old listener; QEMU connects
+		// again (a stream netdev's reconnect, a vhost-user chardev's).
+		g2.close()
 		g2 = r.plug(t, v2)
 	}
 	r.await(t, "unicast vm1 -> vm2 after vm2 was attached again", r.probe(g1, v2.dyn), g2)
@@ -406,7 +408,7 @@ func (s *suite) testDetach(t *testing.T) {
 	r.detach(t, v) // twice
 	r.detach(t, r.newVM(t, "never-attached"))
 	ep = r.attach(t, v) // a VM started again
-	if ep.Kind == sdk.EndpointDgram || ep.Kind == sdk.EndpointStream {
+	if socketKind(ep.Kind) {
 		r.plug(t, v)
 	}
 	if st := r.status(t, v); !st.Attached {
@@ -640,7 +642,7 @@ func (r *run) checkEndpoint(t *testing.T, v *vm) {
 		}
 	}
 	switch ep.Kind {
-	case sdk.EndpointDgram, sdk.EndpointStream:
+	case sdk.EndpointDgram, sdk.EndpointStream, sdk.EndpointVhostUser:
 		inRunDir("PluginPath", ep.PluginPath)
 		if fi, err := os.Stat(ep.PluginPath); err != nil || fi.Mode().Type() != os.ModeSocket {
 			t.Errorf("Attach of %s: PluginPath %s is not a socket (%v): the VM has nothing to connect to", v.ref.Name, ep.PluginPath, err)
@@ -709,11 +711,17 @@ func wantRefusal(t *testing.T, what string, err error, code sdk.Code) {
 	}
 }
 
+// socketKind reports whether a kind is a socket at PluginPath that the
+// suite can play the VM behind.
+func socketKind(k sdk.EndpointKind) bool {
+	return k == sdk.EndpointDgram || k == sdk.EndpointStream || k == sdk.EndpointVhostUser
+}
+
 // wantGone checks that a detached port's socket is gone, so a VM cannot
 // go on sending into it.
 func wantGone(t *testing.T, what string, ep sdk.Endpoint) {
 	t.Helper()
-	if ep.Kind != sdk.EndpointDgram && ep.Kind != sdk.EndpointStream {
+	if !socketKind(ep.Kind) {
 		return
 	}
 	if _, err := os.Lstat(ep.PluginPath); err == nil {

@@ -13,6 +13,7 @@ import (
 	"github.com/anka-net/anka/sdk"
 	"github.com/anka-net/anka/sdk/netkit/frameio"
 	"github.com/anka-net/anka/sdk/netkit/frameio/frameiotest"
+	"github.com/anka-net/anka/sdk/netkit/vhostuser/vhostuserdriver"
 )
 
 // resendEvery is how often a frame that must arrive is sent again: the
@@ -49,6 +50,9 @@ func (r *run) plug(t *testing.T, v *vm) *guest {
 		})
 	case sdk.EndpointStream:
 		g.port, err = frameio.DialStream(v.ep.PluginPath, frameio.StreamOptions{MTU: r.c.MTU, Logger: frameiotest.Quiet})
+	case sdk.EndpointVhostUser:
+		// QEMU and the guest's virtio-net driver in one: the driver.
+		g.port, err = vhostuserdriver.Dial(v.ep.PluginPath, vhostuserdriver.DriverOptions{MTU: r.c.MTU, Log: frameiotest.Quiet})
 	default:
 		t.Skipf("the suite cannot play the VM behind a %s endpoint", v.ep.Kind)
 	}
