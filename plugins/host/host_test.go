@@ -73,12 +73,12 @@ func TestHostOnly(t *testing.T) {
 	p := start(t)
 	vm1, vm2, vm3 := sdk.VMRef{ID: "id-1", Name: "vm1"}, sdk.VMRef{ID: "id-2", Name: "vm2"}, sdk.VMRef{ID: "id-3", Name: "vm3"}
 	// vm1 and vm3 on the kernel fast path, vm2 (an internal MAC) on the
-	// user-space switch.
+	// user-space switch over vhost-user.
 	g1, ep1 := routedtest.Attach(t, p, vm1, sdk.Card{Type: "host", DynamicMAC: "02:a4:6b:00:20:01"})
 	g2, ep2 := routedtest.Attach(t, p, vm2, sdk.Card{Type: "host", DynamicMAC: "02:a4:6b:00:20:02", InternalMAC: "52:54:00:00:00:01"})
 	g3, _ := routedtest.Attach(t, p, vm3, sdk.Card{Type: "host", DynamicMAC: "02:a4:6b:00:20:03"})
-	if ep1.Kind != sdk.EndpointTAP || ep2.Kind != sdk.EndpointDgram {
-		t.Errorf("endpoints %s and %s; want tap and dgram", ep1.Kind, ep2.Kind)
+	if ep1.Kind != sdk.EndpointTAP || ep2.Kind != sdk.EndpointVhostUser {
+		t.Errorf("endpoints %s and %s; want tap and vhost-user", ep1.Kind, ep2.Kind)
 	}
 	l1, l2, l3 := g1.DHCP(t), g2.DHCP(t), g3.DHCP(t)
 	for _, l := range []lantest.Lease{l1, l2, l3} {

@@ -68,7 +68,7 @@ func pingFromHost(ip netip.Addr, within time.Duration) bool {
 }
 
 // TestFastPathAndSockets: a fast-path VM, a socket VM and a VM with an
-// internal MAC (on sockets although offered a TAP) share one network:
+// internal MAC (on vhost-user although offered a TAP) share one network:
 // one subnet, one DHCP server; they reach each other and the host, and
 // Status says which path each takes.
 func TestFastPathAndSockets(t *testing.T) {
@@ -81,7 +81,7 @@ func TestFastPathAndSockets(t *testing.T) {
 	if epf.Kind != sdk.EndpointTAP || epf.TAP == "" || epf.PluginPath != "" || epf.MAC != dyn(1) {
 		t.Errorf("fast-path endpoint %+v", epf)
 	}
-	if eps.Kind != sdk.EndpointDgram || epc.Kind != sdk.EndpointDgram || epc.MAC != "52:54:00:00:00:07" {
+	if eps.Kind != sdk.EndpointDgram || epc.Kind != sdk.EndpointVhostUser || epc.MAC != "52:54:00:00:00:07" {
 		t.Errorf("socket endpoints %+v, %+v", eps, epc)
 	}
 	if master(epf.TAP) != bridgeName || master(uplinkName) != bridgeName || !linkUp(epf.TAP) {
@@ -111,6 +111,9 @@ func TestFastPathAndSockets(t *testing.T) {
 			t.Errorf("Status of %s: IP %q; the guest got %v", name, st.IP, ips[name])
 		}
 		want := "user-space switch"
+		if name == "clone" {
+			want = "user-space switch over vhost-user"
+		}
 		if name == "fast" {
 			want = "kernel bridge (TAP " + epf.TAP + " on " + bridgeName + ")"
 			if st.Details["tap"] != epf.TAP || st.Counters["frames_from_vm"] == 0 || st.Counters["frames_to_vm"] == 0 {
