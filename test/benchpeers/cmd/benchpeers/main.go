@@ -4,7 +4,7 @@
 // runs it; see docs/benchmarks.md.
 //
 //	benchpeers [run] [flags]        the whole benchmark (root; runs in namespaces of its own)
-//	benchpeers adapter [flags]      a guest TAP joined to a peer's socket (QEMU's framings)
+//	benchpeers adapter [flags]      a guest TAP joined to a peer's socket (QEMU's framings, vhost-user)
 //	benchpeers rr-server -l ADDR    echo server of the request/response test
 //	benchpeers rr-client -c ADDR    its client; prints JSON
 //	benchpeers udp-sink, udp-blast  the small-UDP test (datagrams delivered per second)
@@ -76,7 +76,8 @@ func adapter(args []string) error {
 	fs.StringVar(&o.DgramPeer, "dgram-peer", "", "unix datagram: send to this path (QEMU's remote.path)")
 	fs.StringVar(&o.StreamConnect, "stream-connect", "", "unix stream: connect to this listening socket (4-byte big-endian length per frame)")
 	fs.StringVar(&o.StreamListen, "stream-listen", "", "unix stream: listen on this path")
-	fs.IntVar(&o.Batch, "batch", 1, "frames per write; 1 is QEMU's one frame per write")
+	fs.StringVar(&o.VhostUser, "vhost-user", "", "vhost-user: connect to this back-end socket as QEMU's front-end and the guest's virtio-net driver")
+	fs.IntVar(&o.Batch, "batch", 1, "frames per socket write; 1 is QEMU's one frame per write (vhost-user moves up to 64 per call)")
 	fs.IntVar(&o.TxQueueLen, "txqueuelen", benchpeers.DefaultTxQueueLen, "the TAP's ring of frames waiting for the adapter")
 	fs.DurationVar(&o.WriteTimeout, "write-timeout", time.Second, "how long a write to a full socket waits before dropping")
 	verbose := fs.Bool("v", false, "log frame I/O warnings")
