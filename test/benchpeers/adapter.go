@@ -44,6 +44,9 @@ type AdapterOptions struct {
 	// NET_SET_MTU as QEMU's host_mtu= does. See VhostUserBatch for how
 	// frames cross.
 	VhostUser string
+	// VhostUserQueueSize is the size of both virtqueues (QEMU's
+	// rx_queue_size and tx_queue_size); 0 means 256, QEMU's default.
+	VhostUserQueueSize int
 
 	// Batch is how many frames one socket write carries; 1 (the default)
 	// is QEMU's one frame per write. The vhost-user mode has no write per
@@ -79,13 +82,17 @@ const DefaultTxQueueLen = 10000
 // have.
 const VhostUserBatch = 64
 
-// vhostUserChunk is the piece size of the descriptor chains the
-// vhost-user mode posts above MTU 1500: Linux's virtio-net without
-// mergeable buffers posts "big packets" (MTU over 1500) as a header
-// descriptor and a chain of pages, and sends a large frame as its
-// linear part and page fragments. At 1500 a frame is one descriptor
-// each way.
-const vhostUserChunk = 4096
+// The descriptor chains the vhost-user mode uses above MTU 1500, as
+// Linux's virtio-net does with a back-end that offers neither mergeable
+// receive buffers nor indirect descriptors (this one): it posts each
+// receive buffer ("big packets") as a header descriptor and a chain of
+// pages, so a 256-entry queue holds 14 buffers at MTU 65520; it sends a
+// large frame as its header, linear part and page fragments, which TCP
+// fills from 32 KiB pieces. At 1500 a frame is one descriptor each way.
+const (
+	vhostUserRxChunk = 4096
+	vhostUserTxChunk = 32 << 10
+)
 
 // Adapter is a running adapter.
 type Adapter struct {
@@ -153,9 +160,9 @@ func StartAdapter(o AdapterOptions) (*Adapter, error) {
 		sock, err = frameio.ListenDgram(o.DgramBind, frameio.DgramOptions{MTU: o.MTU, Peer: o.DgramPeer, WriteTimeout: o.WriteTimeout, Logger: log})
 	case o.VhostUser != "":
 		o.Batch = VhostUserBatch
-		do := vhostuserdriver.DriverOptions{MTU: o.MTU, HostMTU: o.MTU, WriteTimeout: o.WriteTimeout, Log: log}
+		do := vhostuserdriver.DriverOptions{MTU: o.MTU, HostMTU: o.MTU, QueueSize: o.VhostUserQueueSize, WriteTimeout: o.WriteTimeout, Log: log}
 		if o.MTU > 1500 {
-			do.RxChunk, do.TxChunk = vhostUserChunk, vhostUserChunk
+			do.RxChunk, do.TxChunk = vhostUserRxChunk, vhostUserTxChunk
 		}
 		sock, err = dialVhostUserRetry(o.VhostUser, do, 10*time.Second)
 	case o.StreamConnect != "":
