@@ -11,11 +11,14 @@ import (
 	"time"
 
 	"github.com/anka-net/anka/sdk/netkit/frameio"
+	"github.com/anka-net/anka/sdk/netkit/vhostuser/vhostuserdriver"
 )
 
 // AdapterOptions describe one adapter: a TAP in the calling process's
 // network namespace (the guest's NIC) joined to a peer's unix socket in
-// one of QEMU's framings. Exactly one of the socket fields is set.
+// one of QEMU's framings, or to a vhost-user back-end. Exactly one of the
+// socket fields (DgramPeer with DgramBind, StreamConnect, StreamListen,
+// VhostUser) is set.
 type AdapterOptions struct {
 	TAP string // interface name, created (and gone when the adapter ends)
 	MTU int
@@ -35,9 +38,19 @@ type AdapterOptions struct {
 	// StreamListen: listen and take one peer at a time (the other side of
 	// the adapter ceiling).
 	StreamListen string
+	// VhostUser: connect to a vhost-user back-end's socket as QEMU's
+	// vhost-user-net front-end does, and drive its queues as the guest's
+	// virtio-net driver (vhostuserdriver), the MTU announced with
+	// NET_SET_MTU as QEMU's host_mtu= does. See VhostUserBatch for how
+	// frames cross.
+	VhostUser string
+	// VhostUserQueueSize is the size of both virtqueues (QEMU's
+	// rx_queue_size and tx_queue_size); 0 means 256, QEMU's default.
+	VhostUserQueueSize int
 
-	// Batch is how many frames one write carries; 1 (the default) is
-	// QEMU's one frame per write.
+	// Batch is how many frames one socket write carries; 1 (the default)
+	// is QEMU's one frame per write. The vhost-user mode has no write per
+	// frame and ignores it (VhostUserBatch).
 	Batch int
 	// WriteTimeout is how long a write to a full socket waits before the
 	// frame is dropped. QEMU stops reading its NIC until the socket takes
@@ -53,6 +66,33 @@ type AdapterOptions struct {
 // that the guest blames on the network (passt 2023 stops dead after
 // some). A long ring stands in for the virtio NIC's back-pressure.
 const DefaultTxQueueLen = 10000
+
+// VhostUserBatch is how many frames the vhost-user mode moves per call
+// each way. With vhost-user QEMU is out of the data path: the guest's
+// virtio-net driver puts each frame its stack hands it in a transmit
+// descriptor and publishes the ring, kicking only when the back-end
+// asks for kicks, and takes received frames off the used ring a NAPI
+// budget (64) at a time. The adapter's analogue: the TAP is read one
+// frame per read(2) as always (no offloads: the guest's stack segments
+// to the MTU), up to this many until the TAP is empty, and the frames
+// read go into the transmit queue with one WriteBatch (one publish, at
+// most one kick); the other way one ReadBatch of the receive queue, then
+// one write(2) per frame into the TAP. The socket modes' Batch of 1
+// stands for QEMU's one sendmsg per frame, a cost vhost-user does not
+// have.
+const VhostUserBatch = 64
+
+// The descriptor chains the vhost-user mode uses above MTU 1500, as
+// Linux's virtio-net does with a back-end that offers neither mergeable
+// receive buffers nor indirect descriptors (this one): it posts each
+// receive buffer ("big packets") as a header descriptor and a chain of
+// pages, so a 256-entry queue holds 14 buffers at MTU 65520; it sends a
+// large frame as its header, linear part and page fragments, which TCP
+// fills from 32 KiB pieces. At 1500 a frame is one descriptor each way.
+const (
+	vhostUserRxChunk = 4096
+	vhostUserTxChunk = 32 << 10
+)
 
 // Adapter is a running adapter.
 type Adapter struct {
@@ -72,13 +112,13 @@ func StartAdapter(o AdapterOptions) (*Adapter, error) {
 		return nil, errors.New("adapter: no TAP name")
 	}
 	n := 0
-	for _, s := range []string{o.DgramPeer, o.StreamConnect, o.StreamListen} {
+	for _, s := range []string{o.DgramPeer, o.StreamConnect, o.StreamListen, o.VhostUser} {
 		if s != "" {
 			n++
 		}
 	}
 	if n != 1 || (o.DgramPeer != "") != (o.DgramBind != "") {
-		return nil, errors.New("adapter: give one of -dgram-bind with -dgram-peer, -stream-connect, -stream-listen")
+		return nil, errors.New("adapter: give one of -dgram-bind with -dgram-peer, -stream-connect, -stream-listen, -vhost-user")
 	}
 	if o.Batch <= 0 {
 		o.Batch = 1
@@ -118,6 +158,13 @@ func StartAdapter(o AdapterOptions) (*Adapter, error) {
 		// comparison is held by the default of 10.
 		frameio.SetMaxDgramQlen(frameio.RecommendedMaxDgramQlen)
 		sock, err = frameio.ListenDgram(o.DgramBind, frameio.DgramOptions{MTU: o.MTU, Peer: o.DgramPeer, WriteTimeout: o.WriteTimeout, Logger: log})
+	case o.VhostUser != "":
+		o.Batch = VhostUserBatch
+		do := vhostuserdriver.DriverOptions{MTU: o.MTU, HostMTU: o.MTU, QueueSize: o.VhostUserQueueSize, WriteTimeout: o.WriteTimeout, Log: log}
+		if o.MTU > 1500 {
+			do.RxChunk, do.TxChunk = vhostUserRxChunk, vhostUserTxChunk
+		}
+		sock, err = dialVhostUserRetry(o.VhostUser, do, 10*time.Second)
 	case o.StreamConnect != "":
 		sock, err = dialStreamRetry(o.StreamConnect, frameio.StreamOptions{MTU: o.MTU, WriteTimeout: o.WriteTimeout, Logger: log}, 10*time.Second)
 	default:
@@ -146,6 +193,19 @@ func dialStreamRetry(path string, o frameio.StreamOptions, wait time.Duration) (
 		p, err := frameio.DialStream(path, o)
 		if err == nil || time.Now().After(deadline) {
 			return p, err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// dialVhostUserRetry connects to a vhost-user back-end, waiting for its
+// socket as QEMU's reconnecting chardev does.
+func dialVhostUserRetry(path string, o vhostuserdriver.DriverOptions, wait time.Duration) (*vhostuserdriver.Driver, error) {
+	deadline := time.Now().Add(wait)
+	for {
+		d, err := vhostuserdriver.Dial(path, o)
+		if err == nil || time.Now().After(deadline) {
+			return d, err
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -126,7 +126,7 @@ func TestSmoke(t *testing.T) {
 	t.Logf("smoke run took %s", time.Since(start).Round(time.Second))
 	keys := []string{TCPKey("g2h", 1500), TCPKey("h2g", 1500), MetricRRtps, MetricUDP64}
 	for _, p := range res.Peers {
-		mustRun := p.Name == PeerAnka || p.Name == PeerVeth
+		mustRun := p.Name == PeerAnka || p.Name == PeerAnkaVhostUser || p.Name == PeerVeth
 		switch {
 		case p.Skipped != "" && mustRun:
 			t.Errorf("%s was skipped: %s", p.Name, p.Skipped)

@@ -6,7 +6,10 @@
 // writes them.
 //
 // Peers: this project's shared network through the external runtime
-// (anka and its plugin in a namespace of their own), gvproxy
+// (anka and its plugin in a namespace of their own), once on the
+// datagram socket it hands out by default and once on a vhost-user
+// endpoint (the adapter then plays QEMU's vhost-user front-end and the
+// guest's virtio-net driver, vhostuserdriver), gvproxy
 // (-listen-qemu), passt (its default stream socket), the kernel limit (a
 // veth straight to the host side), and the adapter's own ceiling (two
 // adapters joined by one socket, no network behind it). For each:

@@ -14,17 +14,18 @@ import (
 
 // Peer names, in the order they run and are shown.
 const (
-	PeerAnka          = "anka"           // this project's shared network, through the external runtime
-	PeerAnkaFastPath  = "anka-fastpath"  // a namespace guest on the shared plugin's kernel bridge
-	PeerGvproxy       = "gvproxy"        // gvisor-tap-vsock, -listen-qemu
-	PeerPasst         = "passt"          // passt, its default stream socket
-	PeerVeth          = "veth"           // the kernel limit: a veth straight to the host side
-	PeerAdapterDgram  = "adapter-dgram"  // two adapters joined by a datagram socket pair
-	PeerAdapterStream = "adapter-stream" // two adapters joined by a stream socket
+	PeerAnka          = "anka"            // this project's shared network, through the external runtime
+	PeerAnkaVhostUser = "anka-vhost-user" // the same, the VM on a vhost-user endpoint
+	PeerAnkaFastPath  = "anka-fastpath"   // a namespace guest on the shared plugin's kernel bridge
+	PeerGvproxy       = "gvproxy"         // gvisor-tap-vsock, -listen-qemu
+	PeerPasst         = "passt"           // passt, its default stream socket
+	PeerVeth          = "veth"            // the kernel limit: a veth straight to the host side
+	PeerAdapterDgram  = "adapter-dgram"   // two adapters joined by a datagram socket pair
+	PeerAdapterStream = "adapter-stream"  // two adapters joined by a stream socket
 )
 
 // AllPeers is every peer, in run order.
-var AllPeers = []string{PeerAnka, PeerAnkaFastPath, PeerGvproxy, PeerPasst, PeerVeth, PeerAdapterDgram, PeerAdapterStream}
+var AllPeers = []string{PeerAnka, PeerAnkaVhostUser, PeerAnkaFastPath, PeerGvproxy, PeerPasst, PeerVeth, PeerAdapterDgram, PeerAdapterStream}
 
 // Metric keys. TCP keys end in the MTU: "tcp_g2h_1500".
 const (
@@ -185,6 +186,7 @@ func (h *harness) record(pr *PeerResult, round, mtu int, err error) {
 
 var peerLabels = map[string]string{
 	PeerAnka:          "anka shared (user-space switch)",
+	PeerAnkaVhostUser: "anka shared, vhost-user",
 	PeerAnkaFastPath:  "anka shared, kernel fast path",
 	PeerGvproxy:       "gvproxy v0.8.9",
 	PeerPasst:         "passt",
@@ -210,7 +212,7 @@ func (h *harness) unavailable(name string) string {
 		if h.cfg.Passt == "" {
 			return "passt is not installed (apt-get install passt)"
 		}
-	case PeerAnka, PeerAnkaFastPath:
+	case PeerAnka, PeerAnkaVhostUser, PeerAnkaFastPath:
 		if h.cfg.Anka == "" {
 			return "no anka binary"
 		}
@@ -260,7 +262,9 @@ func (h *harness) session(ctx context.Context, pr *PeerResult, round, mtu int, k
 	var w *ankaWorld
 	switch pr.Name {
 	case PeerAnka:
-		w, err = s.setupAnka(ctx, mtu)
+		w, err = s.setupAnka(ctx, mtu, "")
+	case PeerAnkaVhostUser:
+		_, err = s.setupAnka(ctx, mtu, "vhost-user")
 	case PeerAnkaFastPath:
 		err = s.setupFastPath(ctx, mtu)
 	case PeerGvproxy:

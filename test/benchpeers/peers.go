@@ -231,9 +231,15 @@ func (w *ankaWorld) run(ctx context.Context, args ...string) ([]byte, error) {
 }
 
 // startVM creates, attaches to the shared network and starts an
-// external VM, and returns its endpoint.
-func (w *ankaWorld) startVM(ctx context.Context, name string) (ankaEndpoint, error) {
-	if _, err := w.run(ctx, "create", name, "--runtime", "external"); err != nil {
+// external VM, and returns its endpoint. endpoint is what the VM's
+// hypervisor offers (`anka create --endpoint`); empty is the external
+// runtime's default (dgram, stream).
+func (w *ankaWorld) startVM(ctx context.Context, name, endpoint string) (ankaEndpoint, error) {
+	args := []string{"create", name, "--runtime", "external"}
+	if endpoint != "" {
+		args = append(args, "--endpoint", endpoint)
+	}
+	if _, err := w.run(ctx, args...); err != nil {
 		return ankaEndpoint{}, err
 	}
 	w.vms = append(w.vms, name)
@@ -303,23 +309,30 @@ func (s *session) attachGuest(ctx context.Context, mtu int, ep ankaEndpoint) (*p
 		args = append(args, "-dgram-bind", ep.VMPath, "-dgram-peer", ep.PluginPath)
 	case "stream":
 		args = append(args, "-stream-connect", ep.PluginPath)
+	case "vhost-user":
+		args = append(args, "-vhost-user", ep.PluginPath)
 	default:
-		return nil, fmt.Errorf("endpoint kind %q: the adapter speaks dgram and stream", ep.Kind)
+		return nil, fmt.Errorf("endpoint kind %q: the adapter speaks dgram, stream and vhost-user", ep.Kind)
 	}
 	return s.startAdapter(ctx, s.guest, "adapter", mtu, args...)
 }
 
 // setupAnka is this project's shared network: anka in the host
 // namespace, one external VM whose NIC is the guest namespace's TAP
-// through the adapter, its address by DHCP from the plugin.
-func (s *session) setupAnka(ctx context.Context, mtu int) (*ankaWorld, error) {
+// through the adapter, its address by DHCP from the plugin. endpoint is
+// what the VM offers (startVM); the plugin must hand out that kind when
+// it is set.
+func (s *session) setupAnka(ctx context.Context, mtu int, endpoint string) (*ankaWorld, error) {
 	w, err := s.newAnka(mtu)
 	if err != nil {
 		return nil, err
 	}
-	ep, err := w.startVM(ctx, "g")
+	ep, err := w.startVM(ctx, "g", endpoint)
 	if err != nil {
 		return nil, err
+	}
+	if endpoint != "" && ep.Kind != endpoint {
+		return nil, fmt.Errorf("the VM offered only %s and the shared plugin handed out a %s endpoint", endpoint, ep.Kind)
 	}
 	if s.adapter, err = s.attachGuest(ctx, mtu, ep); err != nil {
 		return nil, err
@@ -345,7 +358,7 @@ func (s *session) setupAnka(ctx context.Context, mtu int) (*ankaWorld, error) {
 // socket bound as its hypervisor would, and no traffic.
 func (w *ankaWorld) attachIdle(ctx context.Context, n int) error {
 	for i := 1; i <= n; i++ {
-		ep, err := w.startVM(ctx, fmt.Sprintf("idle%d", i))
+		ep, err := w.startVM(ctx, fmt.Sprintf("idle%d", i), "")
 		if err != nil {
 			return err
 		}
@@ -385,7 +398,7 @@ func drain(p frameio.Port) {
 // its socket port is gone). Skipped when the gateway's interface is not
 // a bridge: the plugin has no fast path.
 func (s *session) setupFastPath(ctx context.Context, mtu int) error {
-	w, err := s.setupAnka(ctx, mtu)
+	w, err := s.setupAnka(ctx, mtu, "")
 	if err != nil {
 		return err
 	}

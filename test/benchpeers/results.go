@@ -199,7 +199,21 @@ func ratios(r *Results, cfg Config) []Ratio {
 			add(fmt.Sprintf("anka fast path / %s, TCP %s, MTU %d", peer.name, d.label, big), r.Peer(PeerAnkaFastPath), r.Peer(peer.name), k, k, peer.target)
 		}
 	}
-	// The ceiling with the framing the plugin handed out.
+	// A VM on a vhost-user endpoint (QEMU when it cannot have the fast
+	// path and offers vhost-user): the same targets.
+	vu := r.Peer(PeerAnkaVhostUser)
+	for _, peer := range []struct {
+		name   string
+		target float64
+	}{{PeerGvproxy, 2}, {PeerPasst, 1.5}} {
+		for _, d := range dirs {
+			k := TCPKey(d.key, big)
+			add(fmt.Sprintf("anka vhost-user / %s, TCP %s, MTU %d", peer.name, d.label, big), vu, r.Peer(peer.name), k, k, peer.target)
+		}
+	}
+	// The ceiling with the framing the plugin handed out. The vhost-user
+	// path has no framing of its own to take a ceiling from: it is held
+	// to the same one as the socket path, so the two compare directly.
 	ceil := PeerAdapterDgram
 	if anka != nil && slices.ContainsFunc(anka.Notes, func(n string) bool { return strings.HasPrefix(n, "stream") }) {
 		ceil = PeerAdapterStream
@@ -207,6 +221,10 @@ func ratios(r *Results, cfg Config) []Ratio {
 	for _, d := range dirs {
 		k := TCPKey(d.key, small)
 		add(fmt.Sprintf("anka / %s, TCP %s, MTU %d", ceil, d.label, small), anka, r.Peer(ceil), k, k, 0.9)
+	}
+	for _, d := range dirs {
+		k := TCPKey(d.key, small)
+		add(fmt.Sprintf("anka vhost-user / %s, TCP %s, MTU %d", ceil, d.label, small), vu, r.Peer(ceil), k, k, 0.9)
 	}
 	if cfg.Idle > 0 {
 		add(fmt.Sprintf("anka with %d idle VMs / with none, TCP guest->host, MTU %d", cfg.Idle, small), anka, anka, IdleKey(small, cfg.Idle), IdleKey(small, 0), 0.95)
@@ -229,6 +247,18 @@ func ratios(r *Results, cfg Config) []Ratio {
 	}
 	for _, p := range []string{PeerGvproxy, PeerPasst} {
 		add(fmt.Sprintf("anka / %s, UDP 64 B frames/s", p), anka, r.Peer(p), MetricUDP64, MetricUDP64, 0)
+	}
+	for _, p := range []string{PeerGvproxy, PeerPasst} {
+		for _, d := range dirs {
+			k := TCPKey(d.key, small)
+			add(fmt.Sprintf("anka vhost-user / %s, TCP %s, MTU %d", p, d.label, small), vu, r.Peer(p), k, k, 0)
+		}
+	}
+	for _, d := range dirs {
+		for _, mtu := range cfg.MTUs {
+			k := TCPKey(d.key, mtu)
+			add(fmt.Sprintf("anka vhost-user / anka, TCP %s, MTU %d", d.label, mtu), vu, anka, k, k, 0)
+		}
 	}
 	return out
 }

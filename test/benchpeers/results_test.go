@@ -2,6 +2,7 @@ package benchpeers
 
 import (
 	"encoding/json"
+	"math"
 	"strings"
 	"testing"
 )
@@ -49,6 +50,59 @@ func TestReloadTakesRatiosAgain(t *testing.T) {
 	for _, bad := range []string{"", "{}", `{"peers":[]}`, "not json"} {
 		if _, err := Reload([]byte(bad)); err == nil || !strings.Contains(err.Error(), "not a bench-peers run") {
 			t.Errorf("Reload(%q) = %v, want a 'not a bench-peers run' error", bad, err)
+		}
+	}
+}
+
+func TestVhostUserRatios(t *testing.T) {
+	m := func(runs ...float64) *Metric {
+		x := &Metric{Unit: "Gbit/s"}
+		for i, v := range runs {
+			x.Runs = append(x.Runs, v)
+			x.Rounds = append(x.Rounds, i)
+		}
+		x.Value = median(x.Runs)
+		return x
+	}
+	big, small := TCPKey("h2g", 65520), TCPKey("g2h", 1500)
+	r := &Results{
+		Settings: Settings{MTUs: []int{1500, 65520}},
+		Peers: []*PeerResult{
+			{Name: PeerAnka, Notes: []string{"dgram endpoint"}, Metrics: map[string]*Metric{small: m(1, 1)}},
+			{Name: PeerAnkaVhostUser, Metrics: map[string]*Metric{big: m(3, 5), small: m(0.8, 0.9)}},
+			{Name: PeerGvproxy, Metrics: map[string]*Metric{big: m(2, 2)}},
+			{Name: PeerPasst, Skipped: "passt is not installed"},
+			{Name: PeerAdapterDgram, Metrics: map[string]*Metric{small: m(1, 1)}},
+		},
+	}
+	got := map[string]Ratio{}
+	for _, x := range ratios(r, Config{MTUs: r.Settings.MTUs}) {
+		got[x.Name] = x
+	}
+	for _, tc := range []struct {
+		name  string
+		value float64
+		met   bool
+		why   string
+	}{
+		{name: "anka vhost-user / gvproxy, TCP host->guest, MTU 65520", value: 2, met: true},
+		{name: "anka vhost-user / passt, TCP host->guest, MTU 65520", why: "passt skipped: passt is not installed"},
+		{name: "anka vhost-user / adapter-dgram, TCP guest->host, MTU 1500", value: 0.85, met: false},
+		{name: "anka vhost-user / anka, TCP guest->host, MTU 1500", value: 0.85},
+		{name: "anka vhost-user / gvproxy, TCP guest->host, MTU 1500", why: "not measured"},
+	} {
+		x, ok := got[tc.name]
+		switch {
+		case !ok:
+			t.Errorf("no ratio %q", tc.name)
+		case tc.why != "":
+			if x.Why != tc.why {
+				t.Errorf("%s: unavailable %q, want %q", tc.name, x.Why, tc.why)
+			}
+		case x.Why != "" || math.Abs(x.Value-tc.value) > 1e-9:
+			t.Errorf("%s = %+v, want %.2f", tc.name, x, tc.value)
+		case x.Target > 0 && (x.Met == nil || *x.Met != tc.met):
+			t.Errorf("%s: met %v, want %v", tc.name, x.Met, tc.met)
 		}
 	}
 }

@@ -4,7 +4,7 @@
 // runs it; see docs/benchmarks.md.
 //
 //	benchpeers [run] [flags]        the whole benchmark (root; runs in namespaces of its own)
-//	benchpeers adapter [flags]      a guest TAP joined to a peer's socket (QEMU's framings)
+//	benchpeers adapter [flags]      a guest TAP joined to a peer's socket (QEMU's framings, vhost-user)
 //	benchpeers rr-server -l ADDR    echo server of the request/response test
 //	benchpeers rr-client -c ADDR    its client; prints JSON
 //	benchpeers udp-sink, udp-blast  the small-UDP test (datagrams delivered per second)
@@ -23,6 +23,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -76,13 +77,22 @@ func adapter(args []string) error {
 	fs.StringVar(&o.DgramPeer, "dgram-peer", "", "unix datagram: send to this path (QEMU's remote.path)")
 	fs.StringVar(&o.StreamConnect, "stream-connect", "", "unix stream: connect to this listening socket (4-byte big-endian length per frame)")
 	fs.StringVar(&o.StreamListen, "stream-listen", "", "unix stream: listen on this path")
-	fs.IntVar(&o.Batch, "batch", 1, "frames per write; 1 is QEMU's one frame per write")
+	fs.StringVar(&o.VhostUser, "vhost-user", "", "vhost-user: connect to this back-end socket as QEMU's front-end and the guest's virtio-net driver")
+	fs.IntVar(&o.VhostUserQueueSize, "vhost-user-queue", 256, "vhost-user: size of both virtqueues (QEMU's rx_queue_size, tx_queue_size)")
+	fs.IntVar(&o.Batch, "batch", 1, "frames per socket write; 1 is QEMU's one frame per write (vhost-user moves up to 64 per call)")
 	fs.IntVar(&o.TxQueueLen, "txqueuelen", benchpeers.DefaultTxQueueLen, "the TAP's ring of frames waiting for the adapter")
 	fs.DurationVar(&o.WriteTimeout, "write-timeout", time.Second, "how long a write to a full socket waits before dropping")
 	verbose := fs.Bool("v", false, "log frame I/O warnings")
 	fs.Parse(args)
 	if *verbose {
 		o.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	if path := os.Getenv(adapterProfileEnv); path != "" {
+		stop, err := startCPUProfile(fmt.Sprintf("%s.%d", path, os.Getpid()))
+		if err != nil {
+			return err
+		}
+		defer stop()
 	}
 	a, err := benchpeers.StartAdapter(o)
 	if err != nil {
@@ -105,6 +115,30 @@ func adapter(args []string) error {
 		return fmt.Errorf("adapter stopped: %w", stopErr)
 	}
 	return nil
+}
+
+// adapterProfileEnv names a file prefix: each adapter writes a CPU
+// profile of itself to PREFIX.PID, from its start until it is told to
+// stop (the harness sends SIGTERM at the end of a session). run's
+// environment reaches the adapters it starts:
+//
+//	BENCHPEERS_ADAPTER_CPUPROFILE=/tmp/adapter.pprof build/peers/benchpeers run -peers anka-vhost-user ...
+//	go tool pprof -top build/peers/benchpeers /tmp/adapter.pprof.PID
+const adapterProfileEnv = "BENCHPEERS_ADAPTER_CPUPROFILE"
+
+func startCPUProfile(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", adapterProfileEnv, err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%s: %w", adapterProfileEnv, err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
 }
 
 func rrServer(args []string) error {
