@@ -4,6 +4,8 @@ package hostnet_test
 
 import (
 	"bytes"
+	"log/slog"
+	"os"
 	"net"
 	"net/netip"
 	"slices"
@@ -34,6 +36,9 @@ const (
 func bridgeConfig(mode hostnet.Mode) hostnet.Config {
 	c := config(mode)
 	c.Bridge = true
+	if os.Getenv("HOSTNET_DEBUG") != "" {
+		c.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
 	return c
 }
 
