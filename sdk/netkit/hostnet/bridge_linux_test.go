@@ -5,9 +5,9 @@ package hostnet_test
 import (
 	"bytes"
 	"log/slog"
-	"os"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"sync"
