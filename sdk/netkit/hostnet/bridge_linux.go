@@ -24,7 +24,9 @@ package hostnet
 // cleanup at Setup remove every VM TAP of the network that no process
 // holds, and keep (down, off the bridge, which is gone) those a running VM
 // still holds, so that AddPort of the next run takes them back and the VM
-// keeps its NIC. A TAP has carrier exactly while a process holds it.
+// keeps its NIC. A TAP has carrier exactly while a process holds it. A
+// Setup that adopts the bridge of a killed run keeps such TAPs on it, up
+// and filtered (adopt_linux.go).
 
 import (
 	"crypto/sha256"

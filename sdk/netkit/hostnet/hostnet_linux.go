@@ -105,8 +105,11 @@ type Network struct {
 }
 
 // Setup makes the host side of a network in the calling thread's network
-// namespace. It first removes what a crashed earlier run left under the
-// same name (the TAP, the table, its rules in iptables-nft's FORWARD
+// namespace. In bridge mode it first tries to adopt the bridge a killed
+// earlier run left (see the package doc: kept when it matches cfg, with
+// the VM TAPs on it that running VMs hold, the tables replaced in one
+// transaction). Otherwise it removes what a crashed earlier run left under
+// the same name (the TAP, the table, its rules in iptables-nft's FORWARD
 // chain), then refuses a Prefix that overlaps an address of any
 // interface or a route inside Prefix (the error wraps ErrPrefixInUse and
 // names the interface), creates the TAP with MTU, address and link up, and
