@@ -226,7 +226,7 @@ func (n *Network) adoptBridge() (adopted bool, err error) {
 	if _, err := e.queueInstall(cfg, n.tag); err != nil {
 		return fail(err)
 	}
-	bs := &bridgeState{svcMAC: svc, uplinkIdx: ul.Attrs().Index, vms: map[string]*bridgePort{}, caps: map[*portCapture]struct{}{}}
+	bs := &bridgeState{svcMAC: svc, uplinkIdx: ul.Attrs().Index, uplinkMAC: ul.Attrs().HardwareAddr, vms: map[string]*bridgePort{}, caps: map[*portCapture]struct{}{}}
 	if err := e.queueBridge(bs, bridgeTableName(cfg.Name)); err != nil {
 		return fail(err)
 	}
@@ -589,13 +589,15 @@ func (n *Network) settleKept() {
 
 // supersededLocked reports whether a later Setup of the same network
 // replaced this one's devices: the gateway device, or in bridge mode the
-// uplink (an adopted bridge keeps its index, the uplink is new).
+// uplink (an adopted bridge keeps its index; the uplink is new, with a
+// random MAC, and the kernel may give it the old one's index again).
 func (n *Network) supersededLocked() bool {
 	if l, err := n.env.nl.LinkByName(n.cfg.TAP); err == nil && l.Attrs().Index != n.ifindex {
 		return true
 	}
 	if n.br != nil {
-		if l, err := n.env.nl.LinkByName(n.cfg.Uplink); err == nil && l.Attrs().Index != n.br.uplinkIdx {
+		if l, err := n.env.nl.LinkByName(n.cfg.Uplink); err == nil &&
+			(l.Attrs().Index != n.br.uplinkIdx || !bytes.Equal(l.Attrs().HardwareAddr, n.br.uplinkMAC)) {
 			return true
 		}
 	}

@@ -207,8 +207,18 @@ func TestBridgeAdopt(t *testing.T) {
 	}
 	vmA := holdTAP(t, v, tapA) // A's VM runs; B's died with the plugin
 	toA := collect(t, vmA)
-	write(t, vmA, udpFrame(t, macA, layers.EthernetBroadcast, netip.AddrPortFrom(guestIP, 1),
-		netip.AddrPortFrom(netip.MustParseAddr("192.168.64.255"), 9), "before")) // counted as seen
+	// Until the bridge has seen the TAP's carrier (the kernel's link
+	// watch, up to a second) the port drops what it sends: repeat.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		write(t, vmA, udpFrame(t, macA, layers.EthernetBroadcast, netip.AddrPortFrom(guestIP, 1),
+			netip.AddrPortFrom(netip.MustParseAddr("192.168.64.255"), 9), "before"))
+		if _, seen, _ := n1.PortStats(tapA); seen {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the VM's frame from its address was never counted as seen")
+		}
+	}
 	brIdx := v.link(t, tapName).Attrs().Index
 	upIdx := v.link(t, uplink).Attrs().Index
 	aIdx := v.link(t, tapA).Attrs().Index
@@ -287,6 +297,13 @@ func TestBridgeAdopt(t *testing.T) {
 	write(t, n2.Link(), udpFrame(t, br.Attrs().HardwareAddr, macA, netip.AddrPortFrom(gateway, 1), netip.AddrPortFrom(guestIP, 2), "to-a"))
 	if _, ok := toA.wait(time.Second, payloadIs("to-a")); !ok {
 		t.Error("the uplink does not reach the adopted TAP")
+	}
+
+	// The dead run's Network closing late (in this process) leaves the
+	// new one alone.
+	n1.Close() // may say its uplink's descriptor is closed already
+	if v.link(t, tapName) == nil || v.link(t, uplink) == nil || v.ourIPTRules(t) != 2 || v.portsMap(t)[tapA] != "vm-"+tapA {
+		t.Fatal("closing the stale network removed the new one's state")
 	}
 
 	// Another subnet: nothing is adopted.

@@ -59,6 +59,7 @@ import (
 type bridgeState struct {
 	svcMAC    net.HardwareAddr
 	uplinkIdx int
+	uplinkMAC net.HardwareAddr // random per TAP: tells this run's uplink from a later one's
 	table     *nftables.Table
 	ports     *nftables.Set // iifname -> jump vm-<iifname>
 	vms       map[string]*bridgePort
@@ -249,7 +250,7 @@ func (n *Network) setupBridge() error {
 	if err := n.env.install(cfg, n.tag, n.log); err != nil {
 		return fail(err)
 	}
-	bs := &bridgeState{svcMAC: svc, uplinkIdx: ul.Attrs().Index, vms: map[string]*bridgePort{}, caps: map[*portCapture]struct{}{}}
+	bs := &bridgeState{svcMAC: svc, uplinkIdx: ul.Attrs().Index, uplinkMAC: ul.Attrs().HardwareAddr, vms: map[string]*bridgePort{}, caps: map[*portCapture]struct{}{}}
 	if err := n.env.installBridge(bs, bridgeTableName(cfg.Name)); err != nil {
 		n.env.removeTable(n.tag)
 		n.env.removeRules(n.tag)
@@ -488,18 +489,19 @@ func (n *Network) RemovePort(name string) error {
 		return err
 	}
 	var errs []error
+	n.br.stopCapturesOf(name)
+	// The TAP goes before its rules: it never passes a frame unfiltered.
+	if l, err := n.env.nl.LinkByName(name); err == nil && l.Type() == "tuntap" {
+		if err := n.env.nl.LinkDel(l); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("hostnet: removing VM TAP %s: %w", name, err)
+		}
+	}
 	if p := n.br.vms[name]; p != nil {
 		if err := n.removePortRules(name, p); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	delete(n.br.vms, name)
-	n.br.stopCapturesOf(name)
-	if l, err := n.env.nl.LinkByName(name); err == nil && l.Type() == "tuntap" {
-		if err := n.env.nl.LinkDel(l); err != nil && !errors.Is(err, os.ErrNotExist) {
-			errs = append(errs, fmt.Errorf("hostnet: removing VM TAP %s: %w", name, err))
-		}
-	}
 	if len(errs) == 0 {
 		n.log.Info("hostnet: VM TAP removed", "tap", name)
 	}
