@@ -25,7 +25,7 @@ PROTO_PKGS := protobuf-compiler
 # from go install, pinned, into build/peers).
 PEERS_APT_PKGS := iperf3 passt
 
-.PHONY: all deps go-check build guest test test-unit soak demo demo-stop bench bench-peers fuzz lint proto install clean
+.PHONY: all deps go-check build guest test test-unit soak demo demo-stop bench bench-peers bench-split fuzz lint proto install clean
 
 all: build
 
@@ -76,6 +76,17 @@ bench-peers: deps go-check build
 	@[ "$$(id -u)" = 0 ] || { echo "make bench-peers makes network namespaces: run it as root"; exit 1; }
 	build/peers/benchpeers run -anka bin/anka -gvproxy build/peers/gvproxy -passt "$$(command -v passt)" \
 		-json docs/benchmarks-peers.json -png docs/benchmarks-peers.png -doc docs/benchmarks.md $(BENCH_PEERS_FLAGS)
+
+# The fast path's cost split into bridge, conntrack and the anti-spoofing
+# hook (docs/benchmarks.md), in two namespaces of its own.
+bench-split: deps
+	@missing=$$(for p in iperf3 python3; do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing:" $$missing; \
+		[ "$$(id -u)" = 0 ] || { echo "installing packages needs root: run make as root (sudo make ...)"; exit 1; }; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	test/fastpath-split/split.sh
 
 # The long versions of the reliability tests (docs/reliability.md): every
 # test whose name holds Soak, which skip unless ANKA_SOAK=1 (make test runs

@@ -378,8 +378,9 @@ func TestFastPathRestart(t *testing.T) {
 // TestBinaryCrashWithFastPath: the built plugin killed with -9 while a
 // fast-path guest runs leaves bridge, tables and the VM's TAP; the guest
 // still reaches the host through the kernel meanwhile. The next plugin
-// cleans up, takes the TAP back when the core attaches the VM again, and
-// the guest works on. Stopped while the VM runs, the plugin keeps only
+// adopts the bridge (the same device) with the VM's TAP on it, up, before
+// the core attaches the VM again, takes the TAP back then, and the guest
+// works on. Stopped while the VM runs, the plugin keeps only
 // the VM's TAP; once the VM is gone, the next start removes it too.
 func TestBinaryCrashWithFastPath(t *testing.T) {
 	_, launch := routedtest.BinaryLauncher(t, "shared", "debug")
@@ -406,8 +407,21 @@ func TestBinaryCrashWithFastPath(t *testing.T) {
 	if !g.Reaches(gateway, 5*time.Second) {
 		t.Error("with the plugin dead the fast-path guest no longer reaches the host: the kernel path needs no plugin")
 	}
+	// A mark no plugin sets: a bridge made anew has not got it.
+	if out, err := exec("ip", "link", "set", "dev", bridgeName, "group", "77"); err != nil {
+		t.Fatalf("marking the bridge: %v %s", err, out)
+	}
 
 	pl = launch()
+	if out, _ := exec("ip", "-o", "link", "show", "dev", bridgeName); !strings.Contains(out, "group 77") {
+		t.Errorf("the restarted plugin made its bridge anew instead of adopting it: %s", out)
+	}
+	if master(ep.TAP) != bridgeName || !linkUp(ep.TAP) {
+		t.Errorf("before the VM is attached again its TAP is on %q, up %v; want it kept on the bridge, up", master(ep.TAP), linkUp(ep.TAP))
+	}
+	if !g.Reaches(gateway, 5*time.Second) {
+		t.Error("after the restart, before the VM is attached again, the fast-path guest does not reach the host")
+	}
 	if got := attach(pl); got.TAP != ep.TAP || got.Kind != sdk.EndpointTAP {
 		t.Fatalf("attached again after the crash: %+v; want TAP %s", got, ep.TAP)
 	}

@@ -24,7 +24,9 @@ package hostnet
 // cleanup at Setup remove every VM TAP of the network that no process
 // holds, and keep (down, off the bridge, which is gone) those a running VM
 // still holds, so that AddPort of the next run takes them back and the VM
-// keeps its NIC. A TAP has carrier exactly while a process holds it.
+// keeps its NIC. A TAP has carrier exactly while a process holds it. A
+// Setup that adopts the bridge of a killed run keeps such TAPs on it, up
+// and filtered (adopt_linux.go).
 
 import (
 	"crypto/sha256"
@@ -39,6 +41,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -56,9 +59,11 @@ import (
 type bridgeState struct {
 	svcMAC    net.HardwareAddr
 	uplinkIdx int
+	uplinkMAC net.HardwareAddr // random per TAP: tells this run's uplink from a later one's
 	table     *nftables.Table
 	ports     *nftables.Set // iifname -> jump vm-<iifname>
 	vms       map[string]*bridgePort
+	claim     *time.Timer // ends the claim window of adopted VM TAPs
 
 	cmu  sync.Mutex
 	caps map[*portCapture]struct{}
@@ -71,6 +76,9 @@ type bridgePort struct {
 	pin     netip.Addr
 	chain   *nftables.Chain
 	carried map[string]uint64 // drops counted by rules since replaced
+	// kept: adopted from an earlier run by Setup, not yet taken back by
+	// AddPort. seenBefore: a "seen" rule replaced since the pin matched.
+	kept, seenBefore bool
 }
 
 // sweep says which VM TAPs belong to a network: tagged "<tag> vm ...",
@@ -212,44 +220,24 @@ func (n *Network) setupBridge() error {
 	if err := nl.LinkSetAlias(link, n.tag); err != nil {
 		return fail(fmt.Errorf("hostnet: tagging bridge %s: %w", cfg.TAP, err))
 	}
-	// Set by hand, the bridge keeps its MTU whatever its ports have.
-	if err := nl.LinkSetMTU(link, cfg.MTU); err != nil {
-		return fail(fmt.Errorf("hostnet: MTU %d on bridge %s: %w", cfg.MTU, cfg.TAP, err))
+	// Set by hand, the bridge keeps its MTU whatever its ports have, also
+	// when the uplink dies with a killed plugin and the bridge is left
+	// without ports (adoption checks it). The kernel counts it as set by
+	// hand only when the value changes: the MTU given at creation does
+	// not count, so step through another value.
+	for _, mtu := range []int{cfg.MTU + 1, cfg.MTU} {
+		if err := nl.LinkSetMTU(link, mtu); err != nil {
+			return fail(fmt.Errorf("hostnet: MTU %d on bridge %s: %w", cfg.MTU, cfg.TAP, err))
+		}
 	}
 	addr := &netlink.Addr{IPNet: &net.IPNet{IP: cfg.Gateway.AsSlice(), Mask: net.CIDRMask(cfg.Prefix.Bits(), 32)}}
 	if err := nl.AddrAdd(link, addr); err != nil {
 		return fail(fmt.Errorf("hostnet: adding %s to %s: %w", addr.IPNet, cfg.TAP, err))
 	}
-	// Offload: the host hands the switch 64 KiB TCP segments, which the
-	// port cuts to the MTU (see frameio.TAPOptions.Offload).
-	up, err = frameio.OpenTAP(cfg.Uplink, frameio.TAPOptions{MTU: cfg.MTU, Logger: cfg.Logger, Offload: true})
-	err = tunHint(err)
-	if err != nil {
-		return fail(fmt.Errorf("hostnet: %w", err))
-	}
-	ul, err := nl.LinkByName(cfg.Uplink)
-	if err != nil {
-		return fail(fmt.Errorf("hostnet: finding the new TAP %s: %w", cfg.Uplink, err))
-	}
 	svc := derived("service", cfg.Name)
-	steps := []struct {
-		what string
-		do   func() error
-	}{
-		{"tagging", func() error { return nl.LinkSetAlias(ul, n.tag) }},
-		{"joining to the bridge", func() error { return nl.LinkSetMaster(ul, link) }},
-		{"bringing up", func() error { return nl.LinkSetUp(ul) }},
-		// bridge fdb add SVC dev UPLINK master static: DHCP steered to the
-		// service MAC always leaves through the uplink, learnt or not.
-		{"pinning the service MAC behind", func() error {
-			return nl.NeighSet(&netlink.Neigh{LinkIndex: ul.Attrs().Index, Family: unix.AF_BRIDGE,
-				Flags: netlink.NTF_MASTER, State: netlink.NUD_NOARP, HardwareAddr: svc})
-		}},
-	}
-	for _, s := range steps {
-		if err := s.do(); err != nil {
-			return fail(fmt.Errorf("hostnet: %s TAP %s: %w", s.what, cfg.Uplink, err))
-		}
+	var ul netlink.Link
+	if up, ul, err = n.openUplink(link, svc); err != nil {
+		return fail(err)
 	}
 	if err := nl.LinkSetUp(link); err != nil {
 		return fail(fmt.Errorf("hostnet: bringing %s up: %w", cfg.TAP, err))
@@ -262,7 +250,7 @@ func (n *Network) setupBridge() error {
 	if err := n.env.install(cfg, n.tag, n.log); err != nil {
 		return fail(err)
 	}
-	bs := &bridgeState{svcMAC: svc, uplinkIdx: ul.Attrs().Index, vms: map[string]*bridgePort{}, caps: map[*portCapture]struct{}{}}
+	bs := &bridgeState{svcMAC: svc, uplinkIdx: ul.Attrs().Index, uplinkMAC: ul.Attrs().HardwareAddr, vms: map[string]*bridgePort{}, caps: map[*portCapture]struct{}{}}
 	if err := n.env.installBridge(bs, bridgeTableName(cfg.Name)); err != nil {
 		n.env.removeTable(n.tag)
 		n.env.removeRules(n.tag)
@@ -275,6 +263,17 @@ func (n *Network) setupBridge() error {
 // installBridge adds the bridge table: one base chain at prerouting that
 // sends each VM TAP's frames to the VM's chain through a verdict map.
 func (e *env) installBridge(bs *bridgeState, name string) error {
+	if err := e.queueBridge(bs, name); err != nil {
+		return err
+	}
+	if err := e.nft.Flush(); err != nil {
+		return fmt.Errorf("hostnet: installing nftables table bridge %s: %w", name, err)
+	}
+	return nil
+}
+
+// queueBridge queues what installBridge sends, without sending it.
+func (e *env) queueBridge(bs *bridgeState, name string) error {
 	c := e.nft
 	bs.table = c.AddTable(&nftables.Table{Name: name, Family: nftables.TableFamilyBridge})
 	pre := c.AddChain(&nftables.Chain{
@@ -289,9 +288,6 @@ func (e *env) installBridge(bs *bridgeState, name string) error {
 		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
 		&expr.Lookup{SourceRegister: 1, SetName: bs.ports.Name, SetID: bs.ports.ID, IsDestRegSet: true, DestRegister: 0},
 	}})
-	if err := c.Flush(); err != nil {
-		return fmt.Errorf("hostnet: installing nftables table bridge %s: %w", name, err)
-	}
 	return nil
 }
 
@@ -343,6 +339,9 @@ func (n *Network) AddPort(id string, mac net.HardwareAddr) (name string, adopted
 	if p := bs.vms[name]; p != nil {
 		if p.id != id {
 			return "", false, fmt.Errorf("hostnet: VM TAP %s belongs to another VM (%s): the names of VM %s and %s collide", name, p.id, id, p.id)
+		}
+		if p.kept {
+			return n.claimLocked(name, p, mac)
 		}
 		return name, true, nil
 	}
@@ -435,15 +434,15 @@ func (n *Network) PinPort(name string, ip netip.Addr) error {
 			p.carried[k] += v
 		}
 	}
-	old := p.pin
-	p.pin = netip.Addr{}
+	old, oldSeen := p.pin, p.seenBefore
+	p.pin, p.seenBefore = netip.Addr{}, false
 	if ip.Is4() {
 		p.pin = ip
 	}
 	n.env.nft.FlushChain(p.chain)
 	n.addPortRules(p)
 	if err := n.env.nft.Flush(); err != nil {
-		p.pin = old
+		p.pin, p.seenBefore = old, oldSeen
 		return fmt.Errorf("hostnet: pinning VM TAP %s to %v: %w", name, ip, err)
 	}
 	return nil
@@ -477,7 +476,7 @@ func (n *Network) PortStats(name string) (st vswitch.Stats, seen bool, err error
 	for k, v := range drops {
 		st.Drops[k] += v
 	}
-	return st, seen, nil
+	return st, seen || p.seenBefore, nil
 }
 
 // RemovePort deletes VM id's TAP (the VM stopped) and its rules. A TAP
@@ -490,18 +489,19 @@ func (n *Network) RemovePort(name string) error {
 		return err
 	}
 	var errs []error
+	n.br.stopCapturesOf(name)
+	// The TAP goes before its rules: it never passes a frame unfiltered.
+	if l, err := n.env.nl.LinkByName(name); err == nil && l.Type() == "tuntap" {
+		if err := n.env.nl.LinkDel(l); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("hostnet: removing VM TAP %s: %w", name, err)
+		}
+	}
 	if p := n.br.vms[name]; p != nil {
 		if err := n.removePortRules(name, p); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	delete(n.br.vms, name)
-	n.br.stopCapturesOf(name)
-	if l, err := n.env.nl.LinkByName(name); err == nil && l.Type() == "tuntap" {
-		if err := n.env.nl.LinkDel(l); err != nil && !errors.Is(err, os.ErrNotExist) {
-			errs = append(errs, fmt.Errorf("hostnet: removing VM TAP %s: %w", name, err))
-		}
-	}
 	if len(errs) == 0 {
 		n.log.Info("hostnet: VM TAP removed", "tap", name)
 	}
@@ -540,12 +540,21 @@ const (
 
 // addPortRules queues the VM chain's rules for p's MAC and pin.
 func (n *Network) addPortRules(p *bridgePort) {
+	for _, r := range portRules(n.br.table, p.chain, n.br.svcMAC, p) {
+		n.env.nft.AddRule(r)
+	}
+}
+
+// portRules are the rules of VM chain ch in table t for p's MAC and pin;
+// svc is the service MAC DHCP requests are steered to.
+func portRules(t *nftables.Table, ch *nftables.Chain, svc net.HardwareAddr, p *bridgePort) []*nftables.Rule {
+	var rules []*nftables.Rule
 	add := func(comment string, parts ...[]expr.Any) {
-		r := &nftables.Rule{Table: n.br.table, Chain: p.chain, Exprs: join(parts...)}
+		r := &nftables.Rule{Table: t, Chain: ch, Exprs: join(parts...)}
 		if comment != "" {
 			r.UserData = userdata.AppendString(nil, userdata.TypeComment, comment)
 		}
-		n.env.nft.AddRule(r)
+		rules = append(rules, r)
 	}
 	drop := []expr.Any{&expr.Counter{}, &expr.Verdict{Kind: expr.VerdictDrop}}
 	seen := []expr.Any{&expr.Counter{}, accept()}
@@ -582,7 +591,7 @@ func (n *Network) addPortRules(p *bridgePort) {
 	// from its pin only, or DHCP from 0.0.0.0.
 	add(tagDrop+dropDHCPSrv, ip, l4(unix.IPPROTO_UDP), th(0, 67), drop)
 	add("", ip, l4(unix.IPPROTO_UDP), th(2, 67), []expr.Any{
-		&expr.Immediate{Register: 1, Data: n.br.svcMAC},
+		&expr.Immediate{Register: 1, Data: svc},
 		&expr.Payload{OperationType: expr.PayloadWrite, SourceRegister: 1, Base: expr.PayloadBaseLLHeader, Offset: 0, Len: 6},
 	})
 	if p.pin.IsValid() {
@@ -597,6 +606,7 @@ func (n *Network) addPortRules(p *bridgePort) {
 	ip6 := etherType(0x86dd)
 	add(tagDrop+dropRA, ip6, l4(unix.IPPROTO_ICMPV6), thByte(0, 134), drop)
 	add(tagDrop+dropDHCPSrv, ip6, l4(unix.IPPROTO_UDP), th(0, 547), drop)
+	return rules
 }
 
 // portCounters reads the counters of p's rules: drops by reason, and
@@ -794,4 +804,9 @@ func (bs *bridgeState) stopCapturesOf(name string) {
 	}
 }
 
-func (bs *bridgeState) stopCaptures() { bs.stopCapturesOf("") }
+func (bs *bridgeState) stopCaptures() {
+	if bs.claim != nil {
+		bs.claim.Stop()
+	}
+	bs.stopCapturesOf("")
+}

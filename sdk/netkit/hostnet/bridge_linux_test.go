@@ -4,8 +4,10 @@ package hostnet_test
 
 import (
 	"bytes"
+	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -34,6 +36,9 @@ const (
 func bridgeConfig(mode hostnet.Mode) hostnet.Config {
 	c := config(mode)
 	c.Bridge = true
+	if os.Getenv("HOSTNET_DEBUG") != "" {
+		c.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
 	return c
 }
 

@@ -30,6 +30,40 @@
 // isolated mode an accept for them is also put into iptables-nft's
 // FORWARD chain.
 //
+// Adoption (bridge mode): a plugin killed with SIGKILL leaves its bridge,
+// its VM TAPs and both tables in the kernel, and the fast-path VMs keep
+// talking through them. The next Setup adopts that bridge instead of
+// removing it when it matches the configuration, decided on what the
+// kernel reports (netlink, nftables listings), never on a file:
+//
+//   - the bridge is kept when it is tagged anka-<name>, has Config.MTU, the
+//     derived gateway MAC and exactly Gateway/bits as IPv4 address, and
+//     the subnet is free but for its own connected route; otherwise (other
+//     subnet, MTU or name, or not ours) everything is cleaned up and made
+//     anew, as at a first start;
+//   - a VM TAP of the network that a process holds, is a port of the
+//     bridge, and has in anka-br-<name> exactly the chain this package
+//     writes for some MAC and pin plus the ports map entry jumping to it,
+//     stays as it is, up and filtered; AddPort (the VM attached again)
+//     takes it back without it leaving the bridge, replacing its rules
+//     only if the MAC differs. One no AddPort claims within
+//     Config.ClaimWindow (a minute) is then set down and taken off the
+//     bridge, or removed if nobody holds it any more;
+//   - VM TAPs nobody holds are removed; held ones failing the checks are
+//     set down and taken off the bridge before their rules go (AddPort
+//     takes them back); other interfaces are taken off the bridge; the
+//     dead run's uplink is replaced;
+//   - the inet table, the bridge table and our rules in iptables-nft's
+//     FORWARD chain are replaced in one nftables transaction (old tables
+//     deleted and new ones added in the same batch), so no packet sees
+//     the network without anti-spoofing or NAT; conntrack entries, NAT
+//     bindings included, are not touched.
+//
+// If anything fails while adopting, the transaction leaves the old rules
+// and Setup falls back to the cleanup and a new bridge. Close and Cleanup
+// are unchanged: a plugin stopped normally removes its bridge. See
+// adopt_linux.go.
+//
 // Everything lives in the plugin's own nftables table, "anka-<name>"
 // (family inet), set up in one atomic batch through netlink; no nft or
 // iptables binary is run. A packet must be accepted by every base chain on

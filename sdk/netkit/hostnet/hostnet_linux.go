@@ -11,6 +11,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
@@ -73,7 +74,13 @@ type Config struct {
 	// and 8 hex digits. "" means "ak" and the first character of Name
 	// ("aks" for shared). Bridge mode only.
 	PortPrefix string
-	// Logger gets what Setup cleaned up and set up; nil means
+	// ClaimWindow is how long a VM TAP that Setup adopted from an earlier
+	// run stays on the bridge, filtered by the rules that run gave it,
+	// waiting for AddPort (its VM attached again); then it is set down and
+	// taken off the bridge, or removed once no process holds it. 0 means
+	// DefaultClaimWindow. Bridge mode only.
+	ClaimWindow time.Duration
+	// Logger gets what Setup cleaned up, adopted and set up; nil means
 	// slog.Default().
 	Logger *slog.Logger
 }
@@ -98,8 +105,11 @@ type Network struct {
 }
 
 // Setup makes the host side of a network in the calling thread's network
-// namespace. It first removes what a crashed earlier run left under the
-// same name (the TAP, the table, its rules in iptables-nft's FORWARD
+// namespace. In bridge mode it first tries to adopt the bridge a killed
+// earlier run left (see the package doc: kept when it matches cfg, with
+// the VM TAPs on it that running VMs hold, the tables replaced in one
+// transaction). Otherwise it removes what a crashed earlier run left under
+// the same name (the TAP, the table, its rules in iptables-nft's FORWARD
 // chain), then refuses a Prefix that overlaps an address of any
 // interface or a route inside Prefix (the error wraps ErrPrefixInUse and
 // names the interface), creates the TAP with MTU, address and link up, and
@@ -136,6 +146,15 @@ func Setup(cfg Config) (*Network, error) {
 
 func (n *Network) setup() error {
 	cfg := &n.cfg
+	if cfg.Bridge {
+		adopted, err := n.adoptBridge()
+		if adopted {
+			return nil
+		}
+		if err != nil {
+			n.log.Info("hostnet: not adopting what an earlier run left; setting the network up anew", "reason", err)
+		}
+	}
 	removed, err := n.env.cleanup(n.tag, cfg.TAP, n.sweep(), n.log)
 	if err != nil {
 		return fmt.Errorf("hostnet: removing what an earlier run of network %q left: %w", cfg.Name, err)
@@ -143,7 +162,7 @@ func (n *Network) setup() error {
 	if len(removed) > 0 {
 		n.log.Warn("hostnet: removed leftovers of an earlier run", "removed", strings.Join(removed, ", "))
 	}
-	if err := n.env.checkPrefix(cfg, n.log); err != nil {
+	if err := n.env.checkPrefix(cfg, 0, n.log); err != nil {
 		return err
 	}
 	if cfg.Bridge {
@@ -225,10 +244,7 @@ func (n *Network) Close() error {
 	n.closed = true
 	defer n.env.close()
 
-	superseded := false
-	if l, err := n.env.nl.LinkByName(n.cfg.TAP); err == nil && l.Attrs().Index != n.ifindex {
-		superseded = true
-	}
+	superseded := n.supersededLocked()
 	var errs []error
 	if n.br != nil {
 		n.br.stopCaptures()
@@ -502,8 +518,10 @@ func (e *env) cleanup(tag, tap string, sw *sweep, log *slog.Logger) ([]string, e
 // checkPrefix refuses cfg.Prefix when an interface has an address
 // overlapping it or a route sends part of it elsewhere. A route covering
 // more than the prefix (a VPN's 10.0.0.0/8, say) is only logged: our
-// connected route is more specific and wins for the subnet.
-func (e *env) checkPrefix(cfg *Config, log *slog.Logger) error {
+// connected route is more specific and wins for the subnet. own, when not
+// 0, is the index of the network's own device being adopted: its gateway
+// address and its connected route are the network's, not in the way.
+func (e *env) checkPrefix(cfg *Config, own int, log *slog.Logger) error {
 	linkName := func(idx int) string {
 		if l, err := e.nl.LinkByIndex(idx); err == nil {
 			return l.Attrs().Name
@@ -523,6 +541,9 @@ func (e *env) checkPrefix(cfg *Config, log *slog.Logger) error {
 		if !ok || !p.Overlaps(cfg.Prefix) {
 			continue
 		}
+		if own != 0 && a.LinkIndex == own && p == netip.PrefixFrom(cfg.Gateway, cfg.Prefix.Bits()) {
+			continue
+		}
 		return fmt.Errorf("%w: interface %s has %s, which overlaps %v; %s (or remove the address)",
 			ErrPrefixInUse, linkName(a.LinkIndex), a.IPNet, cfg.Prefix, hint)
 	}
@@ -535,6 +556,9 @@ func (e *env) checkPrefix(cfg *Config, log *slog.Logger) error {
 	for _, r := range routes {
 		p, ok := toPrefix(r.Dst)
 		if !ok || p.Bits() == 0 || !p.Overlaps(cfg.Prefix) {
+			continue
+		}
+		if own != 0 && r.LinkIndex == own && p == cfg.Prefix {
 			continue
 		}
 		via := "route " + p.String()

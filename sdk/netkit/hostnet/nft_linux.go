@@ -36,6 +36,22 @@ var (
 // install adds the network's table and, in NAT mode, the accept rules in
 // iptables-nft's FORWARD chain, in one batch: all of it or none.
 func (e *env) install(cfg *Config, tag string, log *slog.Logger) error {
+	hasIPT, err := e.queueInstall(cfg, tag)
+	if err != nil {
+		return err
+	}
+	if err := e.nft.Flush(); err != nil {
+		return fmt.Errorf("hostnet: installing nftables table inet %s: %w", tag, err)
+	}
+	if hasIPT {
+		log.Info("hostnet: iptables-nft FORWARD chain found; inserted accept rules for the subnet", "comment", tag)
+	}
+	return nil
+}
+
+// queueInstall queues what install sends, without sending it, and says
+// whether it inserts rules into iptables-nft's FORWARD chain.
+func (e *env) queueInstall(cfg *Config, tag string) (hasIPT bool, err error) {
 	c := e.nft
 	t := c.AddTable(&nftables.Table{Name: tag, Family: nftables.TableFamilyINet})
 	fwd := c.AddChain(&nftables.Chain{
@@ -61,7 +77,6 @@ func (e *env) install(cfg *Config, tag string, log *slog.Logger) error {
 		// none of this table's business.
 		rule(fwd, bridged(cfg.TAP), counted(accept()))
 	}
-	hasIPT := false
 	switch cfg.Mode {
 	case NAT:
 		post := c.AddChain(&nftables.Chain{
@@ -73,9 +88,8 @@ func (e *env) install(cfg *Config, tag string, log *slog.Logger) error {
 		rule(fwd, to, ctEstablishedRelated(), counted(accept()))
 		rule(fwd, to, counted(&expr.Verdict{Kind: expr.VerdictDrop}))
 
-		var err error
 		if hasIPT, err = e.hasIPTablesForward(); err != nil {
-			return err
+			return false, err
 		}
 		if hasIPT {
 			// InsertRule puts each at the top: the last inserted comes first.
@@ -89,9 +103,8 @@ func (e *env) install(cfg *Config, tag string, log *slog.Logger) error {
 		rule(fwd, from, counted(&expr.Verdict{Kind: expr.VerdictDrop}))
 		rule(fwd, to, counted(&expr.Verdict{Kind: expr.VerdictDrop}))
 		if cfg.Bridge {
-			var err error
 			if hasIPT, err = e.hasIPTablesForward(); err != nil {
-				return err
+				return false, err
 			}
 			if hasIPT {
 				// A drop policy there would cut VM from VM once
@@ -102,13 +115,7 @@ func (e *env) install(cfg *Config, tag string, log *slog.Logger) error {
 			}
 		}
 	}
-	if err := c.Flush(); err != nil {
-		return fmt.Errorf("hostnet: installing nftables table inet %s: %w", tag, err)
-	}
-	if hasIPT {
-		log.Info("hostnet: iptables-nft FORWARD chain found; inserted accept rules for the subnet", "comment", tag)
-	}
-	return nil
+	return hasIPT, nil
 }
 
 // hasIPTablesForward reports whether iptables-nft's table ip filter has a

@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -83,11 +85,19 @@ type Client struct {
 	in    chan []byte
 	Other chan []byte
 	done  chan struct{}
+
+	mu sync.Mutex
+	// asked holds the transaction ids of the client's own exchanges
+	// (DORA, Renew, Exchange, Fence); unasked the replies it read for
+	// any other.
+	asked   map[dhcpv4.TransactionID]bool
+	unasked []*dhcpv4.DHCPv4
 }
 
 // NewClient reads port until tb ends.
 func NewClient(tb testing.TB, port frameio.Port, mac net.HardwareAddr) *Client {
-	c := &Client{Port: port, MAC: mac, in: make(chan []byte, 64), Other: make(chan []byte, 1024), done: make(chan struct{})}
+	c := &Client{Port: port, MAC: mac, in: make(chan []byte, 64), Other: make(chan []byte, 1024), done: make(chan struct{}),
+		asked: make(map[dhcpv4.TransactionID]bool)}
 	go c.read()
 	tb.Cleanup(func() {
 		port.Close()
@@ -106,6 +116,7 @@ func (c *Client) read() {
 			ch := c.Other
 			if isDHCPReply(f) {
 				ch = c.in
+				c.note(f)
 			}
 			select {
 			case ch <- f:
@@ -116,6 +127,44 @@ func (c *Client) read() {
 			return
 		}
 	}
+}
+
+// note records f, a DHCP reply, when it answers none of the client's
+// exchanges; before f reaches c.in, so whoever takes from c.in a reply
+// that came later finds f recorded.
+func (c *Client) note(f []byte) {
+	r, err := parseDHCP(f)
+	if err != nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.asked[r.TransactionID] {
+		c.unasked = append(c.unasked, r)
+	}
+}
+
+// ask records xid as one of the client's own exchanges, before it is sent.
+func (c *Client) ask(xid dhcpv4.TransactionID) {
+	c.mu.Lock()
+	c.asked[xid] = true
+	c.mu.Unlock()
+}
+
+func (c *Client) isAsked(xid dhcpv4.TransactionID) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.asked[xid]
+}
+
+// Unasked returns the DHCP replies the client has read so far whose
+// transaction is none of its exchanges: replies meant for another port,
+// or for frames sent with Send. A reply repeated because an exchange
+// resent its request (the server answers every copy) is not among them.
+func (c *Client) Unasked() []*dhcpv4.DHCPv4 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.unasked)
 }
 
 func isDHCPReply(f []byte) bool {
@@ -171,7 +220,7 @@ func (c *Client) exchange(m *dhcpv4.DHCPv4, want dhcpv4.MessageType, deadline ti
 	if err != nil {
 		return nil, err
 	}
-	return c.await(frame, m.TransactionID, m.MessageType(), want, deadline)
+	return c.await(frame, m.TransactionID, m.MessageType(), want, deadline, nil)
 }
 
 // frame wraps m as the guest sends it: from 0.0.0.0:68 to the broadcast.

@@ -60,7 +60,7 @@ func (c *Client) exchangeFrom(m *dhcpv4.DHCPv4, src netip.Addr, want dhcpv4.Mess
 	if err != nil {
 		return nil, err
 	}
-	return c.await(frame, m.TransactionID, m.MessageType(), want, deadline)
+	return c.await(frame, m.TransactionID, m.MessageType(), want, deadline, nil)
 }
 
 // Exchange sends frame, a request with transaction id xid that a test may
@@ -71,14 +71,18 @@ func (c *Client) Exchange(frame []byte, xid dhcpv4.TransactionID, want dhcpv4.Me
 	if m, err := parseDHCP(frame); err == nil {
 		sent = m.MessageType()
 	}
-	return c.await(frame, xid, sent, want, time.Now().Add(within))
+	return c.await(frame, xid, sent, want, time.Now().Add(within), nil)
 }
 
 // await sends frame, a message of type sent, until a reply with xid of
 // type want (or a NAK) arrives, resending every 300 ms until deadline.
 // A send that fails (a full socket) is tried again at the next tick, as
-// a client's retransmission would.
-func (c *Client) await(frame []byte, xid dhcpv4.TransactionID, sent, want dhcpv4.MessageType, deadline time.Time) (*dhcpv4.DHCPv4, error) {
+// a client's retransmission would. Replies read on the way that answer
+// none of the client's exchanges are appended to other, when not nil;
+// those for its exchanges (late copies, answers to a resent request)
+// are dropped.
+func (c *Client) await(frame []byte, xid dhcpv4.TransactionID, sent, want dhcpv4.MessageType, deadline time.Time, other *[]*dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, error) {
+	c.ask(xid)
 	tick := time.NewTicker(300 * time.Millisecond)
 	defer tick.Stop()
 	c.Send(frame)
@@ -86,7 +90,13 @@ func (c *Client) await(frame []byte, xid dhcpv4.TransactionID, sent, want dhcpv4
 		select {
 		case f := <-c.in:
 			r, err := parseDHCP(f)
-			if err != nil || r.TransactionID != xid {
+			if err != nil {
+				continue
+			}
+			if r.TransactionID != xid {
+				if other != nil && !c.isAsked(r.TransactionID) {
+					*other = append(*other, r)
+				}
 				continue
 			}
 			switch r.MessageType() {
@@ -104,22 +114,30 @@ func (c *Client) await(frame []byte, xid dhcpv4.TransactionID, sent, want dhcpv4
 	}
 }
 
-// Replies returns the DHCP replies (any transaction) that arrive within
-// d: for tests that check what a hostile request earned.
-func (c *Client) Replies(d time.Duration) []*dhcpv4.DHCPv4 {
-	var out []*dhcpv4.DHCPv4
-	t := time.NewTimer(d)
-	defer t.Stop()
-	for {
-		select {
-		case f := <-c.in:
-			if r, err := parseDHCP(f); err == nil {
-				out = append(out, r)
-			}
-		case <-t.C:
-			return out
-		}
+// Fence sends a DHCPINFORM (from 0.0.0.0, which changes no lease) until
+// its ACK arrives, and returns the other DHCP replies read before that
+// ACK, leaving out those for the client's own exchanges (copies answering
+// a resent request). The server answers one port's requests in the order
+// they came and sends a reply that needs no write to disk (OFFER, NAK,
+// INFORM's ACK) as soon as it is decided, to the asking port's socket,
+// so every such reply to what the client sent with Send before Fence is
+// among those returned: what a request earned is known exactly, without
+// waiting for a time to pass. Replies that follow a write to disk (the
+// ACK of a REQUEST) leave once it is synced and may come later.
+func (c *Client) Fence(within time.Duration) ([]*dhcpv4.DHCPv4, error) {
+	m, err := dhcpv4.New(dhcpv4.WithHwAddr(c.MAC), dhcpv4.WithMessageType(dhcpv4.MessageTypeInform))
+	if err != nil {
+		return nil, err
 	}
+	frame, err := c.frame(m)
+	if err != nil {
+		return nil, err
+	}
+	var got []*dhcpv4.DHCPv4
+	if _, err := c.await(frame, m.TransactionID, m.MessageType(), dhcpv4.MessageTypeAck, time.Now().Add(within), &got); err != nil {
+		return got, fmt.Errorf("lantest: fence: %w", err)
+	}
+	return got, nil
 }
 
 // DHCPFrame wraps a DHCP client payload (which may be malformed: hostile
