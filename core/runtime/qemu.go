@@ -397,6 +397,10 @@ func (q *QEMU) Args(s *Spec) ([]string, error) {
 			// only when the device announces the MTU.
 			device += ",host_mtu=" + strconv.Itoa(n.MTU)
 		}
+		// Rings of 1024 (QEMU's default is 256; above it only for
+		// vhost-user) so a guest late to refill its receive buffers
+		// loses fewer frames.
+		device += ",rx_queue_size=1024,tx_queue_size=1024"
 		if !q.useKVM() {
 			// QEMU 7.2 under TCG segfaults in msix_set_vector_notifiers
 			// when the guest starts a vhost-user virtio-net-pci with

@@ -166,7 +166,7 @@ func TestArgsTable(t *testing.T) {
 			s.MemoryMiB = 384
 			s.NIC = &NIC{Kind: NICVhostUser, MAC: mac, Path: "/run/anka/net/vm1/a,b.sock", LinkUp: true, MTU: 9000}
 		}, func(t *testing.T, a []string) {
-			if v, _ := valueOf(a, "-device"); v != "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56,host_mtu=9000,vectors=0" {
+			if v, _ := valueOf(a, "-device"); v != "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56,host_mtu=9000,rx_queue_size=1024,tx_queue_size=1024,vectors=0" {
 				t.Errorf("-device %q", v)
 			}
 			if v, _ := valueOf(a, "-netdev"); v != "vhost-user,id=n0,chardev=n0sock" {
@@ -188,7 +188,7 @@ func TestArgsTable(t *testing.T) {
 		{"vhost-user with KVM keeps MSI-X", true, func(s *Spec) {
 			s.NIC = &NIC{Kind: NICVhostUser, MAC: mac, Path: "/run/vu.sock", LinkUp: true}
 		}, func(t *testing.T, a []string) {
-			if v, _ := valueOf(a, "-device"); v != "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56" {
+			if v, _ := valueOf(a, "-device"); v != "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56,rx_queue_size=1024,tx_queue_size=1024" {
 				t.Errorf("-device %q", v)
 			}
 		}},

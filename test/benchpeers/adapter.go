@@ -45,7 +45,8 @@ type AdapterOptions struct {
 	// frames cross.
 	VhostUser string
 	// VhostUserQueueSize is the size of both virtqueues (QEMU's
-	// rx_queue_size and tx_queue_size); 0 means 256, QEMU's default.
+	// rx_queue_size and tx_queue_size); 0 means 1024, what anka gives
+	// its QEMU VMs on vhost-user (QEMU's own default is 256).
 	VhostUserQueueSize int
 
 	// Batch is how many frames one socket write carries; 1 (the default)
@@ -160,7 +161,11 @@ func StartAdapter(o AdapterOptions) (*Adapter, error) {
 		sock, err = frameio.ListenDgram(o.DgramBind, frameio.DgramOptions{MTU: o.MTU, Peer: o.DgramPeer, WriteTimeout: o.WriteTimeout, Logger: log})
 	case o.VhostUser != "":
 		o.Batch = VhostUserBatch
-		do := vhostuserdriver.DriverOptions{MTU: o.MTU, HostMTU: o.MTU, QueueSize: o.VhostUserQueueSize, WriteTimeout: o.WriteTimeout, Log: log}
+		qs := o.VhostUserQueueSize
+		if qs == 0 {
+			qs = 1024
+		}
+		do := vhostuserdriver.DriverOptions{MTU: o.MTU, HostMTU: o.MTU, QueueSize: qs, WriteTimeout: o.WriteTimeout, Log: log}
 		if o.MTU > 1500 {
 			do.RxChunk, do.TxChunk = vhostUserRxChunk, vhostUserTxChunk
 		}

@@ -78,7 +78,7 @@ func adapter(args []string) error {
 	fs.StringVar(&o.StreamConnect, "stream-connect", "", "unix stream: connect to this listening socket (4-byte big-endian length per frame)")
 	fs.StringVar(&o.StreamListen, "stream-listen", "", "unix stream: listen on this path")
 	fs.StringVar(&o.VhostUser, "vhost-user", "", "vhost-user: connect to this back-end socket as QEMU's front-end and the guest's virtio-net driver")
-	fs.IntVar(&o.VhostUserQueueSize, "vhost-user-queue", 256, "vhost-user: size of both virtqueues (QEMU's rx_queue_size, tx_queue_size)")
+	fs.IntVar(&o.VhostUserQueueSize, "vhost-user-queue", 1024, "vhost-user: size of both virtqueues (QEMU's rx_queue_size, tx_queue_size; anka gives its QEMU VMs 1024)")
 	fs.IntVar(&o.Batch, "batch", 1, "frames per socket write; 1 is QEMU's one frame per write (vhost-user moves up to 64 per call)")
 	fs.IntVar(&o.TxQueueLen, "txqueuelen", benchpeers.DefaultTxQueueLen, "the TAP's ring of frames waiting for the adapter")
 	fs.DurationVar(&o.WriteTimeout, "write-timeout", time.Second, "how long a write to a full socket waits before dropping")
