@@ -407,6 +407,7 @@ func TestValidation(t *testing.T) {
 		{name: "plugin_timeout not a duration", env: map[string]string{"ANKA_PLUGIN_TIMEOUT": "soon"}, want: []string{"plugin_timeout", "30s or 2m"}},
 		{name: "plugin_timeout too short", args: []string{"--plugin-timeout=10ms"}, want: []string{"plugin_timeout", "1s to 10m0s"}},
 		{name: "plugin_timeout too long", user: "plugin_timeout: 1h\n", want: []string{"plugin_timeout", "out of range"}},
+		{name: "vhost_user neither on nor off", env: map[string]string{"ANKA_VHOST_USER": "maybe"}, want: []string{"vhost_user", "use on or off"}},
 		{name: "control character in a value", args: []string{"--bridge-name=eth\x1b[2J0"}, want: []string{"bridge_name", "control character"}},
 		{name: "NUL in a path", env: map[string]string{"ANKA_STATE_DIR": "/var/lib/an\x00ka"}, want: []string{"state_dir", "control character"}},
 	}
@@ -899,6 +900,21 @@ func TestPluginTimeout(t *testing.T) {
 		t.Fatalf("env plugin_timeout: %v %v", cfg.PluginTimeout, err)
 	}
 	if e, _ := cfg.Get("plugin_timeout"); e.Value != "1m30s" {
+		t.Fatalf("canonical form %q", e.Value)
+	}
+}
+
+func TestVhostUser(t *testing.T) {
+	f := newFixture(t)
+	cfg, err := Load(f.opts())
+	if err != nil || !cfg.VhostUser {
+		t.Fatalf("default vhost_user: %v %v", cfg.VhostUser, err)
+	}
+	f.env["ANKA_VHOST_USER"] = "FALSE"
+	if cfg, err = Load(f.opts()); err != nil || cfg.VhostUser {
+		t.Fatalf("env vhost_user false: %v %v", cfg.VhostUser, err)
+	}
+	if e, _ := cfg.Get("vhost_user"); e.Value != "off" {
 		t.Fatalf("canonical form %q", e.Value)
 	}
 }

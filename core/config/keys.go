@@ -73,6 +73,7 @@ var staticKeys = map[string]keyDef{
 	"mtu":                {"1500", "MTU of the VM networks", normIntRange(576, 65520)},
 	"log_level":          {"info", "debug, info, warn or error", normLogLevel},
 	"plugin_user":        {"anka-net", "user the network plugins run as (with only the capabilities they need): a user name, uid:gid, or root", normPluginUser},
+	"vhost_user":         {"on", "on: QEMU VMs that need the user-space switch (-m) reach it over vhost-user, their memory shared with the plugin; off: over datagram sockets", normOnOff},
 	"plugin_timeout":     {"30s", "how long one call to a network plugin may take before anka gives up on it (show waits at most 10s)", normPluginTimeout},
 }
 
@@ -385,6 +386,16 @@ func normPluginUser(v string) (string, error) {
 		}
 	}
 	return v, nil
+}
+
+func normOnOff(v string) (string, error) {
+	switch strings.ToLower(v) {
+	case "on", "true", "yes", "1":
+		return "on", nil
+	case "off", "false", "no", "0":
+		return "off", nil
+	}
+	return "", fmt.Errorf("is not on or off: use on or off")
 }
 
 func normLogLevel(v string) (string, error) {

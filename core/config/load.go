@@ -82,6 +82,8 @@ type Config struct {
 	PluginUser string
 	// PluginTimeout bounds each call to a plugin (plugin_timeout).
 	PluginTimeout time.Duration
+	// VhostUser lets QEMU VMs reach the switch over vhost-user (vhost_user).
+	VhostUser bool
 	// Plugins holds the types with a path or a sha256 set.
 	Plugins map[string]Plugin
 
@@ -332,6 +334,7 @@ func build(userFile, systemFile string, problems []string, layers ...layer) (*Co
 	c.MTU, _ = strconv.Atoi(v("mtu"))
 	c.LeaseTime, _ = parseLease(v("lease_time"))
 	c.PluginTimeout, _ = time.ParseDuration(v("plugin_timeout"))
+	c.VhostUser = v("vhost_user") == "on"
 	for t := range types {
 		p := Plugin{Path: v(PluginKey(t, fieldPath)), SHA256: v(PluginKey(t, fieldSHA256))}
 		if p != (Plugin{}) {

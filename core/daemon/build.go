@@ -62,8 +62,8 @@ func NewLocal(cfg *config.Config, w Wiring) (*Local, error) {
 		}
 		l.Host = &plugins.Host{Finder: finder, StateDir: cfg.StateDir, Pins: pins, Settings: cfg.Settings(),
 			LogLevel: cfg.LogLevel, MTU: cfg.MTU, Logger: logger, Conns: w.Conns, User: cfg.PluginUser,
-			CallTimeout: cfg.PluginTimeout,
-			VMs:         func() ([]*vm.VM, error) { vms, _, err := store.List(); return vms, err },
+			CallTimeout: cfg.PluginTimeout, NoVhostUser: !cfg.VhostUser,
+			VMs: func() ([]*vm.VM, error) { vms, _, err := store.List(); return vms, err },
 			DynamicMAC: func(uuid string) string {
 				if mac, ok, _ := pool.Lookup(uuid); ok {
 					return mac.String()

@@ -97,8 +97,11 @@ func TestEndpointKinds(t *testing.T) {
 		{"external default", vm.RuntimeSpec{Kind: vm.RuntimeExternal}, []sdk.EndpointKind{sdk.EndpointDgram, sdk.EndpointStream}},
 		{"external vhost-user", vm.RuntimeSpec{Kind: vm.RuntimeExternal, Endpoints: []string{"vhost-user", "dgram"}}, []sdk.EndpointKind{sdk.EndpointVhostUser, sdk.EndpointDgram}},
 	} {
-		if got := endpointKinds(&vm.VM{Runtime: c.rt}); !slices.Equal(got, c.want) {
+		if got := endpointKinds(&vm.VM{Runtime: c.rt}, true); !slices.Equal(got, c.want) {
 			t.Errorf("%s: %v, want %v", c.name, got, c.want)
 		}
+	}
+	if got := endpointKinds(&vm.VM{}, false); !slices.Equal(got, []sdk.EndpointKind{sdk.EndpointTAP, sdk.EndpointDgram}) {
+		t.Errorf("qemu with vhost_user off: %v", got)
 	}
 }

@@ -41,6 +41,9 @@ type Host struct {
 	// CallTimeout bounds each call to a plugin (plugin_timeout); zero
 	// means DefaultCallTimeout. Status waits at most StatusTimeout.
 	CallTimeout time.Duration
+	// NoVhostUser keeps QEMU VMs off vhost-user (vhost_user off): a VM
+	// with an internal MAC then reaches the switch over datagrams.
+	NoVhostUser bool
 	// VMs lists the VMs and DynamicMAC gives a VM's pool MAC, so a plugin
 	// that had to be started again gets every VM attached again.
 	VMs        func() ([]*vm.VM, error)
@@ -336,7 +339,7 @@ func (h *Host) BeforeStart(ctx context.Context, v *vm.VM, dynamicMAC string) (*r
 }
 
 func (h *Host) attachRequest(v *vm.VM, dynamicMAC string) (*sdk.AttachRequest, error) {
-	kinds := endpointKinds(v)
+	kinds := endpointKinds(v, !h.NoVhostUser)
 	dir, err := h.runDir(v.Name)
 	if err != nil {
 		return nil, err
@@ -351,9 +354,13 @@ func (h *Host) attachRequest(v *vm.VM, dynamicMAC string) (*sdk.AttachRequest, e
 // QEMU takes a TAP (the kernel fast path, when the plugin has one),
 // vhost-user (the guest's queues read in place) and datagram sockets; a
 // hypervisor anka does not launch takes what its VM was created with
-// (--endpoint), dgram and stream unless told.
-func endpointKinds(v *vm.VM) []sdk.EndpointKind {
+// (--endpoint), dgram and stream unless told. vhostUser false
+// (vhost_user off) keeps QEMU VMs off vhost-user.
+func endpointKinds(v *vm.VM, vhostUser bool) []sdk.EndpointKind {
 	if v.Runtime.Kind != vm.RuntimeExternal {
+		if !vhostUser {
+			return []sdk.EndpointKind{sdk.EndpointTAP, sdk.EndpointDgram}
+		}
 		return []sdk.EndpointKind{sdk.EndpointTAP, sdk.EndpointVhostUser, sdk.EndpointDgram}
 	}
 	names := v.Runtime.Endpoints
