@@ -18,27 +18,6 @@ import (
 	"github.com/anka-net/anka/sdk/netkit/frameio/frameiotest"
 )
 
-// guestDir is the test guest (make guest): ANKA_GUEST_DIR, else the
-// repository's build/guest. Without one the test skips, unless ANKA_E2E
-// says the guest must be there.
-func guestDir(t *testing.T) string {
-	t.Helper()
-	dir := os.Getenv("ANKA_GUEST_DIR")
-	if dir == "" {
-		dir = "../../build/guest"
-	}
-	for _, f := range []string{"vmlinuz", "initrd.img"} {
-		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
-			if os.Getenv("ANKA_E2E") != "" {
-				t.Fatalf("ANKA_E2E is set but the test guest is missing: %v (make guest)", err)
-			}
-			t.Skipf("needs the test guest (make guest, or ANKA_GUEST_DIR): %v", err)
-		}
-	}
-	abs, _ := filepath.Abs(dir)
-	return abs
-}
-
 // TestQEMUGuestOnTAP: a real QEMU guest on the TAP the plugin hands out
 // (plain tap netdev, vhost-net when the host has it; software emulation
 // here): it gets its lease from the plugin's DHCP server through the
@@ -54,7 +33,7 @@ func TestQEMUGuestOnTAP(t *testing.T) {
 	if err != nil {
 		t.Skip("needs qemu-system-x86_64")
 	}
-	guest := guestDir(t)
+	guest := frameiotest.GuestDir(t)
 	p := start(t, t.TempDir(), nil)
 	gs, _ := routedtest.AttachWith(t, p, vmRef("sock"), sdk.Card{Type: "shared", DynamicMAC: dyn(2)}, routedtest.Sockets)
 	sip := gs.DHCP(t).IP

@@ -104,23 +104,6 @@ func TestQEMUDgramIsUnconnected(t *testing.T) {
 	}
 }
 
-func guestDir(t *testing.T) string {
-	dir := os.Getenv("ANKA_GUEST_DIR")
-	if dir == "" {
-		dir = "../../../build/guest"
-	}
-	for _, f := range []string{"vmlinuz", "initrd.img"} {
-		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
-			if os.Getenv("ANKA_E2E") != "" {
-				t.Fatalf("ANKA_E2E is set but the test guest is missing: %v (make guest)", err)
-			}
-			t.Skipf("needs the test guest (make guest, or ANKA_GUEST_DIR): %v", err)
-		}
-	}
-	abs, _ := filepath.Abs(dir)
-	return abs
-}
-
 // A real guest behind a datagram port, relayed to a TAP in a namespace:
 // the namespace reaches the guest's web server. Then the plugin restarts
 // and binds the same path: QEMU's frames come back to it.
@@ -129,7 +112,7 @@ func TestQEMUGuestThroughDgramPort(t *testing.T) {
 		t.Skip("boots a VM")
 	}
 	needQEMU(t)
-	guest := guestDir(t)
+	guest := frameiotest.GuestDir(t)
 	ns := frameiotest.NewNetns(t)
 	dir := frameiotest.TempDir(t)
 	pp, gp := filepath.Join(dir, "p.sock"), filepath.Join(dir, "q.sock")

@@ -69,6 +69,37 @@ func TempDir(tb testing.TB) string {
 	return dir
 }
 
+// GuestDir is the test guest (make guest): ANKA_GUEST_DIR, else the
+// repository's build/guest, found from the test's folder upwards. Without
+// one the test skips, unless ANKA_E2E says the guest must be there.
+func GuestDir(tb testing.TB) string {
+	tb.Helper()
+	dir := os.Getenv("ANKA_GUEST_DIR")
+	if dir == "" {
+		wd, _ := os.Getwd()
+		for d := wd; ; d = filepath.Dir(d) {
+			if _, err := os.Stat(filepath.Join(d, "build", "guest", "vmlinuz")); err == nil {
+				dir = filepath.Join(d, "build", "guest")
+				break
+			}
+			if filepath.Dir(d) == d {
+				dir = filepath.Join(wd, "build", "guest") // named in the message below
+				break
+			}
+		}
+	}
+	for _, f := range []string{"vmlinuz", "initrd.img"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			if os.Getenv("ANKA_E2E") != "" {
+				tb.Fatalf("ANKA_E2E is set but the test guest is missing: %v (make guest)", err)
+			}
+			tb.Skipf("needs the test guest (make guest, or ANKA_GUEST_DIR): %v", err)
+		}
+	}
+	abs, _ := filepath.Abs(dir)
+	return abs
+}
+
 // GuestMode is how the VM side of a datagram pair behaves.
 type GuestMode int
 
