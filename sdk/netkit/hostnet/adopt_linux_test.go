@@ -490,13 +490,7 @@ func echo(c *net.UDPConn) {
 // binding made before the crash still lets the outside's reply in.
 func TestBridgeAdoptTraffic(t *testing.T) {
 	hostGuard(t)
-	host, outside := newView(t), newView(t)
-	host.ns.IP(t, "link", "add", "up0", "type", "veth", "peer", "name", "down0", "netns", outside.ns.Name)
-	host.ns.IP(t, "addr", "add", uplinkIP.String()+"/24", "dev", "up0")
-	host.ns.IP(t, "link", "set", "up0", "up")
-	outside.ns.IP(t, "addr", "add", outsideIP.String()+"/24", "dev", "down0")
-	outside.ns.IP(t, "link", "set", "down0", "up")
-	outside.ns.IP(t, "route", "add", subnet.String(), "via", uplinkIP.String())
+	host, outside := newUplinkedViews(t)
 
 	n1 := host.mustSetup(t, bridgeConfig(hostnet.NAT))
 	tap, _, err := n1.AddPort(vmID, guestMAC)

@@ -113,6 +113,20 @@ type view struct {
 	nl  *netlink.Handle
 }
 
+// newUplinkedViews is a host namespace with an uplink (up0, uplinkIP) to
+// an outside namespace (outsideIP) that routes the subnet back through it.
+func newUplinkedViews(t *testing.T) (host, outside *view) {
+	t.Helper()
+	host, outside = newView(t), newView(t)
+	host.ns.IP(t, "link", "add", "up0", "type", "veth", "peer", "name", "down0", "netns", outside.ns.Name)
+	host.ns.IP(t, "addr", "add", uplinkIP.String()+"/24", "dev", "up0")
+	host.ns.IP(t, "link", "set", "up0", "up")
+	outside.ns.IP(t, "addr", "add", outsideIP.String()+"/24", "dev", "down0")
+	outside.ns.IP(t, "link", "set", "down0", "up")
+	outside.ns.IP(t, "route", "add", subnet.String(), "via", uplinkIP.String())
+	return host, outside
+}
+
 func newView(t *testing.T) *view {
 	t.Helper()
 	ns := frameiotest.NewNetns(t)
@@ -700,13 +714,7 @@ func TestTraffic(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			hostGuard(t)
-			host, outside := newView(t), newView(t)
-			host.ns.IP(t, "link", "add", "up0", "type", "veth", "peer", "name", "down0", "netns", outside.ns.Name)
-			host.ns.IP(t, "addr", "add", uplinkIP.String()+"/24", "dev", "up0")
-			host.ns.IP(t, "link", "set", "up0", "up")
-			outside.ns.IP(t, "addr", "add", outsideIP.String()+"/24", "dev", "down0")
-			outside.ns.IP(t, "link", "set", "down0", "up")
-			outside.ns.IP(t, "route", "add", subnet.String(), "via", uplinkIP.String())
+			host, outside := newUplinkedViews(t)
 			if tt.iptDrop {
 				host.addIPTablesFilter(t)
 			}
