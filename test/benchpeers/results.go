@@ -188,27 +188,21 @@ func ratios(r *Results, cfg Config) []Ratio {
 		k := TCPKey(d.key, big)
 		add(fmt.Sprintf("anka / passt, TCP %s, MTU %d", d.label, big), anka, r.Peer(PeerPasst), k, k, 1.5)
 	}
-	// A QEMU VM on Linux takes the kernel fast path unless it needs MAC
-	// translation: the same targets, for what those VMs get.
-	for _, peer := range []struct {
-		name   string
-		target float64
-	}{{PeerGvproxy, 2}, {PeerPasst, 1.5}} {
-		for _, d := range dirs {
-			k := TCPKey(d.key, big)
-			add(fmt.Sprintf("anka fast path / %s, TCP %s, MTU %d", peer.name, d.label, big), r.Peer(PeerAnkaFastPath), r.Peer(peer.name), k, k, peer.target)
-		}
-	}
-	// A VM on a vhost-user endpoint (QEMU when it cannot have the fast
-	// path and offers vhost-user): the same targets.
+	// The same targets for what QEMU VMs get: the kernel fast path (a VM
+	// without MAC translation) and vhost-user (a VM with -m).
 	vu := r.Peer(PeerAnkaVhostUser)
-	for _, peer := range []struct {
-		name   string
-		target float64
-	}{{PeerGvproxy, 2}, {PeerPasst, 1.5}} {
-		for _, d := range dirs {
-			k := TCPKey(d.key, big)
-			add(fmt.Sprintf("anka vhost-user / %s, TCP %s, MTU %d", peer.name, d.label, big), vu, r.Peer(peer.name), k, k, peer.target)
+	for _, path := range []struct {
+		label string
+		p     *PeerResult
+	}{{"anka fast path", r.Peer(PeerAnkaFastPath)}, {"anka vhost-user", vu}} {
+		for _, peer := range []struct {
+			name   string
+			target float64
+		}{{PeerGvproxy, 2}, {PeerPasst, 1.5}} {
+			for _, d := range dirs {
+				k := TCPKey(d.key, big)
+				add(fmt.Sprintf("%s / %s, TCP %s, MTU %d", path.label, peer.name, d.label, big), path.p, r.Peer(peer.name), k, k, peer.target)
+			}
 		}
 	}
 	// The ceiling with the framing the plugin handed out. The vhost-user

@@ -7,16 +7,18 @@ import (
 	"testing"
 )
 
-func TestReloadTakesRatiosAgain(t *testing.T) {
-	m := func(runs ...float64) *Metric {
-		x := &Metric{Unit: "Gbit/s"}
-		for i, v := range runs {
-			x.Runs = append(x.Runs, v)
-			x.Rounds = append(x.Rounds, i)
-		}
-		x.Value = median(x.Runs)
-		return x
+// m is a metric of one run per round.
+func m(runs ...float64) *Metric {
+	x := &Metric{Unit: "Gbit/s"}
+	for i, v := range runs {
+		x.Runs = append(x.Runs, v)
+		x.Rounds = append(x.Rounds, i)
 	}
+	x.Value = median(x.Runs)
+	return x
+}
+
+func TestReloadTakesRatiosAgain(t *testing.T) {
 	k := TCPKey("g2h", 65520)
 	saved := Results{
 		Settings: Settings{MTUs: []int{65520}},
@@ -55,15 +57,6 @@ func TestReloadTakesRatiosAgain(t *testing.T) {
 }
 
 func TestVhostUserRatios(t *testing.T) {
-	m := func(runs ...float64) *Metric {
-		x := &Metric{Unit: "Gbit/s"}
-		for i, v := range runs {
-			x.Runs = append(x.Runs, v)
-			x.Rounds = append(x.Rounds, i)
-		}
-		x.Value = median(x.Runs)
-		return x
-	}
 	big, small := TCPKey("h2g", 65520), TCPKey("g2h", 1500)
 	r := &Results{
 		Settings: Settings{MTUs: []int{1500, 65520}},
