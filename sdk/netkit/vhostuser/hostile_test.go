@@ -162,7 +162,7 @@ func TestHostileMessages(t *testing.T) {
 			rawSend(t, c, vuproto.SetVringNum, 0, []byte{0, 0, 0, 0})
 		}},
 		{"features not offered", func(t *testing.T, c *vuproto.Conn) {
-			rawSend(t, c, vuproto.SetFeatures, 0, le.AppendUint64(nil, 1<<vuproto.FRingIndirectDesc))
+			rawSend(t, c, vuproto.SetFeatures, 0, le.AppendUint64(nil, 1<<vuproto.FRingEventIdx))
 		}},
 		{"queue size not a power of 2", func(t *testing.T, c *vuproto.Conn) {
 			rawSend(t, c, vuproto.SetVringNum, 0, state(0, 3))

@@ -44,6 +44,8 @@ type vring struct {
 	enabled           bool
 	broken            bool
 	hdrLen            int
+	indirectOK        bool   // VIRTIO_RING_F_INDIRECT_DESC negotiated
+	indirectUsed      uint64 // indirect tables walked since Listen (tests read it)
 
 	one [8]byte // eventfd increment
 	buf [8]byte // eventfd drain
@@ -62,7 +64,7 @@ func (q *vring) reset() {
 	q.desc, q.avail, q.used, q.availHdr, q.usedHdr = nil, nil, nil, nil, nil
 	q.lastAvail, q.usedIdx, q.published, q.usedFlags = 0, 0, 0, 0
 	q.kickNoFD, q.started, q.enabled, q.broken = false, false, false, false
-	q.hdrLen = 12
+	q.hdrLen, q.indirectOK = 12, false
 }
 
 // resolve maps the ring addresses (front-end user addresses) into the
@@ -152,10 +154,9 @@ func (q *vring) putUsed(head uint16, n uint32) {
 	q.usedIdx++
 }
 
-func (q *vring) readDesc(i uint16) (addr uint64, n uint32, flags, next uint16) {
-	b := q.desc[int(i)*16 : int(i)*16+16]
-	return le.Uint64(b), le.Uint32(b[8:]), le.Uint16(b[12:]), le.Uint16(b[14:])
-}
+// maxIndirect bounds an indirect table: a descriptor chain is at most a
+// queue long, and no queue is longer than this.
+const maxIndirect = vuproto.MaxQueueSize
 
 // Why a chain is dropped, for the rate-limited log.
 const (
@@ -166,30 +167,96 @@ const (
 	chainBadAddr
 	chainShort
 	chainOversize
+	chainIndirectNext
+	chainNested
+	chainTableSize
+	chainTableAddr
 )
 
-var chainErrs = [...]string{"", "descriptor index out of range", "descriptor chain longer than the queue (a loop?)",
+var chainErrs = [...]string{"", "descriptor index out of range", "descriptor chain longer than its table (a loop?)",
 	"descriptor with the wrong direction or INDIRECT (not negotiated)", "descriptor outside the memory table",
-	"frame shorter than an Ethernet header", "frame larger than the port's MTU or the buffer"}
+	"frame shorter than an Ethernet header", "frame larger than the port's MTU or the buffer",
+	"INDIRECT descriptor with NEXT", "INDIRECT descriptor inside an indirect table",
+	"indirect table of 0 bytes, not a multiple of 16 or of more than 32768 descriptors", "indirect table outside the memory table"}
+
+// chain walks one descriptor chain: descriptors of the ring's table,
+// zero or more of them, then, with VIRTIO_RING_F_INDIRECT_DESC, at most
+// one indirect table (the virtio 1.x rules: the INDIRECT descriptor ends
+// the ring part, no NEXT with it, no INDIRECT inside a table, its WRITE
+// flag ignored). Every step is bounded by the table it is in, so a loop
+// ends there. It lives on the caller's stack: no allocation.
+type chain struct {
+	q        *vring
+	tbl      []byte // the table walked: q.desc or the indirect table
+	n        uint32 // entries in tbl
+	i        uint32 // next entry
+	steps    uint32 // entries taken from tbl
+	more     bool
+	indirect bool // walking an indirect table
+}
+
+func (c *chain) start(q *vring, head uint16) {
+	*c = chain{q: q, tbl: q.desc, n: uint32(q.num), i: uint32(head), more: true}
+}
+
+// next returns the next buffer of the chain and its flags; the chain's
+// end is a nil buffer with chainOK.
+func (c *chain) next() (b []byte, flags uint16, why int) {
+	for c.more {
+		if c.i >= c.n {
+			return nil, 0, chainBadIndex
+		}
+		if c.steps >= c.n {
+			return nil, 0, chainTooLong
+		}
+		c.steps++
+		d := c.tbl[int(c.i)*16 : int(c.i)*16+16]
+		addr, l, next := le.Uint64(d), le.Uint32(d[8:]), le.Uint16(d[14:])
+		flags = le.Uint16(d[12:])
+		if flags&vuproto.DescFIndirect != 0 {
+			switch {
+			case !c.q.indirectOK:
+				return nil, 0, chainBadFlags
+			case c.indirect:
+				return nil, 0, chainNested
+			case flags&vuproto.DescFNext != 0:
+				return nil, 0, chainIndirectNext
+			case l == 0 || l%16 != 0 || l/16 > maxIndirect:
+				return nil, 0, chainTableSize
+			}
+			t := c.q.mem.gpa(addr, l)
+			if t == nil {
+				return nil, 0, chainTableAddr
+			}
+			c.tbl, c.n, c.i, c.steps, c.indirect = t, l/16, 0, 0, true
+			c.q.indirectUsed++
+			continue
+		}
+		if b = c.q.mem.gpa(addr, l); b == nil {
+			return nil, 0, chainBadAddr
+		}
+		c.more, c.i = flags&vuproto.DescFNext != 0, uint32(next)
+		return b, flags, chainOK
+	}
+	return nil, 0, chainOK
+}
 
 // readChain copies the frame in the chain at head into dst, skipping the
 // virtio-net header.
 func (q *vring) readChain(head uint16, dst []byte) (int, int) {
-	skip, n, i := q.hdrLen, 0, head
-	for c := uint16(0); ; c++ {
-		if i >= q.num {
-			return 0, chainBadIndex
+	skip, n := q.hdrLen, 0
+	var c chain
+	c.start(q, head)
+	for {
+		b, flags, why := c.next()
+		if why != chainOK {
+			return 0, why
 		}
-		if c >= q.num {
-			return 0, chainTooLong
-		}
-		addr, l, flags, next := q.readDesc(i)
-		if flags&(vuproto.DescFWrite|vuproto.DescFIndirect) != 0 {
-			return 0, chainBadFlags
-		}
-		b := q.mem.gpa(addr, l)
 		if b == nil {
-			return 0, chainBadAddr
+			break
+		}
+		if flags&vuproto.DescFWrite != 0 {
+			return 0, chainBadFlags
 		}
 		if skip > 0 {
 			s := min(skip, len(b))
@@ -199,10 +266,6 @@ func (q *vring) readChain(head uint16, dst []byte) (int, int) {
 			return 0, chainOversize
 		}
 		n += copy(dst[n:], b)
-		if flags&vuproto.DescFNext == 0 {
-			break
-		}
-		i = next
 	}
 	if skip > 0 || n < frameio.MinFrameLen {
 		return 0, chainShort
@@ -218,21 +281,19 @@ func (q *vring) writeChain(head uint16, frame []byte) (uint32, int) {
 		hdr[10] = 1 // num_buffers
 	}
 	h := hdr[:q.hdrLen]
-	written, i := uint32(0), head
-	for c := uint16(0); ; c++ {
-		if i >= q.num {
-			return written, chainBadIndex
+	written := uint32(0)
+	var c chain
+	c.start(q, head)
+	for {
+		b, flags, why := c.next()
+		if why != chainOK {
+			return written, why
 		}
-		if c >= q.num {
-			return written, chainTooLong
-		}
-		addr, l, flags, next := q.readDesc(i)
-		if flags&vuproto.DescFIndirect != 0 || flags&vuproto.DescFWrite == 0 {
-			return written, chainBadFlags
-		}
-		b := q.mem.gpa(addr, l)
 		if b == nil {
-			return written, chainBadAddr
+			return 0, chainOversize
+		}
+		if flags&vuproto.DescFWrite == 0 {
+			return written, chainBadFlags
 		}
 		if len(h) > 0 {
 			k := copy(b, h)
@@ -245,10 +306,6 @@ func (q *vring) writeChain(head uint16, frame []byte) (uint32, int) {
 		if len(h) == 0 && len(frame) == 0 {
 			return written, chainOK
 		}
-		if flags&vuproto.DescFNext == 0 {
-			return 0, chainOversize
-		}
-		i = next
 	}
 }
 
