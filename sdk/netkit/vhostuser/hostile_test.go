@@ -734,7 +734,11 @@ func TestHostileIndirectReceive(t *testing.T) {
 		build func()
 	}{
 		{"read-only entry", func() { entry(0, buf, 2000, 0, 0); ring(tbl, 16, ind) }},
-		{"nested", func() { entry(0, tbl+0x100, 16, ind, 0); f.setDescAt(feTable+0x100, 0, buf, 2000, wr, 0); ring(tbl, 16, ind) }},
+		{"nested", func() {
+			entry(0, tbl+0x100, 16, ind, 0)
+			f.setDescAt(feTable+0x100, 0, buf, 2000, wr, 0)
+			ring(tbl, 16, ind)
+		}},
 		{"loop in the table", func() { entry(0, buf, 100, wr|nx, 1); entry(1, buf+100, 100, wr|nx, 0); ring(tbl, 32, ind) }},
 		{"too small for the frame", func() { entry(0, buf, 12, wr|nx, 1); entry(1, buf+12, 500, wr, 0); ring(tbl, 32, ind) }},
 		{"zero length", func() { entry(0, buf, 2000, wr, 0); ring(tbl, 0, ind) }},
