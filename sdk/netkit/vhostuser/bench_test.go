@@ -25,19 +25,24 @@ func BenchmarkThroughput(b *testing.B) {
 		mtu, size  int
 		chunk      int
 		noIndirect bool
+		qsize      int
 	}{
-		{"64B", 1500, 64, 0, false},
-		{"1514B", 1500, 1514, 0, false},
-		{"65534B", frameio.MaxMTU, frameio.FrameSize(frameio.MaxMTU) - frameio.VLANTagLen, 0, false},
-		{"1514B-chained4K-direct", 1500, 1514, 4096, true},
-		{"1514B-chained4K-indirect", 1500, 1514, 4096, false},
-		{"65534B-chained4K-direct", frameio.MaxMTU, frameio.FrameSize(frameio.MaxMTU) - frameio.VLANTagLen, 4096, true},
-		{"65534B-chained4K-indirect", frameio.MaxMTU, frameio.FrameSize(frameio.MaxMTU) - frameio.VLANTagLen, 4096, false},
+		{"64B", 1500, 64, 0, false, 0},
+		{"1514B", 1500, 1514, 0, false, 0},
+		{"65534B", frameio.MaxMTU, frameio.FrameSize(frameio.MaxMTU) - frameio.VLANTagLen, 0, false, 0},
+		{"1514B-chained4K-direct", 1500, 1514, 4096, true, 0},
+		{"1514B-chained4K-indirect", 1500, 1514, 4096, false, 0},
+		{"65534B-chained4K-direct", frameio.MaxMTU, frameio.FrameSize(frameio.MaxMTU) - frameio.VLANTagLen, 4096, true, 0},
+		{"65534B-chained4K-indirect", frameio.MaxMTU, frameio.FrameSize(frameio.MaxMTU) - frameio.VLANTagLen, 4096, false, 0},
+		// As many buffers as the direct chains get from 256 entries (15
+		// there, 16 here): the cost of the tables alone, without 17
+		// times the buffers' memory.
+		{"65534B-chained4K-indirect-q16", frameio.MaxMTU, frameio.FrameSize(frameio.MaxMTU) - frameio.VLANTagLen, 4096, false, 16},
 	} {
 		for _, dir := range []string{"guest-to-port", "port-to-guest"} {
 			b.Run(fmt.Sprintf("%s/%s", tc.name, dir), func(b *testing.B) {
 				p := listen(b, vhostuser.Options{MTU: tc.mtu})
-				d := dial(b, p, vhostuserdriver.DriverOptions{RxChunk: tc.chunk, TxChunk: tc.chunk, NoIndirect: tc.noIndirect})
+				d := dial(b, p, vhostuserdriver.DriverOptions{RxChunk: tc.chunk, TxChunk: tc.chunk, NoIndirect: tc.noIndirect, QueueSize: tc.qsize})
 				var w, r frameio.Port = d, p
 				if dir == "port-to-guest" {
 					w, r = p, d

@@ -195,8 +195,10 @@ type chain struct {
 	indirect bool // walking an indirect table
 }
 
-func (c *chain) start(q *vring, head uint16) {
-	*c = chain{q: q, tbl: q.desc, n: uint32(q.num), i: uint32(head), more: true}
+// walk starts the chain at head. (Built in the caller's variable: a
+// store through a pointer would cost write barriers on every frame.)
+func (q *vring) walk(head uint16) chain {
+	return chain{q: q, tbl: q.desc, n: uint32(q.num), i: uint32(head), more: true}
 }
 
 // next returns the next buffer of the chain and its flags; the chain's
@@ -245,8 +247,7 @@ func (c *chain) next() (b []byte, flags uint16, why int) {
 // virtio-net header.
 func (q *vring) readChain(head uint16, dst []byte) (int, int) {
 	skip, n := q.hdrLen, 0
-	var c chain
-	c.start(q, head)
+	c := q.walk(head)
 	for {
 		b, flags, why := c.next()
 		if why != chainOK {
@@ -282,8 +283,7 @@ func (q *vring) writeChain(head uint16, frame []byte) (uint32, int) {
 	}
 	h := hdr[:q.hdrLen]
 	written := uint32(0)
-	var c chain
-	c.start(q, head)
+	c := q.walk(head)
 	for {
 		b, flags, why := c.next()
 		if why != chainOK {

@@ -61,7 +61,7 @@ type DriverOptions struct {
 	// and posts each buffer of more than one descriptor (RxChunk,
 	// TxChunk) through an indirect table: one ring descriptor per buffer,
 	// so a queue holds QueueSize buffers instead of QueueSize divided by
-	// the chain's length.
+	// the chain's length (and the driver's memory holds as many more).
 	NoIndirect bool
 	// MixIndirect, for tests, keeps ring room for direct chains and puts
 	// only the even buffer slots through indirect tables, the odd ones as
