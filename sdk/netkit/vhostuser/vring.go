@@ -179,85 +179,72 @@ var chainErrs = [...]string{"", "descriptor index out of range", "descriptor cha
 	"INDIRECT descriptor with NEXT", "INDIRECT descriptor inside an indirect table",
 	"indirect table of 0 bytes, not a multiple of 16 or of more than 32768 descriptors", "indirect table outside the memory table"}
 
-// chain walks one descriptor chain: descriptors of the ring's table,
-// zero or more of them, then, with VIRTIO_RING_F_INDIRECT_DESC, at most
-// one indirect table (the virtio 1.x rules: the INDIRECT descriptor ends
-// the ring part, no NEXT with it, no INDIRECT inside a table, its WRITE
-// flag ignored). Every step is bounded by the table it is in, so a loop
-// ends there. It lives on the caller's stack: no allocation.
-type chain struct {
-	q        *vring
-	tbl      []byte // the table walked: q.desc or the indirect table
-	n        uint32 // entries in tbl
-	i        uint32 // next entry
-	steps    uint32 // entries taken from tbl
-	more     bool
-	indirect bool // walking an indirect table
-}
+// A descriptor chain is zero or more descriptors of the ring's table
+// then, with VIRTIO_RING_F_INDIRECT_DESC, at most one indirect table
+// (the virtio 1.x rules: the INDIRECT descriptor ends the ring part, no
+// NEXT with it, no INDIRECT inside a table, its WRITE flag ignored).
+// readChain and writeChain walk it with locals (tbl, size, i, steps):
+// every step is bounded by the table it is in, so a loop ends there.
 
-// walk starts the chain at head. (Built in the caller's variable: a
-// store through a pointer would cost write barriers on every frame.)
-func (q *vring) walk(head uint16) chain {
-	return chain{q: q, tbl: q.desc, n: uint32(q.num), i: uint32(head), more: true}
-}
-
-// next returns the next buffer of the chain and its flags; the chain's
-// end is a nil buffer with chainOK.
-func (c *chain) next() (b []byte, flags uint16, why int) {
-	for c.more {
-		if c.i >= c.n {
-			return nil, 0, chainBadIndex
-		}
-		if c.steps >= c.n {
-			return nil, 0, chainTooLong
-		}
-		c.steps++
-		d := c.tbl[int(c.i)*16 : int(c.i)*16+16]
-		addr, l, next := le.Uint64(d), le.Uint32(d[8:]), le.Uint16(d[14:])
-		flags = le.Uint16(d[12:])
-		if flags&vuproto.DescFIndirect != 0 {
-			switch {
-			case !c.q.indirectOK:
-				return nil, 0, chainBadFlags
-			case c.indirect:
-				return nil, 0, chainNested
-			case flags&vuproto.DescFNext != 0:
-				return nil, 0, chainIndirectNext
-			case l == 0 || l%16 != 0 || l/16 > maxIndirect:
-				return nil, 0, chainTableSize
-			}
-			t := c.q.mem.gpa(addr, l)
-			if t == nil {
-				return nil, 0, chainTableAddr
-			}
-			c.tbl, c.n, c.i, c.steps, c.indirect = t, l/16, 0, 0, true
-			c.q.indirectUsed++
-			continue
-		}
-		if b = c.q.mem.gpa(addr, l); b == nil {
-			return nil, 0, chainBadAddr
-		}
-		c.more, c.i = flags&vuproto.DescFNext != 0, uint32(next)
-		return b, flags, chainOK
+// table checks the INDIRECT descriptor (addr, l, flags) met inside a
+// table (nested) or not and returns its table.
+func (q *vring) table(addr uint64, l uint32, flags uint16, nested bool) ([]byte, int) {
+	switch {
+	case !q.indirectOK:
+		return nil, chainBadFlags
+	case nested:
+		return nil, chainNested
+	case flags&vuproto.DescFNext != 0:
+		return nil, chainIndirectNext
+	case l == 0 || l%16 != 0 || l/16 > maxIndirect:
+		return nil, chainTableSize
 	}
-	return nil, 0, chainOK
+	t := q.mem.gpa(addr, l)
+	if t == nil {
+		return nil, chainTableAddr
+	}
+	q.indirectUsed++
+	return t, chainOK
+}
+
+// step bounds a walk: the next index and the steps taken, against the
+// table's size.
+func step(i, steps, size uint32) int {
+	if i >= size {
+		return chainBadIndex
+	}
+	if steps >= size {
+		return chainTooLong
+	}
+	return chainOK
 }
 
 // readChain copies the frame in the chain at head into dst, skipping the
 // virtio-net header.
 func (q *vring) readChain(head uint16, dst []byte) (int, int) {
 	skip, n := q.hdrLen, 0
-	c := q.walk(head)
+	tbl, size, i, steps, nested := q.desc, uint32(q.num), uint32(head), uint32(0), false
 	for {
-		b, flags, why := c.next()
-		if why != chainOK {
+		if why := step(i, steps, size); why != chainOK {
 			return 0, why
 		}
-		if b == nil {
-			break
+		steps++
+		d := tbl[int(i)*16:][:16]
+		addr, l, flags, next := le.Uint64(d), le.Uint32(d[8:]), le.Uint16(d[12:]), le.Uint16(d[14:])
+		if flags&vuproto.DescFIndirect != 0 {
+			t, why := q.table(addr, l, flags, nested)
+			if why != chainOK {
+				return 0, why
+			}
+			tbl, size, i, steps, nested = t, l/16, 0, 0, true
+			continue
 		}
 		if flags&vuproto.DescFWrite != 0 {
 			return 0, chainBadFlags
+		}
+		b := q.mem.gpa(addr, l)
+		if b == nil {
+			return 0, chainBadAddr
 		}
 		if skip > 0 {
 			s := min(skip, len(b))
@@ -267,6 +254,10 @@ func (q *vring) readChain(head uint16, dst []byte) (int, int) {
 			return 0, chainOversize
 		}
 		n += copy(dst[n:], b)
+		if flags&vuproto.DescFNext == 0 {
+			break
+		}
+		i = uint32(next)
 	}
 	if skip > 0 || n < frameio.MinFrameLen {
 		return 0, chainShort
@@ -283,17 +274,28 @@ func (q *vring) writeChain(head uint16, frame []byte) (uint32, int) {
 	}
 	h := hdr[:q.hdrLen]
 	written := uint32(0)
-	c := q.walk(head)
+	tbl, size, i, steps, nested := q.desc, uint32(q.num), uint32(head), uint32(0), false
 	for {
-		b, flags, why := c.next()
-		if why != chainOK {
+		if why := step(i, steps, size); why != chainOK {
 			return written, why
 		}
-		if b == nil {
-			return 0, chainOversize
+		steps++
+		d := tbl[int(i)*16:][:16]
+		addr, l, flags, next := le.Uint64(d), le.Uint32(d[8:]), le.Uint16(d[12:]), le.Uint16(d[14:])
+		if flags&vuproto.DescFIndirect != 0 {
+			t, why := q.table(addr, l, flags, nested)
+			if why != chainOK {
+				return written, why
+			}
+			tbl, size, i, steps, nested = t, l/16, 0, 0, true
+			continue
 		}
 		if flags&vuproto.DescFWrite == 0 {
 			return written, chainBadFlags
+		}
+		b := q.mem.gpa(addr, l)
+		if b == nil {
+			return written, chainBadAddr
 		}
 		if len(h) > 0 {
 			k := copy(b, h)
@@ -306,6 +308,10 @@ func (q *vring) writeChain(head uint16, frame []byte) (uint32, int) {
 		if len(h) == 0 && len(frame) == 0 {
 			return written, chainOK
 		}
+		if flags&vuproto.DescFNext == 0 {
+			return 0, chainOversize
+		}
+		i = uint32(next)
 	}
 }
 
