@@ -42,20 +42,38 @@
 // # Features
 //
 // Offered: VIRTIO_F_VERSION_1 (12-byte header), VIRTIO_NET_F_MTU (the
-// guest learns host_mtu), VHOST_USER_F_PROTOCOL_FEATURES, and
-// VIRTIO_NET_F_MAC when Options.MAC is set. Protocol features: REPLY_ACK
+// guest learns host_mtu), VIRTIO_RING_F_INDIRECT_DESC,
+// VHOST_USER_F_PROTOCOL_FEATURES, and VIRTIO_NET_F_MAC when Options.MAC
+// is set. Protocol features: REPLY_ACK
 // (refusals reach QEMU as errors instead of silence), NET_MTU, and CONFIG
 // when Options.MAC is set (GET_CONFIG serves the MAC, link up and MTU to
 // front-ends that read config from the back-end; QEMU's virtio-net does
 // not, and warns when offered it).
 //
+// Indirect descriptors are offered for the guest's receive buffers. Without
+// VIRTIO_NET_F_MRG_RXBUF (not offered, below) a Linux guest with an MTU
+// above 1500 posts "big packets": receive buffers of a header and 16 or
+// so pages, chained. Chained in the ring, each takes about 17 of its
+// descriptors and a 256-entry queue holds 14 buffers, so TCP towards a
+// guest that is late loses frames; with the feature Linux puts every
+// buffer of more than one descriptor in an indirect table (one ring
+// descriptor each), and the queue holds 256. Its transmit side does the
+// same for frames in pieces. (At MTU 1500 Linux's receive buffers are
+// single descriptors, and indirect tables change nothing there.) The
+// port walks a ring chain of zero or more descriptors ended by at most one
+// INDIRECT descriptor, as the virtio 1.x split ring allows; the table must
+// be 16·n bytes (0 < n ≤ 32768, the longest chain any queue can have)
+// inside one memory region, its entries chained by index within it,
+// with no INDIRECT among them; the INDIRECT descriptor carries no NEXT
+// and its WRITE flag is ignored; direction rules are as for a plain
+// chain, and the walk is bounded by the table's size.
+//
 // Not offered, deliberately for now: checksum and segmentation offloads
 // (frames leave the port whole and checksummed, as every other frameio
-// port delivers them), VIRTIO_NET_F_MRG_RXBUF (without it a Linux guest
-// with a large MTU posts "big packets", receive buffers chained from
-// pages, which the port fills across the chain), indirect descriptors,
-// EVENT_IDX, multiqueue, packed rings, dirty-page logging (so no live
-// migration), IOMMU, inflight tracking, postcopy.
+// port delivers them), VIRTIO_NET_F_MRG_RXBUF (a Linux guest with a
+// large MTU then posts big packets, which the port fills across the
+// chain or table), EVENT_IDX, multiqueue, packed rings, dirty-page
+// logging (so no live migration), IOMMU, inflight tracking, postcopy.
 //
 // Requests handled: GET/SET_FEATURES, GET/SET_PROTOCOL_FEATURES,
 // SET_OWNER, RESET_OWNER, SET_MEM_TABLE, SET_VRING_NUM/ADDR/BASE,
@@ -74,8 +92,9 @@
 // The front-end (and through it the guest) controls the messages and the
 // rings. The port checks every address against the memory table (ring
 // addresses as front-end user addresses, buffers as guest physical
-// addresses; a buffer must lie inside one region), bounds a descriptor
-// chain by the queue size (loops end there), checks indexes, flags and
+// addresses; a buffer or indirect table must lie inside one region),
+// bounds a descriptor chain by the queue size and an indirect table's
+// walk by its size (loops end there), checks indexes, flags and
 // lengths, and checks a region against the size of its file before
 // mapping it. A bad chain is returned to the guest unused and counted
 // (RxDropped from the guest, TxDropped towards it); an avail index more

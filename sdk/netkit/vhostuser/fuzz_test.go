@@ -14,8 +14,9 @@ import (
 )
 
 // fuzzSession is a well-formed session for the seed corpus: memory at
-// guest address 0 (user address 1 MiB), both queues of 8 entries.
-func fuzzSession() []byte {
+// guest address 0 (user address 1 MiB), both queues of 8 entries; with
+// indirect, the buffers are in indirect tables.
+func fuzzSession(indirect bool) []byte {
 	var b []byte
 	msg := func(req uint32, payload []byte) {
 		h := make([]byte, vuproto.HeaderSize)
@@ -27,7 +28,11 @@ func fuzzSession() []byte {
 	msg(vuproto.GetProtocolFeatures, nil)
 	msg(vuproto.SetProtocolFeatures, u(1<<vuproto.PFReplyAck))
 	msg(vuproto.SetOwner, nil)
-	msg(vuproto.SetFeatures, u(1<<vuproto.FVersion1|1<<vuproto.NetFMTU))
+	feats := uint64(1<<vuproto.FVersion1 | 1<<vuproto.NetFMTU)
+	if indirect {
+		feats |= 1 << vuproto.FRingIndirectDesc
+	}
+	msg(vuproto.SetFeatures, u(feats))
 	msg(vuproto.SetMemTable, vuproto.PutMemTable(nil, []vuproto.MemRegion{{MemorySize: 1 << 16, UserspaceAddr: 1 << 20}}))
 	for q := range uint32(2) {
 		msg(vuproto.SetVringNum, vuproto.VringState{Index: q, Num: 8}.Put(nil))
@@ -49,9 +54,18 @@ func fuzzSession() []byte {
 	poke := func(off uint16, data []byte) {
 		msg(fuzzPoke, append(binary.LittleEndian.AppendUint16(nil, off), data...))
 	}
-	poke(0x1000, desc(0x2000, 12+64, 0, 0))
+	if indirect {
+		// Header and frame in two entries of a table at 0x4000 (TX),
+		// at 0x4100 (RX).
+		poke(0x4000, append(desc(0x2000, 12, vuproto.DescFNext, 1), desc(0x200c, 64, 0, 0)...))
+		poke(0x1000, desc(0x4000, 32, vuproto.DescFIndirect, 0))
+		poke(0x4100, append(desc(0x3000, 12, vuproto.DescFWrite|vuproto.DescFNext, 1), desc(0x300c, 2036, vuproto.DescFWrite, 0)...))
+		poke(0x0000, desc(0x4100, 32, vuproto.DescFIndirect, 0))
+	} else {
+		poke(0x1000, desc(0x2000, 12+64, 0, 0))
+		poke(0x0000, desc(0x3000, 2048, vuproto.DescFWrite, 0))
+	}
 	poke(0x1200, []byte{0, 0, 1, 0, 0, 0})
-	poke(0x0000, desc(0x3000, 2048, vuproto.DescFWrite, 0))
 	poke(0x0200, []byte{0, 0, 1, 0, 0, 0})
 	msg(vuproto.NetSetMTU, u(1500))
 	cfg := make([]byte, vuproto.ConfigHeaderSize+12)
@@ -151,20 +165,30 @@ func (h *fuzzHarness) run(t *testing.T, data []byte) {
 }
 
 func FuzzHandle(f *testing.F) {
-	f.Add(fuzzSession())
+	f.Add(fuzzSession(false))
+	f.Add(fuzzSession(true))
 	f.Add([]byte{})
 	f.Add([]byte{1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0})
-	f.Add(fuzzSession()[:100])
+	f.Add(fuzzSession(false)[:100])
 	h := newFuzzHarness(f)
 	f.Fuzz(h.run)
 }
 
-// The seed session really moves a frame each way, so the fuzzer starts
-// from a data path that works.
+// The seed sessions really move a frame each way, direct and through
+// indirect tables, so the fuzzer starts from a data path that works.
 func TestFuzzSeedMovesFrames(t *testing.T) {
-	h := newFuzzHarness(t)
-	h.run(t, fuzzSession())
-	if s := h.p.Stats(); s.RxFrames != 1 || s.TxFrames != 1 {
-		t.Fatalf("seed session: %+v, want one frame each way", s)
+	for _, indirect := range []bool{false, true} {
+		h := newFuzzHarness(t)
+		h.run(t, fuzzSession(indirect))
+		if s := h.p.Stats(); s.RxFrames != 1 || s.TxFrames != 1 || s.RxDropped != 0 {
+			t.Fatalf("seed session (indirect %v): %+v, want one frame each way", indirect, s)
+		}
+		want := uint64(0)
+		if indirect {
+			want = 1
+		}
+		if to, from := IndirectUsed(h.p); to != want || from != want {
+			t.Fatalf("seed session (indirect %v): %d/%d indirect tables to/from the guest, want %d each", indirect, to, from, want)
+		}
 	}
 }

@@ -121,7 +121,7 @@ func Listen(path string, o Options) (*Port, error) {
 	if p.log == nil {
 		p.log = slog.New(slog.DiscardHandler)
 	}
-	p.offered = 1<<vuproto.FVersion1 | 1<<vuproto.NetFMTU | 1<<vuproto.FProtocolFeatures
+	p.offered = 1<<vuproto.FVersion1 | 1<<vuproto.NetFMTU | 1<<vuproto.FProtocolFeatures | 1<<vuproto.FRingIndirectDesc
 	if o.MAC != nil {
 		p.offered |= 1 << vuproto.NetFMAC
 	}
@@ -339,6 +339,7 @@ func (p *Port) handle(m *vuproto.Msg) ([]byte, error) {
 		p.lockAll()
 		for i := range p.q {
 			p.q[i].hdrLen = hl
+			p.q[i].indirectOK = v&(1<<vuproto.FRingIndirectDesc) != 0
 		}
 		p.unlockAll()
 		return nil, nil

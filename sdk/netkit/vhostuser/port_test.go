@@ -12,6 +12,7 @@ import (
 
 	"github.com/anka-net/anka/sdk/netkit/frameio"
 	"github.com/anka-net/anka/sdk/netkit/vhostuser"
+	"github.com/anka-net/anka/sdk/netkit/vhostuser/internal/vuproto"
 	"github.com/anka-net/anka/sdk/netkit/vhostuser/vhostuserdriver"
 )
 
@@ -24,20 +25,35 @@ func TestRoundTrip(t *testing.T) {
 		rxChunk int
 		txChunk int
 		qsize   int
+		// Indirect descriptors are on by default (the driver uses them
+		// for chained buffers when the back-end offers them).
+		noIndirect bool
+		mix        bool
 	}{
 		{name: "64B", mtu: 1500, size: 64, n: 1000},
 		{name: "1514B", mtu: 1500, size: 1514, n: 1000},
 		{name: "1514B small queue", mtu: 1500, size: 1514, n: 300, qsize: 8},
 		{name: "max MTU", mtu: frameio.MaxMTU, size: frameio.FrameSize(frameio.MaxMTU), n: 100},
-		{name: "max MTU chained 4K", mtu: frameio.MaxMTU, size: frameio.FrameSize(frameio.MaxMTU), n: 100, rxChunk: 4096, txChunk: 4096},
-		{name: "1514B chained 4K", mtu: 9000, size: 1514, n: 300, rxChunk: 4096, txChunk: 4096},
-		{name: "9018B chained 100B", mtu: 9000, size: 9018, n: 50, rxChunk: 100, txChunk: 100},
+		{name: "max MTU chained 4K", mtu: frameio.MaxMTU, size: frameio.FrameSize(frameio.MaxMTU), n: 100, rxChunk: 4096, txChunk: 4096, noIndirect: true},
+		{name: "1514B chained 4K", mtu: 9000, size: 1514, n: 300, rxChunk: 4096, txChunk: 4096, noIndirect: true},
+		{name: "9018B chained 100B", mtu: 9000, size: 9018, n: 50, rxChunk: 100, txChunk: 100, noIndirect: true},
+		{name: "1514B indirect 4K", mtu: 1500, size: 1514, n: 1000, rxChunk: 4096, txChunk: 4096},
+		{name: "max MTU indirect 4K", mtu: frameio.MaxMTU, size: frameio.FrameSize(frameio.MaxMTU), n: 300, rxChunk: 4096, txChunk: 4096},
+		{name: "max MTU indirect 4K queue 8", mtu: frameio.MaxMTU, size: frameio.FrameSize(frameio.MaxMTU), n: 50, rxChunk: 4096, txChunk: 4096, qsize: 8},
+		{name: "9018B indirect 100B", mtu: 9000, size: 9018, n: 50, rxChunk: 100, txChunk: 100},
+		{name: "max MTU indirect receive only", mtu: frameio.MaxMTU, size: frameio.FrameSize(frameio.MaxMTU), n: 100, rxChunk: 4096},
+		{name: "1514B mixed direct and indirect", mtu: 1500, size: 1514, n: 300, rxChunk: 512, txChunk: 512, mix: true},
+		{name: "max MTU mixed direct and indirect", mtu: frameio.MaxMTU, size: frameio.FrameSize(frameio.MaxMTU), n: 100, rxChunk: 4096, txChunk: 4096, mix: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := listen(t, vhostuser.Options{MTU: tc.mtu, WriteTimeout: -1})
-			d := dial(t, p, vhostuserdriver.DriverOptions{RxChunk: tc.rxChunk, TxChunk: tc.txChunk, QueueSize: tc.qsize, WriteTimeout: -1})
+			d := dial(t, p, vhostuserdriver.DriverOptions{RxChunk: tc.rxChunk, TxChunk: tc.txChunk, QueueSize: tc.qsize,
+				NoIndirect: tc.noIndirect, MixIndirect: tc.mix, WriteTimeout: -1})
 			if !p.Connected() {
 				t.Fatal("port does not report the driver as connected")
+			}
+			if got := d.Features()&(1<<vuproto.FRingIndirectDesc) != 0; got == tc.noIndirect {
+				t.Fatalf("indirect descriptors negotiated: %v, want %v", got, !tc.noIndirect)
 			}
 			frames := make([][]byte, tc.n)
 			for i := range frames {
@@ -54,7 +70,61 @@ func TestRoundTrip(t *testing.T) {
 			if ps.RxDropped != 0 || ds.RxDropped != 0 {
 				t.Errorf("drops: port %d, driver %d", ps.RxDropped, ds.RxDropped)
 			}
+			// Each frame through a chained buffer took one table when
+			// indirect is on; half of the slots do with mix.
+			toGuest, fromGuest := vhostuser.IndirectUsed(p)
+			for _, c := range []struct {
+				dir   string
+				chunk int
+				got   uint64
+			}{{"to the guest", tc.rxChunk, toGuest}, {"from the guest", tc.txChunk, fromGuest}} {
+				switch {
+				case tc.noIndirect || c.chunk == 0:
+					if c.got != 0 {
+						t.Errorf("%s: %d indirect tables, want none", c.dir, c.got)
+					}
+				case tc.mix:
+					if c.got == 0 || c.got >= uint64(tc.n) {
+						t.Errorf("%s: %d of %d frames through indirect tables, want some but not all", c.dir, c.got, tc.n)
+					}
+				default:
+					if c.got != uint64(tc.n) {
+						t.Errorf("%s: %d of %d frames through indirect tables, want all", c.dir, c.got, tc.n)
+					}
+				}
+			}
 		})
+	}
+}
+
+// Front-ends with and without indirect descriptors follow each other on
+// one port: what one negotiated does not carry over to the next.
+func TestReconnectIndirect(t *testing.T) {
+	const mtu = frameio.MaxMTU
+	p := listen(t, vhostuser.Options{MTU: mtu, WriteTimeout: -1})
+	big := frameio.FrameSize(mtu)
+	frames := [][]byte{frame(64, 1), frame(1514, 2), frame(big, 3), frame(big/2, 4)}
+	var wantTo, wantFrom uint64
+	for i, noInd := range []bool{false, true, false} {
+		d, err := vhostuserdriver.Dial(p.Path(), vhostuserdriver.DriverOptions{MTU: mtu, HostMTU: mtu, RxChunk: 4096, TxChunk: 4096,
+			NoIndirect: noInd, WriteTimeout: -1, Log: testLog(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		transfer(t, d, p, frames, mtu)
+		transfer(t, p, d, frames, mtu)
+		if !noInd {
+			wantTo += uint64(len(frames))
+			wantFrom += uint64(len(frames))
+		}
+		if to, from := vhostuser.IndirectUsed(p); to != wantTo || from != wantFrom {
+			t.Fatalf("front-end %d (indirect %v): %d/%d tables to/from the guest so far, want %d/%d", i, !noInd, to, from, wantTo, wantFrom)
+		}
+		d.Close()
+		eventually(t, "the port notices the driver left", func() bool { return !p.Connected() })
+	}
+	if s := p.Stats(); s.RxDropped != 0 || s.TxDropped != 0 {
+		t.Fatalf("drops: %+v", s)
 	}
 }
 

@@ -44,6 +44,8 @@ type vring struct {
 	enabled           bool
 	broken            bool
 	hdrLen            int
+	indirectOK        bool   // VIRTIO_RING_F_INDIRECT_DESC negotiated
+	indirectUsed      uint64 // indirect tables walked since Listen (tests read it)
 
 	one [8]byte // eventfd increment
 	buf [8]byte // eventfd drain
@@ -62,7 +64,7 @@ func (q *vring) reset() {
 	q.desc, q.avail, q.used, q.availHdr, q.usedHdr = nil, nil, nil, nil, nil
 	q.lastAvail, q.usedIdx, q.published, q.usedFlags = 0, 0, 0, 0
 	q.kickNoFD, q.started, q.enabled, q.broken = false, false, false, false
-	q.hdrLen = 12
+	q.hdrLen, q.indirectOK = 12, false
 }
 
 // resolve maps the ring addresses (front-end user addresses) into the
@@ -152,10 +154,9 @@ func (q *vring) putUsed(head uint16, n uint32) {
 	q.usedIdx++
 }
 
-func (q *vring) readDesc(i uint16) (addr uint64, n uint32, flags, next uint16) {
-	b := q.desc[int(i)*16 : int(i)*16+16]
-	return le.Uint64(b), le.Uint32(b[8:]), le.Uint16(b[12:]), le.Uint16(b[14:])
-}
+// maxIndirect bounds an indirect table: a descriptor chain is at most a
+// queue long, and no queue is longer than this.
+const maxIndirect = vuproto.MaxQueueSize
 
 // Why a chain is dropped, for the rate-limited log.
 const (
@@ -166,25 +167,79 @@ const (
 	chainBadAddr
 	chainShort
 	chainOversize
+	chainIndirectNext
+	chainNested
+	chainTableSize
+	chainTableAddr
 )
 
-var chainErrs = [...]string{"", "descriptor index out of range", "descriptor chain longer than the queue (a loop?)",
+var chainErrs = [...]string{"", "descriptor index out of range", "descriptor chain longer than its table (a loop?)",
 	"descriptor with the wrong direction or INDIRECT (not negotiated)", "descriptor outside the memory table",
-	"frame shorter than an Ethernet header", "frame larger than the port's MTU or the buffer"}
+	"frame shorter than an Ethernet header", "frame larger than the port's MTU or the buffer",
+	"INDIRECT descriptor with NEXT", "INDIRECT descriptor inside an indirect table",
+	"indirect table of 0 bytes, not a multiple of 16 or of more than 32768 descriptors", "indirect table outside the memory table"}
+
+// A descriptor chain is zero or more descriptors of the ring's table
+// then, with VIRTIO_RING_F_INDIRECT_DESC, at most one indirect table
+// (the virtio 1.x rules: the INDIRECT descriptor ends the ring part, no
+// NEXT with it, no INDIRECT inside a table, its WRITE flag ignored).
+// readChain and writeChain walk it with locals (tbl, size, i, steps):
+// every step is bounded by the table it is in, so a loop ends there.
+
+// table checks the INDIRECT descriptor (addr, l, flags) met inside a
+// table (nested) or not and returns its table.
+func (q *vring) table(addr uint64, l uint32, flags uint16, nested bool) ([]byte, int) {
+	switch {
+	case !q.indirectOK:
+		return nil, chainBadFlags
+	case nested:
+		return nil, chainNested
+	case flags&vuproto.DescFNext != 0:
+		return nil, chainIndirectNext
+	case l == 0 || l%16 != 0 || l/16 > maxIndirect:
+		return nil, chainTableSize
+	}
+	t := q.mem.gpa(addr, l)
+	if t == nil {
+		return nil, chainTableAddr
+	}
+	q.indirectUsed++
+	return t, chainOK
+}
+
+// step bounds a walk: the next index and the steps taken, against the
+// table's size.
+func step(i, steps, size uint32) int {
+	if i >= size {
+		return chainBadIndex
+	}
+	if steps >= size {
+		return chainTooLong
+	}
+	return chainOK
+}
 
 // readChain copies the frame in the chain at head into dst, skipping the
 // virtio-net header.
 func (q *vring) readChain(head uint16, dst []byte) (int, int) {
-	skip, n, i := q.hdrLen, 0, head
-	for c := uint16(0); ; c++ {
-		if i >= q.num {
-			return 0, chainBadIndex
+	skip, n := q.hdrLen, 0
+	tbl, size, i, steps, nested := q.desc, uint32(q.num), uint32(head), uint32(0), false
+	for {
+		if why := step(i, steps, size); why != chainOK {
+			return 0, why
 		}
-		if c >= q.num {
-			return 0, chainTooLong
+		steps++
+		d := tbl[int(i)*16:][:16]
+		addr, l, flags, next := le.Uint64(d), le.Uint32(d[8:]), le.Uint16(d[12:]), le.Uint16(d[14:])
+		if flags&vuproto.DescFIndirect != 0 {
+			t, why := q.table(addr, l, flags, nested)
+			if why != chainOK {
+				return 0, why
+			}
+			tbl, size, i, steps, nested = t, l/16, 0, 0, true
+			continue
 		}
-		addr, l, flags, next := q.readDesc(i)
-		if flags&(vuproto.DescFWrite|vuproto.DescFIndirect) != 0 {
+		if flags&vuproto.DescFWrite != 0 {
 			return 0, chainBadFlags
 		}
 		b := q.mem.gpa(addr, l)
@@ -202,7 +257,7 @@ func (q *vring) readChain(head uint16, dst []byte) (int, int) {
 		if flags&vuproto.DescFNext == 0 {
 			break
 		}
-		i = next
+		i = uint32(next)
 	}
 	if skip > 0 || n < frameio.MinFrameLen {
 		return 0, chainShort
@@ -218,16 +273,24 @@ func (q *vring) writeChain(head uint16, frame []byte) (uint32, int) {
 		hdr[10] = 1 // num_buffers
 	}
 	h := hdr[:q.hdrLen]
-	written, i := uint32(0), head
-	for c := uint16(0); ; c++ {
-		if i >= q.num {
-			return written, chainBadIndex
+	written := uint32(0)
+	tbl, size, i, steps, nested := q.desc, uint32(q.num), uint32(head), uint32(0), false
+	for {
+		if why := step(i, steps, size); why != chainOK {
+			return written, why
 		}
-		if c >= q.num {
-			return written, chainTooLong
+		steps++
+		d := tbl[int(i)*16:][:16]
+		addr, l, flags, next := le.Uint64(d), le.Uint32(d[8:]), le.Uint16(d[12:]), le.Uint16(d[14:])
+		if flags&vuproto.DescFIndirect != 0 {
+			t, why := q.table(addr, l, flags, nested)
+			if why != chainOK {
+				return written, why
+			}
+			tbl, size, i, steps, nested = t, l/16, 0, 0, true
+			continue
 		}
-		addr, l, flags, next := q.readDesc(i)
-		if flags&vuproto.DescFIndirect != 0 || flags&vuproto.DescFWrite == 0 {
+		if flags&vuproto.DescFWrite == 0 {
 			return written, chainBadFlags
 		}
 		b := q.mem.gpa(addr, l)
@@ -248,7 +311,7 @@ func (q *vring) writeChain(head uint16, frame []byte) (uint32, int) {
 		if flags&vuproto.DescFNext == 0 {
 			return 0, chainOversize
 		}
-		i = next
+		i = uint32(next)
 	}
 }
 

@@ -12,8 +12,12 @@
 //
 // It serves one connection: it does not reconnect. When the back-end goes
 // away, ReadBatch blocks until Close and WriteBatch drops once the
-// transmit queue is full. Offloads, mergeable buffers, indirect
-// descriptors and EVENT_IDX are not negotiated, like the back-end.
+// transmit queue is full. Offloads, mergeable buffers and EVENT_IDX are
+// not negotiated, like the back-end. Indirect descriptors are, when the
+// back-end offers them (DriverOptions.NoIndirect turns them off): as in
+// Linux's virtio_ring, a buffer of more than one descriptor (RxChunk,
+// TxChunk) then takes one ring descriptor pointing to a table in the
+// driver's memory.
 package vhostuserdriver
 
 import (
@@ -52,6 +56,18 @@ type DriverOptions struct {
 	// TxChunk, when set, sends each frame as a chain: the header in its
 	// own descriptor, then pieces of TxChunk bytes.
 	TxChunk int
+	// NoIndirect keeps VIRTIO_RING_F_INDIRECT_DESC off. By default, as
+	// Linux does, the driver negotiates it when the back-end offers it
+	// and posts each buffer of more than one descriptor (RxChunk,
+	// TxChunk) through an indirect table: one ring descriptor per buffer,
+	// so a queue holds QueueSize buffers instead of QueueSize divided by
+	// the chain's length (and the driver's memory holds as many more).
+	NoIndirect bool
+	// MixIndirect, for tests, keeps ring room for direct chains and puts
+	// only the even buffer slots through indirect tables, the odd ones as
+	// direct chains, so both kinds share each queue. It needs indirect
+	// descriptors negotiated and RxChunk or TxChunk to matter.
+	MixIndirect bool
 	// WriteTimeout is how long WriteBatch waits for the back-end to free
 	// transmit buffers; 0 means frameio.DefaultWriteTimeout, negative
 	// means never wait.
@@ -97,7 +113,10 @@ type queue struct {
 	mu                         sync.Mutex
 	idx                        int
 	num                        uint16
-	k                          uint16 // descriptors per slot
+	k                          uint16 // ring descriptors per slot
+	nd                         uint16 // descriptors per buffer (header and pieces)
+	indirect, mix              bool   // buffers of nd > 1 go through tables; mix: even slots only
+	tblOff                     int    // slot s's indirect table is mem[tblOff+s*16*nd:]
 	desc                       []byte
 	avail, used                []byte
 	availHdr, usedHdr          *uint32
@@ -185,14 +204,19 @@ func (d *Driver) layout(num uint16, o DriverOptions) int {
 		if i == 1 {
 			chunk = o.TxChunk
 		}
-		q.chunk, q.k, q.slotSize = chunk, 1, alignUp(bufSize, 64)
+		q.chunk, q.k, q.nd, q.slotSize = chunk, 1, 1, alignUp(bufSize, 64)
+		q.indirect, q.mix = false, false
 		if chunk > 0 {
 			pieces := (d.frameSize + chunk - 1) / chunk
-			q.k = uint16(1 + pieces)
-			if q.k > num {
-				q.k = num
-			}
+			q.nd = uint16(1 + pieces)
+			q.k = min(q.nd, num)
 			q.slotSize = alignUp(d.hdrLen, 64) + pieces*chunk
+			if d.features&(1<<vuproto.FRingIndirectDesc) != 0 {
+				q.indirect, q.mix = true, o.MixIndirect
+				if !q.mix {
+					q.k = 1
+				}
+			}
 		}
 		q.descOff = alignUp(off, 4096)
 		q.availOff = q.descOff + vuproto.DescSize(int(num))
@@ -202,7 +226,11 @@ func (d *Driver) layout(num uint16, o DriverOptions) int {
 	for i := range d.q {
 		q := &d.q[i]
 		q.bufOff = alignUp(off, 4096)
-		off = q.bufOff + int(num/q.k)*q.slotSize
+		off = q.bufOff + int(q.slots())*q.slotSize
+		if q.indirect {
+			q.tblOff = alignUp(off, 64)
+			off = q.tblOff + int(q.slots())*16*int(q.nd)
+		}
 	}
 	return alignUp(off, 1<<21)
 }
@@ -210,8 +238,11 @@ func (d *Driver) layout(num uint16, o DriverOptions) int {
 // slots is how many buffers a queue holds.
 func (q *queue) slots() uint16 { return q.num / q.k }
 
-// buildSlot writes slot s's descriptor chain for a buffer of n bytes of
-// frame (the header comes first); it returns the head.
+// buildSlot writes slot s's descriptors for a buffer of frameLen bytes
+// of frame after the header and returns the head: one descriptor without
+// RxChunk/TxChunk; else the header's, then the pieces', chained in the
+// ring or, with indirect descriptors, in the slot's table behind one ring
+// descriptor (Linux's rule: a table for any buffer of more than one).
 func (d *Driver) buildSlot(q *queue, s uint16, frameLen int, write bool) uint16 {
 	head := s * q.k
 	base := q.bufOff + int(s)*q.slotSize
@@ -220,34 +251,39 @@ func (d *Driver) buildSlot(q *queue, s uint16, frameLen int, write bool) uint16 
 		flags = vuproto.DescFWrite
 	}
 	if q.chunk == 0 {
-		n := d.hdrLen + frameLen
-		d.putDesc(q, head, d.gpaBase+uint64(base), uint32(n), flags, 0)
+		putDesc(q.desc, head, d.gpaBase+uint64(base), uint32(d.hdrLen+frameLen), flags, 0)
 		return head
 	}
-	hdrSpace := alignUp(d.hdrLen, 64)
-	i := head
-	d.putDesc(q, i, d.gpaBase+uint64(base), uint32(d.hdrLen), flags|vuproto.DescFNext, i+1)
-	left, off := frameLen, base+hdrSpace
-	for p := uint16(1); p < q.k && left > 0; p++ {
-		i = head + p
-		n := min(left, q.chunk)
-		left -= n
+	tbl, first, most := q.desc, head, q.k
+	ind := q.indirect && frameLen > 0 && (!q.mix || s%2 == 0)
+	if ind {
+		tbl, first, most = d.mem[q.tblOff+int(s)*16*int(q.nd):], 0, q.nd
+	}
+	hf := flags
+	if frameLen > 0 {
+		hf |= vuproto.DescFNext
+	}
+	putDesc(tbl, first, d.gpaBase+uint64(base), uint32(d.hdrLen), hf, first+1)
+	n, left, off := uint16(1), frameLen, base+alignUp(d.hdrLen, 64)
+	for ; n < most && left > 0; n++ {
+		l := min(left, q.chunk)
+		left -= l
 		nf := flags
-		if left > 0 && p+1 < q.k {
+		if left > 0 && n+1 < most {
 			nf |= vuproto.DescFNext
 		}
-		d.putDesc(q, i, d.gpaBase+uint64(off), uint32(n), nf, i+1)
-		off += n
+		putDesc(tbl, first+n, d.gpaBase+uint64(off), uint32(l), nf, first+n+1)
+		off += l
 	}
-	if frameLen == 0 {
-		// Just the header: no NEXT.
-		d.putDesc(q, head, d.gpaBase+uint64(base), uint32(d.hdrLen), flags, 0)
+	if ind {
+		tblAddr := d.gpaBase + uint64(q.tblOff+int(s)*16*int(q.nd))
+		putDesc(q.desc, head, tblAddr, 16*uint32(n), vuproto.DescFIndirect, 0)
 	}
 	return head
 }
 
-func (d *Driver) putDesc(q *queue, i uint16, addr uint64, n uint32, flags, next uint16) {
-	b := q.desc[int(i)*16:]
+func putDesc(tbl []byte, i uint16, addr uint64, n uint32, flags, next uint16) {
+	b := tbl[int(i)*16:]
 	le.PutUint64(b, addr)
 	le.PutUint32(b[8:], n)
 	le.PutUint16(b[12:], flags)
@@ -352,7 +388,11 @@ func (d *Driver) handshake(num uint16, o DriverOptions) error {
 	if f, err = d.getU64(vuproto.GetFeatures); err != nil {
 		return err
 	}
-	d.features = f & (1<<vuproto.FVersion1 | 1<<vuproto.NetFMTU | 1<<vuproto.NetFMAC | 1<<vuproto.FProtocolFeatures)
+	want := uint64(1<<vuproto.FVersion1 | 1<<vuproto.NetFMTU | 1<<vuproto.NetFMAC | 1<<vuproto.FProtocolFeatures)
+	if !o.NoIndirect {
+		want |= 1 << vuproto.FRingIndirectDesc
+	}
+	d.features = f & want
 	d.hdrLen = 10
 	if d.features&(1<<vuproto.FVersion1) != 0 {
 		d.hdrLen = 12

@@ -1,0 +1,17 @@
+//go:build linux
+
+package vhostuser
+
+// IndirectUsed is how many indirect tables the port has walked since
+// Listen, on the guest's receive queue (frames to the guest) and on its
+// transmit queue (frames from it): tests check with it that a driver
+// really used them.
+func IndirectUsed(p *Port) (toGuest, fromGuest uint64) {
+	return p.q[rxQ].indirectCount(), p.q[txQ].indirectCount()
+}
+
+func (q *vring) indirectCount() uint64 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.indirectUsed
+}
