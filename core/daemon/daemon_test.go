@@ -278,6 +278,10 @@ func TestConcurrentStartsShareOneDaemon(t *testing.T) {
 		t.Skip("builds anka")
 	}
 	dir := t.TempDir()
+	// A racer's daemon slow to start (a loaded machine) may take the lock
+	// after the shutdown below and serve on: kill every daemon of this
+	// state dir, whoever started it.
+	t.Cleanup(func() { killDaemonsOf(filepath.Join(dir, "state")) })
 	exe := filepath.Join(dir, "anka")
 	if out, err := exec.Command("go", "build", "-o", exe, "github.com/anka-net/anka/cmd/anka").CombinedOutput(); err != nil {
 		t.Fatalf("building anka: %v\n%s", err, out)
@@ -308,5 +312,33 @@ func TestConcurrentStartsShareOneDaemon(t *testing.T) {
 	c := &Client{Config: cfg.Snapshot(), StateDir: cfg.StateDir, NoStart: true}
 	if _, err := c.Shutdown(context.Background(), true); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// killDaemonsOf kills every process whose command line names stateDir,
+// and waits (up to 5 s) for them to go.
+func killDaemonsOf(stateDir string) {
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	var pids []int
+	for _, f := range procs {
+		b, err := os.ReadFile(f)
+		if err != nil || !strings.Contains(string(b), stateDir) {
+			continue
+		}
+		if pid, err := strconv.Atoi(filepath.Base(filepath.Dir(f))); err == nil && pid != os.Getpid() {
+			syscall.Kill(pid, syscall.SIGKILL)
+			pids = append(pids, pid)
+		}
+	}
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		alive := false
+		for _, pid := range pids {
+			if syscall.Kill(pid, 0) == nil {
+				alive = true
+			}
+		}
+		if !alive {
+			return
+		}
 	}
 }
