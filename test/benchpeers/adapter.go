@@ -83,13 +83,13 @@ const DefaultTxQueueLen = 10000
 // have.
 const VhostUserBatch = 64
 
-// The descriptor chains the vhost-user mode uses above MTU 1500, as
-// Linux's virtio-net does with a back-end that offers neither mergeable
-// receive buffers nor indirect descriptors (this one): it posts each
-// receive buffer ("big packets") as a header descriptor and a chain of
-// pages, so a 256-entry queue holds 14 buffers at MTU 65520; it sends a
-// large frame as its header, linear part and page fragments, which TCP
-// fills from 32 KiB pieces. At 1500 a frame is one descriptor each way.
+// The buffers the vhost-user mode posts above MTU 1500, as Linux's
+// virtio-net does with a back-end that offers indirect descriptors but no
+// mergeable receive buffers (this one): each receive buffer ("big
+// packets") is a header and a chain of 4 KiB pages behind one indirect
+// table, one ring slot per buffer; a large frame is sent as its header
+// and 32 KiB pieces (TCP fills page fragments), again through a table.
+// At 1500 a frame is one descriptor each way.
 const (
 	vhostUserRxChunk = 4096
 	vhostUserTxChunk = 32 << 10
