@@ -312,6 +312,16 @@ func (p *Port) queue(idx uint32) (*vring, error) {
 	return &p.q[idx], nil
 }
 
+// vringState parses a request's vring state and finds its queue.
+func (p *Port) vringState(req uint32, pl []byte) (vuproto.VringState, *vring, error) {
+	s, err := vuproto.ParseVringState(req, pl)
+	if err != nil {
+		return s, nil, err
+	}
+	q, err := p.queue(s.Index)
+	return s, q, err
+}
+
 func (p *Port) hdrLen() int {
 	if p.acked&(1<<vuproto.FVersion1|1<<vuproto.NetFMrgRxbuf) != 0 {
 		return 12
@@ -393,11 +403,7 @@ func (p *Port) handle(m *vuproto.Msg) ([]byte, error) {
 		p.wake()
 		return nil, rerr
 	case vuproto.SetVringNum:
-		s, err := vuproto.ParseVringState(m.Request, pl)
-		if err != nil {
-			return nil, err
-		}
-		q, err := p.queue(s.Index)
+		s, q, err := p.vringState(m.Request, pl)
 		if err != nil {
 			return nil, err
 		}
@@ -439,11 +445,7 @@ func (p *Port) handle(m *vuproto.Msg) ([]byte, error) {
 		q.published = q.usedIdx
 		return nil, nil
 	case vuproto.SetVringBase:
-		s, err := vuproto.ParseVringState(m.Request, pl)
-		if err != nil {
-			return nil, err
-		}
-		q, err := p.queue(s.Index)
+		s, q, err := p.vringState(m.Request, pl)
 		if err != nil {
 			return nil, err
 		}
@@ -455,11 +457,7 @@ func (p *Port) handle(m *vuproto.Msg) ([]byte, error) {
 		q.mu.Unlock()
 		return nil, nil
 	case vuproto.GetVringBase:
-		s, err := vuproto.ParseVringState(m.Request, pl)
-		if err != nil {
-			return nil, err
-		}
-		q, err := p.queue(s.Index)
+		s, q, err := p.vringState(m.Request, pl)
 		if err != nil {
 			return nil, err
 		}
@@ -509,11 +507,7 @@ func (p *Port) handle(m *vuproto.Msg) ([]byte, error) {
 		p.wake()
 		return nil, nil
 	case vuproto.SetVringEnable:
-		s, err := vuproto.ParseVringState(m.Request, pl)
-		if err != nil {
-			return nil, err
-		}
-		q, err := p.queue(s.Index)
+		s, q, err := p.vringState(m.Request, pl)
 		if err != nil {
 			return nil, err
 		}
