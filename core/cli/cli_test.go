@@ -284,3 +284,24 @@ func TestCreateEndpoints(t *testing.T) {
 		t.Fatalf("a refused create left VM x2 behind: exit %d", code)
 	}
 }
+
+// What an external VM's hypervisor is told to connect to, for each kind.
+func TestPrintEndpoint(t *testing.T) {
+	for _, c := range []struct {
+		ep   runtime.ExternalEndpoint
+		want []string
+	}{
+		{runtime.ExternalEndpoint{Kind: "dgram", PluginPath: "/s/p.sock", VMPath: "/s/v.sock", MAC: "02:00:00:00:00:01", LinkUp: true}, []string{"bind /s/v.sock and send to /s/p.sock", "MAC 02:00:00:00:00:01"}},
+		{runtime.ExternalEndpoint{Kind: "stream", PluginPath: "/s/p.sock", LinkUp: true}, []string{"unix stream socket /s/p.sock"}},
+		{runtime.ExternalEndpoint{Kind: "vhost-user", PluginPath: "/s/vu.sock", LinkUp: true}, []string{"vhost-user net, front-end (client) of socket /s/vu.sock", "share=on"}},
+		{runtime.ExternalEndpoint{Kind: "tap", TAP: "aks1", MAC: "02:00:00:00:00:02"}, []string{"TAP device aks1", "link down"}},
+	} {
+		var b strings.Builder
+		printEndpoint(&b, &c.ep)
+		for _, w := range c.want {
+			if !strings.Contains(b.String(), w) {
+				t.Errorf("%s endpoint: %q lacks %q", c.ep.Kind, b.String(), w)
+			}
+		}
+	}
+}
