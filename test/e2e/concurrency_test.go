@@ -139,15 +139,7 @@ func parallelLifecycle(t *testing.T, rounds int) {
 			t.Fatalf("round %d: sockets left after every VM stopped (leaked ports): %v", round, s)
 		}
 	}
-	var st struct {
-		Plugins []struct {
-			Binary   string
-			Running  bool
-			Restarts int
-		}
-	}
-	json.Unmarshal(e.jsonOK("daemon", "status"), &st)
-	for _, p := range st.Plugins {
+	for _, p := range e.daemonStatus().Plugins {
 		if strings.HasSuffix(p.Binary, "anka-net-segment") && (!p.Running || p.Restarts != 0) {
 			t.Fatalf("the segment plugin after the parallel rounds: %+v", p)
 		}

@@ -578,14 +578,7 @@ func (w *faultWorld) detected(binary string, at time.Time) (time.Duration, bool)
 
 // restarts is the daemon's restart count of a plugin.
 func (w *faultWorld) restarts(binary string) int {
-	var st struct {
-		Plugins []struct {
-			Binary   string
-			Restarts int
-		}
-	}
-	json.Unmarshal(w.l.e.jsonOK("daemon", "status"), &st)
-	for _, p := range st.Plugins {
+	for _, p := range w.l.e.daemonStatus().Plugins {
 		if filepath.Base(p.Binary) == binary {
 			return p.Restarts
 		}
@@ -769,18 +762,9 @@ func (w *faultWorld) killDaemon() {
 	if d := w.daemonPID(); !alive(d) {
 		t.Fatal("no daemon after the next command")
 	}
-	var st struct {
-		Plugins []struct {
-			Binary string
-			PID    int
-		}
-	}
-	json.Unmarshal(e.jsonOK("daemon", "status"), &st)
+	st := e.daemonStatus()
 	for binary, pid := range plugins {
-		i := slices.IndexFunc(st.Plugins, func(p struct {
-			Binary string
-			PID    int
-		}) bool {
+		i := slices.IndexFunc(st.Plugins, func(p daemonPlugin) bool {
 			return filepath.Base(p.Binary) == binary
 		})
 		if i < 0 || st.Plugins[i].PID != pid {

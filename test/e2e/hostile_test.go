@@ -135,15 +135,7 @@ func TestBadPlugin(t *testing.T) {
 	wants("exit in Attach", r, 7, bad, "exited during Attach")
 	daemonUp("a plugin exiting mid-call")
 	waitFor(t, "the daemon to start the bad plugin again", 15*time.Second, func() bool {
-		var st struct {
-			Plugins []struct {
-				Binary   string
-				Running  bool
-				Restarts int
-			}
-		}
-		json.Unmarshal(e.jsonOK("daemon", "status"), &st)
-		for _, p := range st.Plugins {
+		for _, p := range e.daemonStatus().Plugins {
 			if p.Binary == bad && p.Running && p.Restarts >= 1 {
 				return true
 			}

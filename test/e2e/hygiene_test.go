@@ -50,15 +50,29 @@ type resources struct {
 	HeapAlloc  uint64 `json:"heap_alloc_bytes"`
 }
 
+// daemonStatus is `anka -j daemon status`, what the tests read of it.
 type daemonStatus struct {
 	PID       int
 	Resources resources
-	Plugins   []struct {
-		Binary    string
-		PID       int
-		Running   bool
-		Resources *resources
+	Plugins   []daemonPlugin
+}
+
+type daemonPlugin struct {
+	Binary    string
+	PID       int
+	Running   bool
+	Restarts  int
+	Resources *resources
+}
+
+// daemonStatus asks the daemon for its status.
+func (e *env) daemonStatus() daemonStatus {
+	e.t.Helper()
+	var s daemonStatus
+	if err := json.Unmarshal(e.jsonOK("daemon", "status"), &s); err != nil {
+		e.t.Fatalf("anka -j daemon status: %v", err)
 	}
+	return s
 }
 
 func (s daemonStatus) plugin(t *testing.T, binary string) (int, resources) {
@@ -139,13 +153,7 @@ func runHygiene(t *testing.T, socketCycles, qemuQuick, qemuBoot int) {
 	// they set up once (the bridge, the tables, pools) exists.
 	cycle()
 	qemuCycle(qemuBoot > 0)
-	status := func() daemonStatus {
-		var s daemonStatus
-		if err := json.Unmarshal(e.jsonOK("daemon", "status"), &s); err != nil {
-			t.Fatal(err)
-		}
-		return s
-	}
+	status := e.daemonStatus
 	// Two status calls: the first one's connection has gone when the
 	// second reads the figures.
 	status()
