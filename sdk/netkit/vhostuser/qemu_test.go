@@ -17,29 +17,13 @@ import (
 	"time"
 
 	"github.com/anka-net/anka/sdk/netkit/frameio"
+	"github.com/anka-net/anka/sdk/netkit/frameio/frameiotest"
 	"github.com/anka-net/anka/sdk/netkit/vhostuser"
 )
 
 // The real QEMU (7.2 here) as the front-end, with the test guest (make
 // guest; ANKA_GUEST_DIR names another directory). Skips without either,
 // and with -short.
-
-func guestDir(t *testing.T) string {
-	dir := os.Getenv("ANKA_GUEST_DIR")
-	if dir == "" {
-		dir = "../../../build/guest"
-	}
-	for _, f := range []string{"vmlinuz", "initrd.img"} {
-		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
-			if os.Getenv("ANKA_E2E") != "" {
-				t.Fatalf("ANKA_E2E is set but the test guest is missing: %v (make guest)", err)
-			}
-			t.Skipf("needs the test guest (make guest, or ANKA_GUEST_DIR): %v", err)
-		}
-	}
-	abs, _ := filepath.Abs(dir)
-	return abs
-}
 
 type lockedBuf struct {
 	mu sync.Mutex
@@ -71,7 +55,7 @@ func startVM(t *testing.T, sock, mac string, mtu int) {
 	if err != nil {
 		t.Skip("needs qemu-system-x86_64")
 	}
-	guest := guestDir(t)
+	guest := frameiotest.GuestDir(t)
 	console := filepath.Join(t.TempDir(), "console.log")
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, q, "-nodefaults", "-display", "none", "-machine", "q35", "-m", "256",
