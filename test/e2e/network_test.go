@@ -521,10 +521,19 @@ func TestFastPathAndSocketGuests(t *testing.T) {
 		p := reattachPID(reattach)
 		return p != old && alive(p)
 	})
-	waitFor(t, "the vhost-user guest to answer after the plugin's restart", 60*time.Second, func() bool {
+	answered := false
+	for deadline := time.Now().Add(60 * time.Second); !answered && time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
 		page, err := l.fetch("http://" + vip + "/")
-		return err == nil && strings.Contains(page, "anka-guest v1")
-	})
+		answered = err == nil && strings.Contains(page, "anka-guest v1")
+	}
+	if !answered {
+		plog, _ := os.ReadFile(filepath.Join(e.dir, "state", "plugins", "anka-net-shared", "plugin.log"))
+		if len(plog) > 6000 {
+			plog = plog[len(plog)-6000:]
+		}
+		qlog, _ := os.ReadFile(filepath.Join(e.dir, "state", "vms", "v1", "qemu.log"))
+		t.Fatalf("timed out after 1m0s waiting for the vhost-user guest to answer after the plugin's restart\nqemu.log: %s\nplugin.log (end):\n%s", qlog, plog)
+	}
 	if got := l.card("v1").IP; got != vip {
 		t.Errorf("the vhost-user guest's address after the restart: %q, had %s", got, vip)
 	}
