@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/anka-net/anka/core/errs"
+	"github.com/anka-net/anka/core/runtime"
 	"github.com/anka-net/anka/sdk"
 )
 
@@ -65,6 +66,7 @@ func (h *Host) invoke(ctx context.Context, typ, call string, fn func(context.Con
 // caller past the deadline.
 func (h *Host) timed(ctx context.Context, fd Found, call string, fn func(context.Context) error) error {
 	d := h.callTimeout(call)
+	pid := h.pid(fd) // the process this call goes to, before any restart
 	cctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	done := make(chan error, 1)
@@ -88,7 +90,7 @@ func (h *Host) timed(ctx context.Context, fd Found, call string, fn func(context
 	}
 	// A refusal with the plugin's own code is its answer; only a failure
 	// the transport could have caused may mean the process died.
-	if c := sdk.CodeOf(err); (c == sdk.CodeUnavailable || c == sdk.CodeInternal) && h.exits(fd) {
+	if c := sdk.CodeOf(err); (c == sdk.CodeUnavailable || c == sdk.CodeInternal) && exits(pid) {
 		return &errs.Error{Kind: errs.Unavailable, Err: err, Msg: fmt.Sprintf(
 			"network type %s: plugin %s exited during %s (%v): anka starts it again; its log %s may say why",
 			fd.Type, fd.Path, call, err, LogFile(h.StateDir, fd.Path))}
@@ -100,12 +102,29 @@ func (h *Host) timed(ctx context.Context, fd Found, call string, fn func(context
 	return pluginError(fd.Type, err)
 }
 
-// exits reports whether the plugin process ends within a moment: its
-// sockets close while it exits, so the call can fail a little before the
-// process is seen gone.
-func (h *Host) exits(fd Found) bool {
+// pid is the process serving fd now: the one connected, else the one
+// its reattach file names; 0 when none runs.
+func (h *Host) pid(fd Found) int {
+	if p := h.conns().Loaded()[fd.Path]; p != nil && !p.Exited() {
+		return p.Pid()
+	}
+	if ri, ok := Running(h.StateDir, fd.Path); ok {
+		return ri.Pid
+	}
+	return 0
+}
+
+// exits reports whether process pid ends within a moment: its sockets
+// close while it exits, so the call can fail a little before the process
+// is seen gone. It asks about that process, not about whichever serves
+// the binary by then: the daemon may have started the next one already,
+// and that one running says nothing about why this call failed.
+func exits(pid int) bool {
+	if pid <= 0 {
+		return false
+	}
 	deadline := time.Now().Add(exitGrace)
-	for h.alive(fd) {
+	for runtime.ProcessAlive(pid) {
 		if time.Now().After(deadline) {
 			return false
 		}
@@ -116,15 +135,6 @@ func (h *Host) exits(fd Found) bool {
 
 // exitGrace is how long a failed call waits to see whether the plugin died.
 const exitGrace = 500 * time.Millisecond
-
-// alive reports whether the plugin process behind fd still runs.
-func (h *Host) alive(fd Found) bool {
-	if p := h.conns().Loaded()[fd.Path]; p != nil && p.Exited() {
-		return false
-	}
-	_, ok := Running(h.StateDir, fd.Path)
-	return ok
-}
 
 // malformed is the error for an answer the core cannot use.
 func (h *Host) malformed(fd Found, call, what string) error {

@@ -2,7 +2,10 @@ package plugins
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -11,6 +14,7 @@ import (
 	"github.com/anka-net/anka/core/errs"
 	"github.com/anka-net/anka/core/vm"
 	"github.com/anka-net/anka/sdk"
+	"github.com/anka-net/anka/sdk/host"
 )
 
 func TestCheckEndpoint(t *testing.T) {
@@ -103,5 +107,46 @@ func TestEndpointKinds(t *testing.T) {
 	}
 	if got := endpointKinds(&vm.VM{}, false); !slices.Equal(got, []sdk.EndpointKind{sdk.EndpointTAP, sdk.EndpointDgram}) {
 		t.Errorf("qemu with vhost_user off: %v", got)
+	}
+}
+
+// A call that fails because its plugin died is named so even when the
+// daemon has already started the next process by the time the error is
+// looked at (it did in CI: the restart won the race, and the error read
+// "not answering" without the binary).
+func TestTimedNamesTheExitWhenTheNextProcessRuns(t *testing.T) {
+	h := &Host{StateDir: t.TempDir()}
+	fd := Found{Type: "bad", Path: "/opt/anka-net-bad"}
+	first := exec.Command("sleep", "60")
+	if err := first.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer first.Process.Kill()
+	writeReattach := func(pid int) {
+		t.Helper()
+		b, _ := json.Marshal(host.ReattachInfo{Protocol: "grpc", Pid: pid, Path: fd.Path})
+		if err := os.MkdirAll(DataDir(h.StateDir, fd.Path), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(ReattachFile(h.StateDir, fd.Path), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeReattach(first.Process.Pid)
+	err := h.timed(context.Background(), fd, "Attach", func(context.Context) error {
+		_ = first.Process.Kill()
+		_ = first.Wait()
+		writeReattach(os.Getpid()) // the next plugin is up already
+		return sdk.Errorf(sdk.CodeUnavailable, "plugin anka-net-bad is not answering (EOF)")
+	})
+	if !errs.Is(err, errs.Unavailable) || !strings.Contains(err.Error(), "exited during Attach") || !strings.Contains(err.Error(), fd.Path) {
+		t.Fatalf("a plugin that died mid-call, restarted at once: %v", err)
+	}
+	// The same failure from a process that lives on is not called an exit.
+	err = h.timed(context.Background(), fd, "Attach", func(context.Context) error {
+		return sdk.Errorf(sdk.CodeUnavailable, "plugin anka-net-bad is not answering (EOF)")
+	})
+	if err == nil || strings.Contains(err.Error(), "exited during") {
+		t.Fatalf("a live plugin's failure: %v", err)
 	}
 }
