@@ -102,12 +102,10 @@ func (h *Host) timed(ctx context.Context, fd Found, call string, fn func(context
 	return pluginError(fd.Type, err)
 }
 
-// pid is the process serving fd now: the one connected, else the one
-// its reattach file names; 0 when none runs.
+// pid is the process serving fd now, as its reattach file names it; 0
+// when none runs. It takes no lock: connect holds the connections' lock
+// while it attaches the VMs of a restarted plugin through timed.
 func (h *Host) pid(fd Found) int {
-	if p := h.conns().Loaded()[fd.Path]; p != nil && !p.Exited() {
-		return p.Pid()
-	}
 	if ri, ok := Running(h.StateDir, fd.Path); ok {
 		return ri.Pid
 	}

@@ -150,3 +150,27 @@ func TestTimedNamesTheExitWhenTheNextProcessRuns(t *testing.T) {
 		t.Fatalf("a live plugin's failure: %v", err)
 	}
 }
+
+// timed runs under the connections' lock when connect attaches the VMs of
+// a restarted plugin again, so it must never take that lock itself (it
+// once did, and a daemon whose plugin was killed hung every call after).
+func TestTimedUnderTheConnectionsLock(t *testing.T) {
+	h := &Host{StateDir: t.TempDir()}
+	c := h.conns()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	done := make(chan error, 1)
+	go func() {
+		done <- h.timed(context.Background(), Found{Type: "bad", Path: "/opt/anka-net-bad"}, "Attach", func(context.Context) error {
+			return sdk.Errorf(sdk.CodeUnavailable, "not answering")
+		})
+	}()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("a failed call returned nil")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("timed waits for the connections' lock: connect's reattach of VMs would deadlock")
+	}
+}
