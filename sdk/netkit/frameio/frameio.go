@@ -42,6 +42,10 @@ const (
 type Frame struct {
 	Buf []byte
 	N   int
+	// Off is what the frame leaves to its sender (a partial checksum, a
+	// segment to cut); the zero value for a plain frame. Only ports that
+	// take offloads set or read it.
+	Off Offload
 }
 
 // Bytes is the frame itself.

@@ -4,7 +4,6 @@ package frameio
 
 import (
 	"encoding/binary"
-	"math/bits"
 
 	"golang.org/x/sys/unix"
 )
@@ -51,46 +50,6 @@ func parseVnetHdr(b []byte) vnetHdr {
 
 func enableOffload(fd int) error {
 	return unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, unix.TUN_F_CSUM|unix.TUN_F_TSO4|unix.TUN_F_TSO_ECN)
-}
-
-// csumAdd adds b to a ones' complement sum (big-endian 16-bit words, an
-// odd last byte padded with zero). It adds 64-bit words with end-around
-// carry (2^64-1 is a multiple of 2^16-1, so the 16-bit sum is the same),
-// four to an iteration, and returns a value below 2^33, so callers may add
-// small terms to it. sum must be below 2^62.
-func csumAdd(sum uint64, b []byte) uint64 {
-	var c uint64
-	for len(b) >= 32 {
-		sum, c = bits.Add64(sum, binary.BigEndian.Uint64(b), c)
-		sum, c = bits.Add64(sum, binary.BigEndian.Uint64(b[8:]), c)
-		sum, c = bits.Add64(sum, binary.BigEndian.Uint64(b[16:]), c)
-		sum, c = bits.Add64(sum, binary.BigEndian.Uint64(b[24:]), c)
-		b = b[32:]
-	}
-	for len(b) >= 8 {
-		sum, c = bits.Add64(sum, binary.BigEndian.Uint64(b), c)
-		b = b[8:]
-	}
-	sum, c = bits.Add64(sum, 0, c)
-	sum += c // sum was all ones: it is 0 now, with room for the carry
-	sum = sum>>32 + sum&0xffffffff
-	sum = sum>>32 + sum&0xffffffff
-	for len(b) >= 2 {
-		sum += uint64(binary.BigEndian.Uint16(b))
-		b = b[2:]
-	}
-	if len(b) == 1 {
-		sum += uint64(b[0]) << 8
-	}
-	return sum
-}
-
-// csumFold folds a sum to 16 bits and complements it.
-func csumFold(sum uint64) uint16 {
-	for sum>>16 != 0 {
-		sum = sum&0xffff + sum>>16
-	}
-	return ^uint16(sum)
 }
 
 // segmenter turns what an offloading TAP read into plain frames: one
@@ -162,11 +121,6 @@ func (s *segmenter) load(n int) bool {
 	}
 	return false
 }
-
-const (
-	etherTypeIPv4 = 0x0800
-	etherTypeVLAN = 0x8100
-)
 
 // next writes the next frame of the pending packet into f (at most max
 // bytes) and reports whether it did; the packet is done when pending is
