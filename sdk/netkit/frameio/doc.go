@@ -16,10 +16,13 @@
 //     stream kind serves other hypervisors.
 //   - TAPPort (OpenTAP, AttachTAP): a Linux TAP, one read or write per
 //     frame (a TAP has no mmsg calls). With TAPOptions.Offload
-//     (IFF_VNET_HDR, TSO4 and checksum offload) the host's stack hands
-//     64 KiB TCP segments, which the port cuts to the MTU, and runs of one
-//     TCP flow's segments are written as one merged segment; ReadBatch and
-//     WriteBatch still carry plain frames. The switch's uplink uses it.
+//     (IFF_VNET_HDR, TSO4, TSO6 and checksum offload) the host's stack
+//     hands 64 KiB TCP segments, which the port cuts to the MTU, and runs
+//     of one TCP flow's segments are written as one merged segment;
+//     ReadBatch returns plain frames, and WriteBatch takes frames whose
+//     checksum is partial as well (see Offloads). The switch's uplink
+//     uses it. TAPOptions.PassOffload passes the offloads through
+//     instead (see Offloads).
 //   - PacketPort (OpenPacket): AF_PACKET on a host interface, for bridged
 //     networks. recvmmsg and sendmmsg; VLAN tags the kernel stripped are
 //     put back; frames coalesced by GRO beyond the MTU are dropped.
@@ -42,6 +45,38 @@
 // at all: the switch floods with it, so that the full sockets of idle VMs,
 // which nobody reads, cost a broadcast nothing. A stream never drops
 // half a frame: the rest is sent first by the next WriteBatch.
+//
+// # Offloads
+//
+// A guest with checksum offload leaves its TCP checksums partial, and one
+// with TSO hands over segments of up to 64 KiB: Frame.Off says so (an
+// Offload, as a virtio-net header does). Ports hand up plain frames
+// unless they say otherwise; the vhost-user port hands up partial
+// checksums (it cuts GSO segments itself, with a Segmenter). A port that
+// takes partial checksums on write is a PartialWriter: the switch passes
+// them to it as they are and completes them (Frame.Finish) for any other
+// port, so nobody sums the payload on the way from a guest to the host's
+// kernel:
+//
+//   - An Offload TAP writes a frame with a partial checksum behind a
+//     virtio header with NEEDS_CSUM, csum_start and csum_offset, for the
+//     kernel to complete; in a run it merges (untagged TCP over IPv4 or
+//     IPv6 whose checksum is partial at the TCP checksum's place, or
+//     complete and verified), it skips the TCP checksum check of partial
+//     frames, since the kernel computes the merged segment's anyway. It
+//     refuses GSO segments.
+//   - A PassOffload TAP stands in for a virtio guest (tests, benchmarks):
+//     the namespace's kernel hands it TSO segments with partial checksums,
+//     as a guest with TSO does, and ReadBatch returns them as they are,
+//     Off filled from the virtio header. A GSO segment needs a buffer of
+//     up to MaxGSOLen: pass buffers that large (a segment larger than its
+//     buffer is dropped and counted). WriteBatch writes each frame behind
+//     the header its Off describes, GSO segments included, and merges
+//     nothing. Two PassOffload TAPs relayed with Off untouched join two
+//     namespaces as a virtio link would.
+//
+// A port that sets Off sets it on every frame it returns, the zero value
+// included: callers reuse their batches.
 //
 // # Datagram sockets and net.unix.max_dgram_qlen
 //

@@ -3,7 +3,6 @@
 package frameio
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -31,11 +30,25 @@ type TAPOptions struct {
 	// Logger gets dropped frames, rate-limited; nil means slog.Default().
 	Logger *slog.Logger
 	// Offload opens the TAP with IFF_VNET_HDR and lets the kernel hand
-	// TCP/IPv4 segments up to 64 KiB and frames with partial checksums,
-	// which the port cuts to the MTU and completes: far fewer reads and
-	// one pass of the host's stack per 64 KiB. ReadBatch and WriteBatch
-	// still carry plain frames. OpenTAP only. See offload_linux.go.
+	// TCP segments (IPv4 and IPv6) up to 64 KiB and frames with partial
+	// checksums, which the port cuts to the MTU and completes: far fewer
+	// reads and one pass of the host's stack per 64 KiB. ReadBatch still
+	// returns plain frames. WriteBatch takes frames whose checksum is
+	// partial too (the port is a PartialWriter) and hands them to the
+	// kernel to complete, and merges runs of one TCP flow's segments.
+	// OpenTAP only. See offload_linux.go.
 	Offload bool
+	// PassOffload opens the TAP with IFF_VNET_HDR and the same offloads
+	// (but TSO_ECN: Offload cannot say ECN, so the kernel cuts those),
+	// and passes them through, as a virtio NIC does between a guest and
+	// its host: ReadBatch returns each packet as the kernel hands it,
+	// Frame.Off filled from its virtio header (TCP segments up to
+	// MaxGSOLen, which need buffers that large: a segment larger than its
+	// buffer is dropped and counted), and WriteBatch writes each frame
+	// behind the header its Off describes (GSO segments included), never
+	// merging. A stand-in for a guest with TSO in tests and benchmarks.
+	// OpenTAP only; not with Offload.
+	PassOffload bool
 }
 
 // TAPPort is a Linux TAP device: the kernel's end of a virtual Ethernet
@@ -46,7 +59,9 @@ type TAPOptions struct {
 // wakeup. With TAPOptions.Offload (the switch's uplink) it is opened with
 // IFF_VNET_HDR instead: the kernel hands it TCP segments up to 64 KiB,
 // which it cuts to the MTU, and it merges runs of one flow's segments on
-// write; callers still see plain frames (offload_linux.go).
+// write; callers still read plain frames, and may write frames whose
+// checksum is partial (offload_linux.go). With TAPOptions.PassOffload
+// frames carry the kernel's offloads both ways.
 type TAPPort struct {
 	f      *os.File
 	rc     syscall.RawConn
@@ -58,8 +73,9 @@ type TAPPort struct {
 	limit  logLimiter
 	closed atomic.Bool
 
-	offload bool
-	seg     segmenter // offload: the segment being cut
+	offload bool      // Offload: cut on read, merge on write
+	pass    bool      // PassOffload: offloads passed through
+	gr      gsoReader // offload: what the last read left to hand out
 
 	rmu     sync.Mutex
 	rframes []Frame
@@ -68,10 +84,13 @@ type TAPPort struct {
 	rbytes  int
 	rerr    unix.Errno
 	readFn  func(uintptr) bool
+	riov    [3]unix.Iovec    // the virtio header (pass only), the frame, spill
+	rhdr    [vnetHdrLen]byte // pass: the virtio header read
+	spill   [1]byte          // a byte past the frame's buffer: a read that reaches it was cut short
 
 	wmu     sync.Mutex
-	wiov    [2]unix.Iovec    // offload: the virtio header, then the frame
-	vhdr    [vnetHdrLen]byte // offload: an empty virtio header
+	wiov    [2]unix.Iovec    // offload, pass: the virtio header, then the frame
+	vhdr    [vnetHdrLen]byte // offload, pass: the frame's virtio header
 	giov    []unix.Iovec     // offload: a merged segment's header, then payloads
 	ghdr    []byte           // offload: its virtio header and headers
 	wframes []Frame
@@ -98,8 +117,12 @@ func OpenTAP(name string, o TAPOptions) (*TAPPort, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("frameio: TAP name %q: %w", name, err)
 	}
+	if o.Offload && o.PassOffload {
+		unix.Close(fd)
+		return nil, fmt.Errorf("frameio: TAP %s: Offload and PassOffload exclude each other: set one", name)
+	}
 	flags := uint16(unix.IFF_TAP | unix.IFF_NO_PI)
-	if o.Offload {
+	if o.Offload || o.PassOffload {
 		flags |= unix.IFF_VNET_HDR
 	}
 	ifr.SetUint16(flags)
@@ -112,8 +135,8 @@ func OpenTAP(name string, o TAPOptions) (*TAPPort, error) {
 		unix.Close(fd)
 		return nil, err
 	}
-	if o.Offload {
-		if err := enableOffload(fd); err != nil {
+	if o.Offload || o.PassOffload {
+		if err := enableOffload(fd, o.Offload); err != nil {
 			return fail(fmt.Errorf("frameio: TAP %s offloads: %w", name, err))
 		}
 	}
@@ -160,7 +183,7 @@ func AttachTAP(fd int, o TAPOptions) (*TAPPort, error) {
 	if err := unix.SetNonblock(fd, true); err != nil {
 		return nil, fmt.Errorf("frameio: fd %d: %w", fd, err)
 	}
-	o.Offload = false
+	o.Offload, o.PassOffload = false, false
 	return newTAPPort(fd, string(ifr[:n]), mtu, o)
 }
 
@@ -175,18 +198,34 @@ func newTAPPort(fd int, name string, mtu int, o TAPOptions) (*TAPPort, error) {
 	p.rc = rc
 	p.readFn = p.doRead
 	p.writeFn = p.doWrite
-	if o.Offload {
-		p.offload = true
-		p.seg.buf = make([]byte, offloadBufLen)
-		p.readFn = p.doReadOffload
-		p.writeFn = p.doWriteOffload
+	p.riov[2].Base = &p.spill[0]
+	p.riov[2].SetLen(len(p.spill))
+	if o.Offload || o.PassOffload {
 		p.wiov[0].Base = &p.vhdr[0]
 		p.wiov[0].SetLen(vnetHdrLen)
+	}
+	switch {
+	case o.Offload:
+		p.offload = true
+		p.gr.buf = make([]byte, offloadBufLen)
+		p.readFn = p.doReadOffload
+		p.writeFn = p.doWriteOffload
 		p.giov = make([]unix.Iovec, 1+maxCoalesce)
-		p.ghdr = make([]byte, vnetHdrLen+EthHeaderLen+20+60)
+		p.ghdr = make([]byte, vnetHdrLen+EthHeaderLen+40+60)
+	case o.PassOffload:
+		p.pass = true
+		p.riov[0].Base = &p.rhdr[0]
+		p.riov[0].SetLen(vnetHdrLen)
+		p.readFn = p.doReadPass
+		p.writeFn = p.doWritePass
 	}
 	return p, nil
 }
+
+// TakesPartial says whether WriteBatch takes frames whose checksum is
+// partial (Frame.Off): with Offload or PassOffload, the kernel completes
+// them. Only PassOffload takes GSO segments.
+func (p *TAPPort) TakesPartial() bool { return p.offload || p.pass }
 
 // setLink sets an interface's MTU and, if up, brings it up, through an
 // ioctl socket in the calling thread's network namespace.
@@ -247,7 +286,7 @@ func (p *TAPPort) ReadBatch(frames []Frame) (int, error) {
 	}
 	for {
 		p.rframes, p.rn, p.rdrop, p.rbytes, p.rerr = frames, 0, 0, 0, 0
-		if p.offload && p.seg.pkt != nil {
+		if p.offload && p.gr.pending() {
 			// What the last call could not take of a segment.
 			p.drainSeg()
 			if p.rn == len(frames) {
@@ -262,7 +301,7 @@ func (p *TAPPort) ReadBatch(frames []Frame) (int, error) {
 		p.ctr.AddRx(p.rn, p.rbytes)
 		if p.rdrop > 0 {
 			p.ctr.AddRxDropped(p.rdrop)
-			p.limit.warn(p.log, "frameio: dropping TAP frames longer than the MTU allows or shorter than an Ethernet header", "port", p.name, "frames", p.rdrop)
+			p.limit.warn(p.log, "frameio: dropping TAP frames longer than the MTU (or, passing offloads, the buffer) allows, shorter than an Ethernet header, or with an offload no port takes", "port", p.name, "frames", p.rdrop)
 		}
 		if err != nil {
 			return 0, p.mapErr(err)
@@ -281,7 +320,12 @@ func (p *TAPPort) doRead(fd uintptr) bool {
 		f := &p.rframes[p.rn]
 		b := f.Buf[:cap(f.Buf)]
 		b = b[:min(len(b), p.fsize)]
-		n, _, e := unix.Syscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+		// A TAP read returns at most the buffer's length, cutting a
+		// longer frame short (its MTU raised behind the port's back):
+		// a byte of spill tells the two apart.
+		p.riov[1].Base = &b[0]
+		p.riov[1].SetLen(len(b))
+		n, _, e := unix.Syscall(unix.SYS_READV, fd, uintptr(unsafe.Pointer(&p.riov[1])), 2)
 		switch {
 		case e == unix.EINTR:
 			continue
@@ -301,11 +345,11 @@ func (p *TAPPort) doRead(fd uintptr) bool {
 	return true
 }
 
-// drainSeg cuts the pending segment into the free frames.
+// drainSeg hands out what the last read left into the free frames.
 func (p *TAPPort) drainSeg() {
-	for p.seg.pkt != nil && p.rn < len(p.rframes) {
+	for p.gr.pending() && p.rn < len(p.rframes) {
 		f := &p.rframes[p.rn]
-		if !p.seg.next(f, p.fsize) {
+		if !p.gr.next(f, p.fsize) {
 			p.rdrop++
 			continue
 		}
@@ -318,7 +362,7 @@ func (p *TAPPort) drainSeg() {
 // frames until the batch is full; what is left of a segment stays pending.
 func (p *TAPPort) doReadOffload(fd uintptr) bool {
 	for p.rn < len(p.rframes) {
-		b := p.seg.buf
+		b := p.gr.buf
 		n, _, e := unix.Syscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
 		switch {
 		case e == unix.EINTR:
@@ -328,13 +372,60 @@ func (p *TAPPort) doReadOffload(fd uintptr) bool {
 		case e != 0:
 			p.rerr = e
 			return true
-		case !p.seg.load(int(n)):
+		case !p.gr.load(int(n)):
 			p.rdrop++
 			continue
 		}
 		p.drainSeg()
 	}
 	return true
+}
+
+// doReadPass reads each packet with its virtio header, straight into the
+// caller's frame (one readv), and fills Off from the header.
+func (p *TAPPort) doReadPass(fd uintptr) bool {
+	for p.rn < len(p.rframes) {
+		f := &p.rframes[p.rn]
+		b := f.Buf[:cap(f.Buf)]
+		b = b[:min(len(b), MaxGSOLen)]
+		p.riov[1].Base = &b[0]
+		p.riov[1].SetLen(len(b))
+		n, _, e := unix.Syscall(unix.SYS_READV, fd, uintptr(unsafe.Pointer(&p.riov[0])), 3)
+		switch {
+		case e == unix.EINTR:
+			continue
+		case e == unix.EAGAIN:
+			return p.rn > 0 || p.rdrop > 0
+		case e != 0:
+			p.rerr = e
+			return true
+		}
+		m := int(n) - vnetHdrLen // past len(b): cut short
+		o, ok := passRead(p.rhdr[:], m, len(b), p.fsize)
+		if !ok {
+			p.rdrop++
+			continue
+		}
+		f.N, f.Off = m, o
+		p.rbytes += m
+		p.rn++
+	}
+	return true
+}
+
+// passRead checks what a PassOffload read got (virtio header h, then a
+// packet of m bytes into a buffer of size bytes) and returns its offload:
+// false for a packet cut short by its buffer, outside MinFrameLen..max
+// (MaxGSOLen for a GSO segment), or with an offload no port takes.
+func passRead(h []byte, m, size, max int) (Offload, bool) {
+	if m < MinFrameLen || m > size {
+		return Offload{}, false
+	}
+	o, ok := parseVnetHdr(h).offload(m)
+	if !ok || (o.GSO == GSONone && m > max) {
+		return Offload{}, false
+	}
+	return o, true
 }
 
 // WriteBatch writes each frame with its own write. The kernel never makes
@@ -387,12 +478,13 @@ func (p *TAPPort) doWrite(fd uintptr) bool {
 	return true
 }
 
-// doWriteOffload writes each frame behind an empty virtio header, and
-// runs of one TCP flow's segments merged into one (coalesceRun).
+// doWriteOffload writes each frame behind its virtio header (empty, or
+// NEEDS_CSUM for a partial checksum), and runs of one TCP flow's
+// segments merged into one (coalesceRun). GSO segments are refused.
 func (p *TAPPort) doWriteOffload(fd uintptr) bool {
 	for i := 0; i < len(p.wframes); i++ {
 		f := &p.wframes[i]
-		if f.N < MinFrameLen || f.N > p.fsize || f.N > len(f.Buf) {
+		if f.N < MinFrameLen || f.N > len(f.Buf) || !writable(f.Off, f.N, p.fsize, false) {
 			p.wdrop++
 			continue
 		}
@@ -401,60 +493,65 @@ func (p *TAPPort) doWriteOffload(fd uintptr) bool {
 			i += n - 1
 			continue
 		}
-		p.wiov[1].Base = &f.Buf[0]
-		p.wiov[1].SetLen(f.N)
-		for {
-			_, _, e := unix.Syscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&p.wiov[0])), 2)
-			if e == unix.EINTR {
-				continue
-			}
-			if e != 0 {
-				p.werr = e
-				p.wdrop++
-			} else {
-				p.wn++
-				p.wbytes += f.N
-			}
-			break
-		}
+		p.writeVnet(fd, f)
 	}
 	return true
+}
+
+// doWritePass writes each frame behind the virtio header its Off
+// describes, GSO segments up to MaxGSOLen included.
+func (p *TAPPort) doWritePass(fd uintptr) bool {
+	for i := range p.wframes {
+		f := &p.wframes[i]
+		if f.N < MinFrameLen || f.N > len(f.Buf) || !writable(f.Off, f.N, p.fsize, true) {
+			p.wdrop++
+			continue
+		}
+		p.writeVnet(fd, f)
+	}
+	return true
+}
+
+// writeVnet writes one frame behind the virtio header its Off describes.
+func (p *TAPPort) writeVnet(fd uintptr, f *Frame) {
+	if f.Off == (Offload{}) {
+		clear(p.vhdr[:])
+	} else {
+		putVnetHdr(p.vhdr[:], f.Off, f.Bytes())
+	}
+	p.wiov[1].Base = &f.Buf[0]
+	p.wiov[1].SetLen(f.N)
+	for {
+		_, _, e := unix.Syscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&p.wiov[0])), 2)
+		if e == unix.EINTR {
+			continue
+		}
+		if e != 0 {
+			p.werr = e
+			p.wdrop++
+		} else {
+			p.wn++
+			p.wbytes += f.N
+		}
+		return
+	}
 }
 
 // writeMerged writes frames (a run coalesceRun found) as one TCP segment
 // the kernel cuts at mss: the first frame's headers, fixed up, then every
 // frame's payload, with no copy of the payloads.
 func (p *TAPPort) writeMerged(fd uintptr, frames []Frame, mss int) {
-	first := frames[0].Bytes()
-	thl := int(first[46]>>4) * 4
-	hl := 34 + thl
-	h := p.ghdr[:vnetHdrLen+hl]
-	copy(h[vnetHdrLen:], first[:hl])
-	pkt := h[vnetHdrLen:]
-	total, bytes := hl, 0
+	hn := mergeHeader(p.ghdr, frames, mss)
+	hl := hn - vnetHdrLen
+	bytes := 0
 	for i := range frames {
 		f := frames[i].Bytes()
 		p.giov[1+i].Base = &f[hl]
 		p.giov[1+i].SetLen(len(f) - hl)
-		total += len(f) - hl
 		bytes += len(f)
 	}
-	last := frames[len(frames)-1].Bytes()
-	ip, tcp := pkt[14:34], pkt[34:hl]
-	binary.BigEndian.PutUint16(ip[2:], uint16(total-14))
-	ip[10], ip[11] = 0, 0
-	binary.BigEndian.PutUint16(ip[10:], csumFold(csumAdd(0, ip)))
-	tcp[13] = last[47] // PSH, if the last has it
-	// Left partial: the pseudo-header's sum, for the kernel to complete.
-	binary.BigEndian.PutUint16(tcp[16:], ^csumFold(csumAdd(0, ip[12:20])+unix.IPPROTO_TCP+uint64(total-34)))
-	vh := h[:vnetHdrLen]
-	vh[0], vh[1] = vnetNeedsCsum, gsoTCPv4
-	binary.NativeEndian.PutUint16(vh[2:], uint16(hl))
-	binary.NativeEndian.PutUint16(vh[4:], uint16(mss))
-	binary.NativeEndian.PutUint16(vh[6:], 34)
-	binary.NativeEndian.PutUint16(vh[8:], 16)
-	p.giov[0].Base = &h[0]
-	p.giov[0].SetLen(len(h))
+	p.giov[0].Base = &p.ghdr[0]
+	p.giov[0].SetLen(hn)
 	for {
 		_, _, e := unix.Syscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&p.giov[0])), uintptr(1+len(frames)))
 		if e == unix.EINTR {
@@ -486,4 +583,7 @@ func (p *TAPPort) Close() error {
 	return p.f.Close()
 }
 
-var _ Port = (*TAPPort)(nil)
+var (
+	_ Port          = (*TAPPort)(nil)
+	_ PartialWriter = (*TAPPort)(nil)
+)

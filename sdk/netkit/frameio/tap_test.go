@@ -277,11 +277,13 @@ func TestTAPOffload(t *testing.T) {
 	}
 
 	// The kernel's SYN to the guest: checksum offloaded to the port.
+	dialed := make(chan error, 1)
 	go ns.Run(func() error {
 		c, err := net.DialTimeout("tcp4", "10.99.0.2:7", 2*time.Second)
 		if err == nil {
 			c.Close()
 		}
+		dialed <- err
 		return nil
 	})
 	syn := collectMatching(t, tap, 1, func(f []byte) bool {
@@ -292,6 +294,13 @@ func TestTAPOffload(t *testing.T) {
 	pseudo := append(append(append([]byte{}, syn[26:34]...), 0, 6), byte(len(tcp)>>8), byte(len(tcp)))
 	if c := checksum(append(pseudo, tcp...)); c != 0 {
 		t.Fatalf("SYN's TCP checksum not completed (%#x): %x", c, syn)
+	}
+	// The guest refuses (RST, its checksum partial), so the dial ends
+	// before the namespace does.
+	rst := tcpSeg(false, kernelMAC, 7, binary.BigEndian.Uint16(tcp[0:]), 0, binary.BigEndian.Uint32(tcp[4:])+1, 0x14, nil, true)
+	tap.WriteBatch([]frameio.Frame{rst})
+	if err := <-dialed; err == nil {
+		t.Fatal("the guest's RST did not refuse the connection")
 	}
 }
 
@@ -403,5 +412,44 @@ func TestTAPOffloadMergedWrite(t *testing.T) {
 	}
 	if s := tap.Stats(); s.TxFrames != uint64(3+len(batch)) {
 		t.Fatalf("stats %+v", s)
+	}
+}
+
+// A frame longer than the port's buffers (the TAP's MTU raised behind
+// its back) is dropped and counted, never handed up cut short: a TAP
+// read returns at most the buffer's length.
+func TestTAPDropsWhatTheBufferCannotHold(t *testing.T) {
+	ns := frameiotest.NewNetns(t)
+	var tap *frameio.TAPPort
+	if err := ns.Run(func() (err error) {
+		tap, err = frameio.OpenTAP("anka0", frameio.TAPOptions{MTU: 1400, Up: true, Logger: testLogger(t)})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer tap.Close()
+	ns.IP(t, "link", "set", "anka0", "mtu", "1500")
+	ns.IP(t, "addr", "add", "10.99.0.1/24", "dev", "anka0")
+	ns.IP(t, "neigh", "replace", "10.99.0.2", "lladdr", guestMAC.String(), "dev", "anka0")
+	if err := ns.Run(func() error {
+		c, err := net.Dial("udp4", "10.99.0.2:9")
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		if _, err := c.Write(make([]byte, 1450)); err != nil {
+			return err
+		}
+		_, err = c.Write([]byte("small"))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	f := collectMatching(t, tap, 1, func(f []byte) bool { return etherType(f) == 0x0800 && f[23] == 17 })[0]
+	if len(f) != 14+20+8+5 || string(f[42:]) != "small" {
+		t.Fatalf("read a %d-byte UDP frame, want the small one", len(f))
+	}
+	if s := tap.Stats(); s.RxDropped != 1 {
+		t.Fatalf("stats %+v: want the long frame dropped", s)
 	}
 }

@@ -104,6 +104,10 @@ func (s *Switch) forward(from *Port, f *forwarder, frames []frameio.Frame) {
 				case from.cfg.Isolated && to.cfg.Isolated:
 					from.stats.drops[dropIsolated].Add(1)
 				default:
+					if of := &frames[i]; (of.Off.Partial || of.Off.GSO != frameio.GSONone) && !fitOffload(of, to.partial) {
+						from.stats.drops[dropOffload].Add(1)
+						continue
+					}
 					if to != runTo {
 						flush()
 						runTo = to
@@ -113,12 +117,27 @@ func (s *Switch) forward(from *Port, f *forwarder, frames []frameio.Frame) {
 				continue
 			}
 		}
+		if of := &frames[i]; (of.Off.Partial || of.Off.GSO != frameio.GSONone) && !fitOffload(of, false) {
+			from.stats.drops[dropOffload].Add(1) // a flood's copies carry no offload: complete it once
+			continue
+		}
 		flush()
 		s.flood(from, f, fr)
 	}
 	flush()
 	from.stats.rxFrames.Add(rxF)
 	from.stats.rxBytes.Add(rxB)
+}
+
+// fitOffload makes a frame that leaves work to its sender (frameio.Offload)
+// fit a port: a partial checksum stays partial for a port that takes it,
+// and is completed in place for any other. false: drop it (a GSO segment,
+// or a checksum whose place lies outside the frame).
+func fitOffload(fr *frameio.Frame, takesPartial bool) bool {
+	if fr.Off.GSO != frameio.GSONone {
+		return false
+	}
+	return takesPartial || fr.Finish()
 }
 
 // flood sends a broadcast, multicast or unknown-unicast frame to every
@@ -140,6 +159,9 @@ func (s *Switch) flood(from *Port, f *forwarder, fr []byte) {
 }
 
 // transmit writes frames to the port's link, or hands them to its service.
+// They come fit for the port: forward completed partial checksums for a
+// port that does not take them (fitOffload), and the frames of services
+// carry none.
 // A flood does not wait for room on a link that can say so
 // (frameio.NoWaitWriter): a peer that does not read, such as an idle VM's
 // full socket, must not hold up the forwarding goroutine WriteTimeout per

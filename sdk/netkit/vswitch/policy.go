@@ -17,6 +17,7 @@ const (
 	dropHook
 	dropIsolated
 	dropNoRoute
+	dropOffload
 	numDropReasons
 )
 
@@ -24,6 +25,7 @@ var dropNames = [numDropReasons]string{
 	"", "source MAC not the port's", "source IP not the port's", "ARP sender not the port's",
 	"DHCP server reply from a VM", "IPv6 router advertisement from a VM", "neighbour advertisement for another's address",
 	"malformed frame", "dropped by a hook", "isolated port", "no route",
+	"offload the switch cannot complete",
 }
 
 const (

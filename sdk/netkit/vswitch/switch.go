@@ -8,6 +8,15 @@
 // Forwarding runs on the goroutine that read the frames: a batch read from
 // one port is written to its destination with one batched write, so a
 // frame costs one read and one write system call share, like a raw relay.
+//
+// A frame may come with its TCP checksum left partial (frameio.Offload:
+// a guest with checksum offload behind a vhost-user port). It goes as it
+// is to a port whose link takes such frames (frameio.PartialWriter: the
+// uplink TAP with offloads, whose kernel completes it), so nobody sums
+// the payload on the way; the switch completes it in place for any other
+// port, and before a flood. A frame it cannot complete, and any GSO
+// segment (ports cut those before they hand them over), is dropped and
+// counted ("offload the switch cannot complete").
 package vswitch
 
 import (
@@ -114,6 +123,7 @@ type Port struct {
 	cfg      PortConfig
 	mac      MAC
 	link     frameio.Port // nil for service ports
+	partial  bool         // link takes frames whose checksum is partial (frameio.PartialWriter)
 	deliver  func(frames []frameio.Frame)
 	ip       atomic.Uint64 // bit 32 set: an IPv4 address is pinned in the low 32 bits
 	txMu     sync.Mutex
@@ -166,6 +176,9 @@ func (s *Switch) AttachService(cfg PortConfig, deliver func(frames []frameio.Fra
 
 func (s *Switch) add(cfg PortConfig, link frameio.Port, deliver func([]frameio.Frame)) (*Port, error) {
 	p := &Port{sw: s, cfg: cfg, link: link, deliver: deliver}
+	if pw, ok := link.(frameio.PartialWriter); ok {
+		p.partial = pw.TakesPartial()
+	}
 	if len(cfg.MAC) != 0 {
 		if len(cfg.MAC) != 6 {
 			return nil, fmt.Errorf("vswitch: port %s: MAC %v is not 6 bytes", cfg.Name, cfg.MAC)
@@ -291,7 +304,7 @@ func (p *Port) Send(frames ...[]byte) {
 			i = 0
 		}
 		batch = batch[:i+1]
-		batch[i].N = copy(batch[i].Buf, b)
+		batch[i].N, batch[i].Off = copy(batch[i].Buf, b), frameio.Offload{}
 	}
 	p.sw.forward(p, f, batch)
 }
@@ -317,7 +330,7 @@ func (p *Port) SendTo(to *Port, frames ...[]byte) {
 		}
 		i := len(batch)
 		batch = batch[:i+1]
-		batch[i].N = copy(batch[i].Buf, b)
+		batch[i].N, batch[i].Off = copy(batch[i].Buf, b), frameio.Offload{}
 	}
 	if len(batch) > 0 {
 		to.transmit(batch, true)

@@ -1,0 +1,389 @@
+//go:build linux
+
+package frameio_test
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/anka-net/anka/sdk/netkit/frameio"
+	"github.com/anka-net/anka/sdk/netkit/frameio/frameiotest"
+)
+
+var (
+	guestIP6 = net.ParseIP("fd99::2")
+	hostIP6  = net.ParseIP("fd99::1")
+)
+
+// guestSeg is a TCP segment from the guest (port 40000) to the host's
+// port 7777, over IPv4 or IPv6. partial leaves the TCP checksum as a
+// guest with checksum offload does (the pseudo-header's sum, Off saying
+// where to complete it); otherwise it is complete.
+func guestSeg(v6 bool, dst net.HardwareAddr, seq, ack uint32, flags byte, payload []byte, partial bool) frameio.Frame {
+	return tcpSeg(v6, dst, 40000, 7777, seq, ack, flags, payload, partial)
+}
+
+// tcpSeg is guestSeg between any two ports.
+func tcpSeg(v6 bool, dst net.HardwareAddr, sport, dport uint16, seq, ack uint32, flags byte, payload []byte, partial bool) frameio.Frame {
+	l4 := 34
+	if v6 {
+		l4 = 54
+	}
+	f := make([]byte, frameio.FrameSize(1500))
+	n := l4 + 20 + len(payload)
+	copy(f[0:], dst)
+	copy(f[6:], guestMAC)
+	var pseudo []byte
+	if v6 {
+		f[12], f[13] = 0x86, 0xdd
+		ip := f[14:54]
+		ip[0], ip[6], ip[7] = 0x60, 6, 64
+		binary.BigEndian.PutUint16(ip[4:], uint16(n-54))
+		copy(ip[8:], guestIP6)
+		copy(ip[24:], hostIP6)
+		pseudo = append(append([]byte{}, ip[8:40]...), 0, 0, byte((n-54)>>8), byte(n-54), 0, 0, 0, 6)
+	} else {
+		f[12], f[13] = 0x08, 0x00
+		ip := f[14:34]
+		ip[0], ip[6], ip[8], ip[9] = 0x45, 0x40, 64, 6
+		binary.BigEndian.PutUint16(ip[2:], uint16(n-14))
+		binary.BigEndian.PutUint16(ip[4:], uint16(seq))
+		copy(ip[12:], guestIP)
+		copy(ip[16:], hostIP)
+		binary.BigEndian.PutUint16(ip[10:], checksum(ip))
+		pseudo = append(append([]byte{}, ip[12:20]...), 0, 6, byte((n-34)>>8), byte(n-34))
+	}
+	tcp := f[l4:n]
+	binary.BigEndian.PutUint16(tcp[0:], sport)
+	binary.BigEndian.PutUint16(tcp[2:], dport)
+	binary.BigEndian.PutUint32(tcp[4:], seq)
+	binary.BigEndian.PutUint32(tcp[8:], ack)
+	tcp[12], tcp[13] = 5<<4, flags
+	binary.BigEndian.PutUint16(tcp[14:], 65535)
+	copy(tcp[20:], payload)
+	fr := frameio.Frame{Buf: f, N: n}
+	if partial {
+		binary.BigEndian.PutUint16(tcp[16:], ^checksum(pseudo))
+		fr.Off = frameio.Offload{Partial: true, CsumStart: uint16(l4), CsumOffset: 16}
+	} else {
+		binary.BigEndian.PutUint16(tcp[16:], checksum(append(pseudo, tcp...)))
+	}
+	return fr
+}
+
+// offloadTAP opens an offloading TAP anka0 in a new namespace, with the
+// host's addresses on it and the guest's MAC known to the host (no ARP
+// or neighbour discovery to answer), and returns it with the kernel's
+// MAC.
+func offloadTAP(t *testing.T, o frameio.TAPOptions) (*frameiotest.Netns, *frameio.TAPPort, net.HardwareAddr) {
+	t.Helper()
+	ns := frameiotest.NewNetns(t)
+	var tap *frameio.TAPPort
+	var kmac net.HardwareAddr
+	o.MTU, o.Up, o.Logger = 1500, true, testLogger(t)
+	if err := ns.Run(func() (err error) {
+		if tap, err = frameio.OpenTAP("anka0", o); err != nil {
+			return err
+		}
+		ifc, err := net.InterfaceByName("anka0")
+		if err != nil {
+			return err
+		}
+		kmac = ifc.HardwareAddr
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tap.Close() })
+	ns.IP(t, "addr", "add", "10.99.0.1/24", "dev", "anka0")
+	ns.IP(t, "addr", "add", "fd99::1/64", "dev", "anka0", "nodad")
+	ns.IP(t, "neigh", "replace", "10.99.0.2", "lladdr", guestMAC.String(), "dev", "anka0")
+	ns.IP(t, "neigh", "replace", "fd99::2", "lladdr", guestMAC.String(), "dev", "anka0")
+	return ns, tap, kmac
+}
+
+func TestTAPTakesPartial(t *testing.T) {
+	for _, c := range []struct {
+		o    frameio.TAPOptions
+		want bool
+	}{{frameio.TAPOptions{}, false}, {frameio.TAPOptions{Offload: true}, true}, {frameio.TAPOptions{PassOffload: true}, true}} {
+		_, tap, _ := offloadTAP(t, c.o)
+		if got := tap.TakesPartial(); got != c.want {
+			t.Errorf("%+v: TakesPartial %v, want %v", c.o, got, c.want)
+		}
+	}
+	ns := frameiotest.NewNetns(t)
+	err := ns.Run(func() error {
+		tap, err := frameio.OpenTAP("anka9", frameio.TAPOptions{Offload: true, PassOffload: true})
+		if err == nil {
+			tap.Close()
+		}
+		return err
+	})
+	if err == nil {
+		t.Fatal("a TAP opened with both Offload and PassOffload")
+	}
+}
+
+// Frames whose TCP checksum a guest left partial, written to an
+// offloading TAP, reach the host's TCP intact: a SYN alone (one write
+// with NEEDS_CSUM), then runs of segments, partial and complete mixed,
+// merged into one write. Over IPv4 and IPv6.
+func TestTAPOffloadPartialWrite(t *testing.T) {
+	for _, v6 := range []bool{false, true} {
+		t.Run(fmt.Sprintf("v6=%v", v6), func(t *testing.T) {
+			ns, tap, kmac := offloadTAP(t, frameio.TAPOptions{Offload: true})
+			network, addr := "tcp4", "10.99.0.1:7777"
+			if v6 {
+				network, addr = "tcp6", "[fd99::1]:7777"
+			}
+			var ln net.Listener
+			if err := ns.Run(func() (err error) { ln, err = net.Listen(network, addr); return err }); err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			const size = 1440       // fits the MTU over IPv6 too
+			const total = 44 * size // within the host's window (no window scaling)
+			got := make(chan []byte, 1)
+			go func() {
+				c, err := ln.Accept()
+				if err != nil {
+					got <- nil
+					return
+				}
+				defer c.Close()
+				c.SetReadDeadline(time.Now().Add(5 * time.Second))
+				b, _ := io.ReadAll(io.LimitReader(c, total))
+				got <- b
+			}()
+			l4 := 34
+			if v6 {
+				l4 = 54
+			}
+			synack := func(f []byte) bool { return isTCP(f, v6) && f[l4+13] == 0x12 }
+			const iss = 1000
+			syn := guestSeg(v6, kmac, iss, 0, 0x02, nil, true)
+			if n, err := tap.WriteBatch([]frameio.Frame{syn}); n != 1 || err != nil {
+				t.Fatalf("partial SYN: wrote %d: %v", n, err)
+			}
+			sa := collectMatching(t, tap, 1, synack)[0]
+			hostSeq := binary.BigEndian.Uint32(sa[l4+4:]) + 1
+			ack := guestSeg(v6, kmac, iss+1, hostSeq, 0x10, nil, true)
+			tap.WriteBatch([]frameio.Frame{ack})
+
+			want := make([]byte, total)
+			for i := range want {
+				want[i] = byte(i*13 + i>>9)
+			}
+			var batch []frameio.Frame
+			for off := 0; off < total; off += size {
+				flags := byte(0x10)
+				if off+size == total || off == 20*size {
+					flags = 0x18 // a PSH ends a run
+				}
+				partial := (off/size)%5 != 2 // every fifth complete
+				batch = append(batch, guestSeg(v6, kmac, iss+1+uint32(off), hostSeq, flags, want[off:off+size], partial))
+			}
+			if n, err := tap.WriteBatch(batch); n != len(batch) || err != nil {
+				t.Fatalf("wrote %d of %d: %v", n, len(batch), err)
+			}
+			if b := <-got; !bytes.Equal(b, want) {
+				t.Fatalf("the host read %d bytes of %d, or not the same", len(b), total)
+			}
+			if s := tap.Stats(); s.TxFrames != uint64(2+len(batch)) || s.TxDropped != 0 {
+				t.Fatalf("stats %+v", s)
+			}
+
+			// What the kernel cannot complete is dropped and counted,
+			// never written: a checksum's place outside the frame, a
+			// GSO segment (the switch's uplink takes none).
+			odd := guestSeg(v6, kmac, iss+1+total, hostSeq, 0x18, []byte("x"), true)
+			odd.Off.CsumOffset = 2000
+			gso := guestSeg(v6, kmac, iss+1+total, hostSeq, 0x18, []byte("x"), true)
+			gso.Off.GSO, gso.Off.GSOSize = frameio.GSOTCPv4, 1000
+			if n, _ := tap.WriteBatch([]frameio.Frame{odd, gso}); n != 0 || tap.Stats().TxDropped != 2 {
+				t.Fatalf("wrote %d frames the kernel cannot take; stats %+v", n, tap.Stats())
+			}
+		})
+	}
+}
+
+// relay moves frames from one PassOffload TAP to another, Off
+// untouched, counting what it saw, until from is closed.
+type relay struct {
+	gso, partial, frames atomic.Int64
+	maxLen               atomic.Int64
+}
+
+func (r *relay) run(from, to *frameio.TAPPort, wg *sync.WaitGroup) {
+	defer wg.Done()
+	fs := make([]frameio.Frame, 8)
+	for i := range fs {
+		fs[i].Buf = make([]byte, frameio.MaxGSOLen)
+	}
+	for {
+		n, err := from.ReadBatch(fs)
+		if err != nil {
+			return
+		}
+		for i := 0; i < n; i++ {
+			r.frames.Add(1)
+			if fs[i].Off.GSO != frameio.GSONone {
+				r.gso.Add(1)
+			}
+			if fs[i].Off.Partial {
+				r.partial.Add(1)
+			}
+			if int64(fs[i].N) > r.maxLen.Load() {
+				r.maxLen.Store(int64(fs[i].N))
+			}
+		}
+		to.WriteBatch(fs[:n])
+	}
+}
+
+// Two namespaces, each with a PassOffload TAP, joined by a relay that
+// passes frames with their offloads: a TCP transfer of a few MB from one
+// to the other arrives intact, and what the relay carried were GSO
+// segments and partial checksums, as between a guest with TSO and its
+// host.
+func TestTAPPassOffload(t *testing.T) {
+	nsA, nsB := frameiotest.NewNetns(t), frameiotest.NewNetns(t)
+	open := func(ns *frameiotest.Netns, addr string) *frameio.TAPPort {
+		var tap *frameio.TAPPort
+		if err := ns.Run(func() (err error) {
+			tap, err = frameio.OpenTAP("anka0", frameio.TAPOptions{MTU: 1500, Up: true, PassOffload: true, Logger: testLogger(t)})
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		ns.IP(t, "addr", "add", addr, "dev", "anka0")
+		return tap
+	}
+	a, b := open(nsA, "10.98.0.1/24"), open(nsB, "10.98.0.2/24")
+	var ab, ba relay
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go ab.run(a, b, &wg)
+	go ba.run(b, a, &wg)
+	defer func() { a.Close(); b.Close(); wg.Wait() }()
+
+	var ln net.Listener
+	if err := nsB.Run(func() (err error) { ln, err = net.Listen("tcp4", "10.98.0.2:7777"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	const total = 8 << 20
+	want := make([]byte, total)
+	for i := range want {
+		want[i] = byte(i*7 + i>>11)
+	}
+	got := make(chan []byte, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			got <- nil
+			return
+		}
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		b, _ := io.ReadAll(io.LimitReader(c, total))
+		got <- b
+	}()
+	var c net.Conn
+	if err := nsA.Run(func() (err error) { c, err = net.DialTimeout("tcp4", "10.98.0.2:7777", 5*time.Second); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetWriteDeadline(time.Now().Add(20 * time.Second))
+	if _, err := c.Write(want); err != nil {
+		t.Fatal(err)
+	}
+	if g := <-got; !bytes.Equal(g, want) {
+		t.Fatalf("read %d bytes of %d, or not the same", len(g), total)
+	}
+	t.Logf("A to B: %d frames, %d GSO, %d partial, largest %d bytes; B to A: %d frames, %d partial",
+		ab.frames.Load(), ab.gso.Load(), ab.partial.Load(), ab.maxLen.Load(), ba.frames.Load(), ba.partial.Load())
+	if ab.gso.Load() == 0 || ab.maxLen.Load() <= int64(frameio.FrameSize(1500)) {
+		t.Fatal("the sender's kernel handed no TSO segments through the relay")
+	}
+	if ab.partial.Load() == 0 || ba.partial.Load() == 0 {
+		t.Fatal("no partial checksums passed through the relay")
+	}
+	if sa, sb := a.Stats(), b.Stats(); sa.TxDropped != 0 || sb.TxDropped != 0 || sa.RxDropped != 0 || sb.RxDropped != 0 {
+		t.Fatalf("drops: A %+v, B %+v", sa, sb)
+	}
+	if s := b.Stats(); s.TxBytes <= total {
+		t.Fatalf("B's TAP wrote %d bytes for a %d-byte transfer", s.TxBytes, total)
+	}
+}
+
+// A PassOffload TAP drops a GSO segment larger than the buffer it is
+// read into, and counts it: the host's TCP, talking to the guest through
+// the TAP, hands it its first flight as one TSO segment.
+func TestTAPPassOffloadSmallBuffer(t *testing.T) {
+	ns, tap, kmac := offloadTAP(t, frameio.TAPOptions{PassOffload: true})
+	dialed := make(chan error, 1)
+	go ns.Run(func() error {
+		c, err := net.DialTimeout("tcp4", "10.99.0.2:7777", 5*time.Second)
+		if err == nil {
+			c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+			_, err = c.Write(make([]byte, 64<<10))
+			c.Close()
+		}
+		dialed <- err
+		return nil
+	})
+	syn := collectMatching(t, tap, 1, func(f []byte) bool { return isTCP(f, false) && f[47] == 0x02 })[0]
+	sport := binary.BigEndian.Uint16(syn[34:])
+	synack := tcpSeg(false, kmac, 7777, sport, 5000, binary.BigEndian.Uint32(syn[38:])+1, 0x12, nil, false)
+	if n, _ := tap.WriteBatch([]frameio.Frame{synack}); n != 1 {
+		t.Fatal("SYN-ACK not written")
+	}
+	if err := <-dialed; err != nil {
+		t.Fatal(err)
+	}
+	// The host's socket now sends what it can: without an MSS option,
+	// 536-byte segments, ten of them in one TSO segment of 5 KiB. A
+	// buffer of one frame cannot hold it.
+	type result struct {
+		n, max int
+	}
+	done := make(chan result, 1)
+	go func() {
+		small := frameio.NewBatch(4, 1500)
+		var r result
+		for {
+			n, err := tap.ReadBatch(small)
+			if err != nil {
+				done <- r
+				return
+			}
+			for i := 0; i < n; i++ {
+				r.n++
+				r.max = max(r.max, small[i].N)
+			}
+		}
+	}()
+	waitFor(t, "a TSO segment dropped for want of room", func() bool { return tap.Stats().RxDropped > 0 })
+	tap.Close()
+	r := <-done
+	if r.max > frameio.FrameSize(1500) {
+		t.Fatalf("a %d-byte frame read into a %d-byte buffer", r.max, frameio.FrameSize(1500))
+	}
+}
+
+// isTCP says whether f is a TCP segment over IPv4 or IPv6.
+func isTCP(f []byte, v6 bool) bool {
+	if v6 {
+		return len(f) >= 74 && etherType(f) == 0x86dd && f[20] == 6
+	}
+	return len(f) >= 54 && etherType(f) == 0x0800 && f[23] == 6
+}
