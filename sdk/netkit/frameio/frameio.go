@@ -53,8 +53,10 @@ func (f *Frame) Bytes() []byte { return f.Buf[:f.N] }
 
 // NewBatch allocates n reusable frame buffers for a port with mtu, in one
 // backing array so a batch is a single allocation for the port's life.
-func NewBatch(n, mtu int) []Frame {
-	size := FrameSize(mtu)
+func NewBatch(n, mtu int) []Frame { return NewBatchSize(n, FrameSize(mtu)) }
+
+// NewBatchSize is NewBatch with buffers of size bytes each.
+func NewBatchSize(n, size int) []Frame {
 	backing := make([]byte, n*size)
 	fs := make([]Frame, n)
 	for i := range fs {

@@ -51,6 +51,19 @@ type PartialWriter interface {
 	TakesPartial() bool
 }
 
+// GSOWriter is a Port that takes GSO frames (Offload.GSO) whole: a TAP
+// with PassOffload, a vhost-user driver that negotiated TSO.
+type GSOWriter interface {
+	TakesGSO() bool
+}
+
+// OffloadReader is a Port whose ReadBatch may return frames with Offload
+// set, GSO frames up to MaxGSOLen among them, when ReadsOffload says so:
+// its batches need buffers that large (NewBatchSize).
+type OffloadReader interface {
+	ReadsOffload() bool
+}
+
 // Finish completes the partial checksum of f in place and clears f.Off.
 // It reports false when the checksum's place lies outside the frame or
 // the frame is a GSO segment (cut it with a Segmenter): drop such a frame.

@@ -9,6 +9,12 @@ import "context"
 // It is the raw relay the switch is measured against: one read and one
 // write per batch, no parsing, so a benchmark of the switch with the same
 // socket hops shows only what switching costs.
+//
+// Offloads cross when both ends speak them: from a src that reads them
+// (OffloadReader), GSO frames go whole to a dst that takes them
+// (GSOWriter) and partial checksums to one that completes them
+// (PartialWriter); for any other dst, Relay completes a partial checksum
+// itself and drops a GSO frame (Relay does not cut).
 func Relay(ctx context.Context, src, dst Port, batch int) error {
 	if batch <= 0 {
 		batch = 64
@@ -17,9 +23,24 @@ func Relay(ctx context.Context, src, dst Port, batch int) error {
 	if dst.MTU() > mtu {
 		mtu = dst.MTU()
 	}
-	frames := NewBatch(batch, mtu)
+	size := FrameSize(mtu)
+	offload := false
+	if r, ok := src.(OffloadReader); ok && r.ReadsOffload() {
+		offload, size = true, max(size, MaxGSOLen)
+	}
+	partialOK, gsoOK := false, false
+	if w, ok := dst.(PartialWriter); ok {
+		partialOK = w.TakesPartial()
+	}
+	if w, ok := dst.(GSOWriter); ok {
+		gsoOK = w.TakesGSO()
+	}
+	frames := NewBatchSize(batch, size)
 	for {
 		n, err := src.ReadBatch(frames)
+		if offload && !(partialOK && gsoOK) {
+			n = settle(frames[:n], partialOK, gsoOK)
+		}
 		if n > 0 {
 			if _, werr := dst.WriteBatch(frames[:n]); werr != nil {
 				return werr
@@ -32,4 +53,27 @@ func Relay(ctx context.Context, src, dst Port, batch int) error {
 			return err
 		}
 	}
+}
+
+// settle makes frames fit a dst that takes partial checksums (partialOK)
+// or GSO frames (gsoOK) or neither: partial checksums are completed, GSO
+// frames it cannot take dropped; the frames kept move to the front.
+func settle(frames []Frame, partialOK, gsoOK bool) int {
+	k := 0
+	for i := range frames {
+		f := &frames[i]
+		switch {
+		case f.Off.GSO != GSONone:
+			if !gsoOK {
+				continue
+			}
+		case f.Off.Partial && !partialOK:
+			if !f.Finish() {
+				continue
+			}
+		}
+		frames[i], frames[k] = frames[k], frames[i]
+		k++
+	}
+	return k
 }

@@ -227,6 +227,13 @@ func newTAPPort(fd int, name string, mtu int, o TAPOptions) (*TAPPort, error) {
 // them. Only PassOffload takes GSO segments.
 func (p *TAPPort) TakesPartial() bool { return p.offload || p.pass }
 
+// TakesGSO says whether WriteBatch takes GSO frames whole (PassOffload).
+func (p *TAPPort) TakesGSO() bool { return p.pass }
+
+// ReadsOffload says whether ReadBatch hands up frames with Offload set,
+// GSO frames up to MaxGSOLen among them (PassOffload).
+func (p *TAPPort) ReadsOffload() bool { return p.pass }
+
 // setLink sets an interface's MTU and, if up, brings it up, through an
 // ioctl socket in the calling thread's network namespace.
 func setLink(name string, mtu int, up bool) error {
