@@ -29,11 +29,11 @@ func (s *offloadSrc) ReadBatch(fs []Frame) (int, error) {
 	return len(s.frames), nil
 }
 func (s *offloadSrc) WriteBatch(fs []Frame) (int, error) { return len(fs), nil }
-func (s *offloadSrc) Close() error                        { return nil }
-func (s *offloadSrc) Kind() Kind                          { return KindPipe }
-func (s *offloadSrc) MTU() int                            { return 1500 }
-func (s *offloadSrc) Stats() Stats                        { return Stats{} }
-func (s *offloadSrc) ReadsOffload() bool                  { return true }
+func (s *offloadSrc) Close() error                       { return nil }
+func (s *offloadSrc) Kind() Kind                         { return KindPipe }
+func (s *offloadSrc) MTU() int                           { return 1500 }
+func (s *offloadSrc) Stats() Stats                       { return Stats{} }
+func (s *offloadSrc) ReadsOffload() bool                 { return true }
 
 // offloadDst records what it is given; it takes what partial and gso say.
 type offloadDst struct {
