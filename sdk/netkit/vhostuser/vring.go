@@ -287,7 +287,12 @@ func (q *vring) readChain(head uint16, dst, big []byte) (n int, gso bool, why in
 		if b == nil {
 			return 0, gso, chainBadAddr
 		}
-		if hn < hl {
+		if hn == 0 && hl == 12 && len(b) >= 12 {
+			q.hdr, hn, b = [12]byte(b), 12, b[12:] // the usual case, without a call
+			if big != nil && q.hdr[1] != vuproto.NetHdrGSONone {
+				dst, gso = big, true
+			}
+		} else if hn < hl {
 			k := copy(q.hdr[hn:hl], b)
 			hn, b = hn+k, b[k:]
 			if hn == hl && big != nil && q.hdr[1] != vuproto.NetHdrGSONone {
@@ -592,7 +597,11 @@ func (p *Port) readOnce(frames []frameio.Frame, woke bool) (got int, poll bool) 
 				dropped++
 				continue
 			}
-			if why == chainOK {
+			switch {
+			case why != chainOK:
+			case !gso && q.hdr[0]&vuproto.NetHdrFNeedsCsum == 0 && q.hdr[1] == vuproto.NetHdrGSONone:
+				f.N, f.Off = n, frameio.Offload{} // a plain frame
+			default:
 				why = p.takeFrame(q, f, n, gso)
 			}
 			if why != chainOK {

@@ -648,10 +648,7 @@ func (d *Driver) Refused() uint64 { return d.refused.Load() }
 // f goes into a large (GSO) buffer, or !ok when f cannot be sent: its
 // length, or an offload the back-end did not negotiate.
 func (d *Driver) txHeader(f *frameio.Frame, h *[12]byte) (big, ok bool) {
-	*h = [12]byte{}
-	if d.hdrLen == 12 {
-		h[10] = 1 // num_buffers
-	}
+	*h = [12]byte{10: 1} // num_buffers (not in a 10-byte header)
 	o := f.Off
 	if f.N < frameio.MinFrameLen || f.N > len(f.Buf) {
 		return false, false
