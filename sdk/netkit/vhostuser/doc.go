@@ -29,8 +29,9 @@
 // connected, ReadBatch blocks and WriteBatch drops and counts.
 //
 // ReadBatch returns the frames the guest transmitted (its TX queue, 1),
-// without their virtio-net header. WriteBatch puts frames into the
-// guest's receive buffers (RX queue, 0) after a zeroed header (no
+// without their virtio-net header but with what it said in Frame.Off
+// (see Offloads). WriteBatch puts frames into the guest's receive
+// buffers (RX queue, 0) after a zeroed header (num_buffers 1, no
 // checksum offload, GSO_NONE), waiting up to Options.WriteTimeout for
 // buffers; WriteBatchNoWait does not wait. Both hand the guest one
 // interrupt per batch, and only when it asked for interrupts
@@ -43,8 +44,10 @@
 //
 // Offered: VIRTIO_F_VERSION_1 (12-byte header), VIRTIO_NET_F_MTU (the
 // guest learns host_mtu), VIRTIO_RING_F_INDIRECT_DESC,
-// VHOST_USER_F_PROTOCOL_FEATURES, and VIRTIO_NET_F_MAC when Options.MAC
-// is set. Protocol features: REPLY_ACK
+// VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_NET_F_CSUM and
+// VIRTIO_NET_F_HOST_TSO4/HOST_TSO6 unless Options.NoOffload (see
+// Offloads; a driver acknowledging HOST_TSO without CSUM is refused), and
+// VIRTIO_NET_F_MAC when Options.MAC is set. Protocol features: REPLY_ACK
 // (refusals reach QEMU as errors instead of silence), NET_MTU, and CONFIG
 // when Options.MAC is set (GET_CONFIG serves the MAC, link up and MTU to
 // front-ends that read config from the back-end; QEMU's virtio-net does
@@ -68,12 +71,13 @@
 // and its WRITE flag is ignored; direction rules are as for a plain
 // chain, and the walk is bounded by the table's size.
 //
-// Not offered, deliberately for now: checksum and segmentation offloads
-// (frames leave the port whole and checksummed, as every other frameio
-// port delivers them), VIRTIO_NET_F_MRG_RXBUF (a Linux guest with a
-// large MTU then posts big packets, which the port fills across the
-// chain or table), EVENT_IDX, multiqueue, packed rings, dirty-page
-// logging (so no live migration), IOMMU, inflight tracking, postcopy.
+// Not offered, deliberately for now: offloads towards the guest
+// (GUEST_CSUM, GUEST_TSO4/6: the guest gets whole frames with complete
+// checksums, as from any other port), HOST_ECN and HOST_UFO,
+// VIRTIO_NET_F_MRG_RXBUF (a Linux guest with a large MTU then posts big
+// packets, which the port fills across the chain or table), EVENT_IDX,
+// multiqueue, packed rings, dirty-page logging (so no live migration),
+// IOMMU, inflight tracking, postcopy.
 //
 // Requests handled: GET/SET_FEATURES, GET/SET_PROTOCOL_FEATURES,
 // SET_OWNER, RESET_OWNER, SET_MEM_TABLE, SET_VRING_NUM/ADDR/BASE,
@@ -87,6 +91,61 @@
 // device NET_SET_MTU, SET_FEATURES, SET_MEM_TABLE, then per queue
 // SET_VRING_NUM, BASE, ADDR, KICK, CALL; when it stops, GET_VRING_BASE.
 //
+// # Offloads
+//
+// With VIRTIO_NET_F_CSUM and HOST_TSO4/TSO6 a Linux guest neither sums
+// its TCP payload nor cuts it to the MTU: it leaves the checksum partial
+// and hands over TCP segments of up to 64 KiB. The port reads each
+// chain's virtio-net header (flags, gso_type, hdr_len, gso_size,
+// csum_start, csum_offset; little-endian) and sets Frame.Off on every
+// frame it returns:
+//
+//   - No NEEDS_CSUM, GSO_NONE: a plain frame, Off zero.
+//   - NEEDS_CSUM, GSO_NONE (CSUM negotiated, else dropped): a frame up to
+//     the MTU. TCP over IPv4 (not a fragment) or IPv6 (next header TCP),
+//     untagged, with csum_start at the TCP header and csum_offset 16, is
+//     returned partial (Off.Partial, CsumStart, CsumOffset) for whoever
+//     sends it on to complete: the switch does for ports that are not a
+//     frameio.PartialWriter, a TAP with offloads leaves it to the kernel.
+//     Anything else (UDP, ICMPv6, a VLAN tag) is completed here
+//     (Frame.Finish), dropped when its checksum's place is outside the
+//     frame: MAC translation patches such frames and the plugin's
+//     services (DHCP, DNS, NDP) read them, and both want a complete
+//     checksum.
+//   - GSO_TCPV4 or GSO_TCPV6 (the matching HOST_TSO negotiated, else
+//     dropped): the chain, up to frameio.MaxGSOLen after its header
+//     (longer is dropped as oversize), is copied into a scratch buffer of
+//     the transmit queue: that copy is the only read of the guest's
+//     memory, and everything after reads the copy, never the guest's
+//     buffer again (which the guest may rewrite at any time; reading it
+//     twice would let headers checked once differ from what is sent).
+//     frameio.Segmenter cuts it into frames of gso_size payload bytes
+//     each, their checksums left partial (completed when tagged), which
+//     ReadBatch returns in order with the frames around them. Segments a
+//     full batch has no room for stay in the scratch and come first from
+//     the next ReadBatch, before another chain is taken (even after the
+//     front-end has gone: they are the port's memory, not the guest's);
+//     the chain itself went back to the guest at once, so GET_VRING_BASE
+//     stays exact.
+//     Dropped: the ECN bit and any other gso_type (UDP, unknown); no
+//     NEEDS_CSUM, or csum_start not at the TCP header or csum_offset not
+//     16 (the spec's MUST for GSO); hdr_len larger than the frame (as
+//     Linux's tun does); gso_size below 48 (Linux sends no smaller MSS;
+//     this bounds one chain at about 1400 segments); what Segmenter will
+//     not cut (not TCP, a fragment, headers alone); segments larger than
+//     the MTU. A smaller hdr_len is taken: without GUEST_HDRLEN the
+//     spec makes it a hint the device must not rely on, and the segmenter
+//     reads the headers from the frame.
+//
+// Each dropped frame is counted (RxDropped) and logged at most once a
+// second with its reason; it costs the guest that frame only, never its
+// session. WriteBatch (towards the guest) completes a frame with
+// Off.Partial in a copy of its own first (the caller's frame is left as
+// it is) and drops a GSO frame: the switch never hands either, a direct
+// caller might. ReadBatch stays free of allocations per frame; the
+// scratch (frameio.MaxGSOLen bytes) is allocated once a front-end
+// negotiates TSO.
+//
 // # A hostile front-end
 //
 // The front-end (and through it the guest) controls the messages and the
@@ -96,7 +155,8 @@
 // bounds a descriptor chain by the queue size and an indirect table's
 // walk by its size (loops end there), checks indexes, flags and
 // lengths, and checks a region against the size of its file before
-// mapping it. A bad chain is returned to the guest unused and counted
+// mapping it, and each virtio-net header as Offloads says. A bad chain
+// is returned to the guest unused and counted
 // (RxDropped from the guest, TxDropped towards it); an avail index more
 // than a queue ahead, a malformed or unsupported message, too many file
 // descriptors, a front-end that does not read its replies within 5

@@ -15,3 +15,12 @@ func (q *vring) indirectCount() uint64 {
 	defer q.mu.Unlock()
 	return q.indirectUsed
 }
+
+// GSOFrames is how many GSO frames the port has taken from the guest
+// (each cut into segments) since Listen.
+func GSOFrames(p *Port) uint64 {
+	q := &p.q[txQ]
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.gsoFrames
+}

@@ -16,7 +16,13 @@ import (
 // fuzzSession is a well-formed session for the seed corpus: memory at
 // guest address 0 (user address 1 MiB), both queues of 8 entries; with
 // indirect, the buffers are in indirect tables.
-func fuzzSession(indirect bool) []byte {
+func fuzzSession(indirect bool) []byte { return fuzzSessionWith(indirect, false) }
+
+// fuzzSessionWith is fuzzSession; with offload it also negotiates CSUM
+// and TSO and the guest transmits, after its plain frame, a TCP/IPv4
+// GSO frame of 3000 bytes to cut at 500 and a UDP frame with a partial
+// checksum: the fuzzer mutates their headers from there.
+func fuzzSessionWith(indirect, offload bool) []byte {
 	var b []byte
 	msg := func(req uint32, payload []byte) {
 		h := make([]byte, vuproto.HeaderSize)
@@ -31,6 +37,9 @@ func fuzzSession(indirect bool) []byte {
 	feats := uint64(1<<vuproto.FVersion1 | 1<<vuproto.NetFMTU)
 	if indirect {
 		feats |= 1 << vuproto.FRingIndirectDesc
+	}
+	if offload {
+		feats |= 1<<vuproto.NetFCsum | 1<<vuproto.NetFHostTSO4 | 1<<vuproto.NetFHostTSO6
 	}
 	msg(vuproto.SetFeatures, u(feats))
 	msg(vuproto.SetMemTable, vuproto.PutMemTable(nil, []vuproto.MemRegion{{MemorySize: 1 << 16, UserspaceAddr: 1 << 20}}))
@@ -65,13 +74,42 @@ func fuzzSession(indirect bool) []byte {
 		poke(0x1000, desc(0x2000, 12+64, 0, 0))
 		poke(0x0000, desc(0x3000, 2048, vuproto.DescFWrite, 0))
 	}
-	poke(0x1200, []byte{0, 0, 1, 0, 0, 0})
+	txIdx := []byte{0, 0, 1, 0, 0, 0}
+	if offload {
+		// Descriptors 2 and 3: a GSO frame at 0x5000, a partial UDP
+		// frame at 0x8000.
+		gso := fuzzTCP(3000)
+		hdr := []byte{vuproto.NetHdrFNeedsCsum, vuproto.NetHdrGSOTCPv4, 54, 0, 0xf4, 1, 34, 0, 16, 0, 0, 0}
+		poke(0x5000, append(hdr, gso...))
+		poke(0x1020, desc(0x5000, uint32(12+len(gso)), 0, 0))
+		udp := fuzzTCP(100)
+		udp[23] = 17
+		poke(0x8000, append([]byte{vuproto.NetHdrFNeedsCsum, 0, 0, 0, 0, 0, 34, 0, 6, 0, 0, 0}, udp...))
+		poke(0x1030, desc(0x8000, uint32(12+len(udp)), 0, 0))
+		txIdx = []byte{0, 0, 3, 0, 0, 0, 2, 0, 3, 0}
+	}
+	poke(0x1200, txIdx)
 	poke(0x0200, []byte{0, 0, 1, 0, 0, 0})
 	msg(vuproto.NetSetMTU, u(1500))
 	cfg := make([]byte, vuproto.ConfigHeaderSize+12)
 	binary.LittleEndian.PutUint32(cfg[4:], 12)
 	msg(vuproto.GetConfig, cfg)
 	msg(vuproto.GetVringBase, vuproto.VringState{Index: 1}.Put(nil))
+	return b
+}
+
+// fuzzTCP is an Ethernet, IPv4 and TCP frame with n bytes of payload
+// (checksums are the port's business, not the seed's).
+func fuzzTCP(n int) []byte {
+	b := make([]byte, 54+n)
+	b[12], b[13] = 0x08, 0x00
+	b[14], b[22], b[23] = 0x45, 64, 6
+	binary.BigEndian.PutUint16(b[16:], uint16(40+n))
+	b[46] = 5 << 4
+	b[47] = 0x18
+	for i := range n {
+		b[54+i] = byte(i)
+	}
 	return b
 }
 
@@ -156,7 +194,17 @@ func (h *fuzzHarness) run(t *testing.T, data []byte) {
 				unix.Close(fd)
 			}
 		}
-		p.readOnce(h.rd, true)
+		got, _ := p.readOnce(h.rd, true)
+		for _, f := range h.rd[:got] {
+			// Whatever the headers said: whole frames within the MTU,
+			// or partial ones that complete.
+			if f.N < frameio.MinFrameLen || f.N > frameio.FrameSize(1500) || f.Off.GSO != frameio.GSONone {
+				t.Fatalf("ReadBatch returned %d bytes with Off %+v", f.N, f.Off)
+			}
+			if f.Off.Partial && !f.Finish() {
+				t.Fatalf("a partial frame of %d bytes that does not finish: %+v", f.N, f.Off)
+			}
+		}
 		p.WriteBatchNoWait(h.wr)
 		if p.faults.Load() != 0 {
 			t.Fatal("the data path faulted")
@@ -167,6 +215,8 @@ func (h *fuzzHarness) run(t *testing.T, data []byte) {
 func FuzzHandle(f *testing.F) {
 	f.Add(fuzzSession(false))
 	f.Add(fuzzSession(true))
+	f.Add(fuzzSessionWith(false, true))
+	f.Add(fuzzSessionWith(true, true))
 	f.Add([]byte{})
 	f.Add([]byte{1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0})
 	f.Add(fuzzSession(false)[:100])
@@ -175,7 +225,8 @@ func FuzzHandle(f *testing.F) {
 }
 
 // The seed sessions really move a frame each way, direct and through
-// indirect tables, so the fuzzer starts from a data path that works.
+// indirect tables, so the fuzzer starts from a data path that works; the
+// offload seeds also move a GSO frame and a partial one.
 func TestFuzzSeedMovesFrames(t *testing.T) {
 	for _, indirect := range []bool{false, true} {
 		h := newFuzzHarness(t)
@@ -189,6 +240,12 @@ func TestFuzzSeedMovesFrames(t *testing.T) {
 		}
 		if to, from := IndirectUsed(h.p); to != want || from != want {
 			t.Fatalf("seed session (indirect %v): %d/%d indirect tables to/from the guest, want %d each", indirect, to, from, want)
+		}
+		// With offloads: the plain frame, the GSO frame's 6 segments
+		// (across two reads of 4) and the UDP frame.
+		h.run(t, fuzzSessionWith(indirect, true))
+		if s := h.p.Stats(); s.RxFrames != 1+8 || s.TxFrames != 2 || s.RxDropped != 0 || GSOFrames(h.p) != 1 {
+			t.Fatalf("offload seed session (indirect %v): %+v, %d GSO frames; want 8 more frames from the guest, one GSO", indirect, s, GSOFrames(h.p))
 		}
 	}
 }

@@ -35,6 +35,10 @@ type Options struct {
 	// receive buffers before it drops the rest of the batch; 0 means
 	// frameio.DefaultWriteTimeout, negative means never wait.
 	WriteTimeout time.Duration
+	// NoOffload withholds VIRTIO_NET_F_CSUM and HOST_TSO4/TSO6: the guest
+	// then completes its checksums and cuts its TCP segments itself, and
+	// every frame read from it is plain (Frame.Off zero).
+	NoOffload bool
 	// Log receives connection events and the reasons a front-end was
 	// dropped; nil discards them.
 	Log *slog.Logger
@@ -124,6 +128,9 @@ func Listen(path string, o Options) (*Port, error) {
 	p.offered = 1<<vuproto.FVersion1 | 1<<vuproto.NetFMTU | 1<<vuproto.FProtocolFeatures | 1<<vuproto.FRingIndirectDesc
 	if o.MAC != nil {
 		p.offered |= 1 << vuproto.NetFMAC
+	}
+	if !o.NoOffload {
+		p.offered |= 1<<vuproto.NetFCsum | 1<<vuproto.NetFHostTSO4 | 1<<vuproto.NetFHostTSO6
 	}
 	p.protoOffered = 1<<vuproto.PFReplyAck | 1<<vuproto.PFNetMTU
 	if o.MAC != nil {
@@ -344,12 +351,22 @@ func (p *Port) handle(m *vuproto.Msg) ([]byte, error) {
 		if extra := v &^ p.offered; extra != 0 {
 			return nil, fmt.Errorf("features %#x were not offered (offered %#x)", extra, p.offered)
 		}
+		if v&(1<<vuproto.NetFHostTSO4|1<<vuproto.NetFHostTSO6) != 0 && v&(1<<vuproto.NetFCsum) == 0 {
+			return nil, fmt.Errorf("features %#x: HOST_TSO4 and HOST_TSO6 need VIRTIO_NET_F_CSUM (virtio 1.x, 5.1.3.1): acknowledge it too", v)
+		}
 		p.acked = v
 		hl := p.hdrLen()
 		p.lockAll()
 		for i := range p.q {
-			p.q[i].hdrLen = hl
-			p.q[i].indirectOK = v&(1<<vuproto.FRingIndirectDesc) != 0
+			q := &p.q[i]
+			q.hdrLen = hl
+			q.indirectOK = v&(1<<vuproto.FRingIndirectDesc) != 0
+			q.csumOK = v&(1<<vuproto.NetFCsum) != 0
+			q.tso4OK = v&(1<<vuproto.NetFHostTSO4) != 0
+			q.tso6OK = v&(1<<vuproto.NetFHostTSO6) != 0
+			if (q.tso4OK || q.tso6OK) && q.idx == txQ && q.scratch == nil {
+				q.scratch = make([]byte, frameio.MaxGSOLen)
+			}
 		}
 		p.unlockAll()
 		return nil, nil

@@ -215,6 +215,12 @@ func echoReplySize(icmp []byte) int {
 // frames as chains: a 60000-byte echo goes both ways. The port offers
 // indirect descriptors and Linux takes them: its big receive buffers each
 // come as one indirect table, which the port's counter shows.
+//
+// The port offers checksum offload and TSO, and Linux takes them: a TCP
+// echo (the guest's nc on port 7) of 200 KB with the test as the peer
+// brings the guest's TCP frames with partial checksums, and its bulk
+// data as GSO frames the port cuts; every segment completes to a valid
+// checksum, the data comes back whole and the port drops nothing.
 func TestQEMUGuest(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots a VM")
@@ -236,7 +242,8 @@ func TestQEMUGuest(t *testing.T) {
 				t.Fatal(err)
 			}
 			startVM(t, path, mac.String(), tc.mtu)
-			expectGuest(t, p, mac, tc.echoSize, "first boot")
+			frames := readAll(p)
+			expectGuest(t, p, frames, mac, tc.echoSize, "first boot")
 			toGuest, fromGuest := vhostuser.IndirectUsed(p)
 			t.Logf("indirect tables: %d frames to the guest, %d from it", toGuest, fromGuest)
 			if s := p.Stats(); tc.mtu > 1500 && (toGuest == 0 || toGuest != s.TxFrames) {
@@ -245,6 +252,7 @@ func TestQEMUGuest(t *testing.T) {
 				// each, when Linux took the feature.
 				t.Errorf("%d of the %d frames to the guest went through indirect tables, want all (port stats %+v)", toGuest, s.TxFrames, s)
 			}
+			guestTCP(t, p, frames, mac)
 			p.Close()
 			if !tc.restart {
 				return
@@ -254,21 +262,17 @@ func TestQEMUGuest(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer p.Close()
-			expectGuest(t, p, mac, tc.echoSize, "after the plugin restarted")
+			expectGuest(t, p, readAll(p), mac, tc.echoSize, "after the plugin restarted")
 		})
 	}
 }
 
-// expectGuest waits for the guest's DHCPDISCOVER on p and for its reply
-// to an echo request of echoSize bytes sent through p.
-func expectGuest(t *testing.T, p *vhostuser.Port, mac net.HardwareAddr, echoSize int, phase string) {
-	t.Helper()
-	mtu := p.MTU()
-	frames := make(chan []byte, 256)
-	stop := make(chan struct{})
-	defer close(stop)
+// readAll reads p until it closes: the frames, copied, with their Off.
+// What the test does not take in time is dropped (the guest retries).
+func readAll(p *vhostuser.Port) <-chan got {
+	ch := make(chan got, 4096)
 	go func() {
-		b := frameio.NewBatch(16, mtu)
+		b := frameio.NewBatch(64, p.MTU())
 		for {
 			n, err := p.ReadBatch(b)
 			if err != nil {
@@ -276,13 +280,20 @@ func expectGuest(t *testing.T, p *vhostuser.Port, mac net.HardwareAddr, echoSize
 			}
 			for _, f := range b[:n] {
 				select {
-				case frames <- append([]byte(nil), f.Bytes()...):
-				case <-stop:
-					return
+				case ch <- got{append([]byte(nil), f.Bytes()...), f.Off}:
+				default:
 				}
 			}
 		}
 	}()
+	return ch
+}
+
+// expectGuest waits for the guest's DHCPDISCOVER on p and for its reply
+// to an echo request of echoSize bytes sent through p.
+func expectGuest(t *testing.T, p *vhostuser.Port, frames <-chan got, mac net.HardwareAddr, echoSize int, phase string) {
+	t.Helper()
+	mtu := p.MTU()
 	// Hang guards for a TCG boot, not timing assertions.
 	deadline := time.After(3 * time.Minute)
 	tick := time.NewTicker(500 * time.Millisecond)
@@ -296,7 +307,8 @@ func expectGuest(t *testing.T, p *vhostuser.Port, mac net.HardwareAddr, echoSize
 	var seq uint16
 	for !sawDiscover || !replied {
 		select {
-		case f := <-frames:
+		case g := <-frames:
+			f := g.b
 			if isDHCPDiscover(f, mac) {
 				sawDiscover = true
 			}
@@ -322,5 +334,156 @@ func expectGuest(t *testing.T, p *vhostuser.Port, mac net.HardwareAddr, echoSize
 	}
 	if s := p.Stats(); s.RxDropped != 0 {
 		t.Errorf("%s: the port dropped %d frames from the guest", phase, s.RxDropped)
+	}
+}
+
+// tcpToGuest is a TCP segment from fe80::1 port 40000 to the guest's
+// link-local address port 7, its checksum complete.
+func tcpToGuest(guestMAC net.HardwareAddr, seq, ack uint32, flags byte, opts, payload []byte) []byte {
+	f := append([]byte{}, guestMAC...)
+	f = append(f, ourMAC...)
+	n := 20 + len(opts) + len(payload)
+	f = append(f, 0x86, 0xdd, 0x60, 0, 0, 0, byte(n>>8), byte(n), 6, 64)
+	f = append(f, ourLL.To16()...)
+	f = append(f, linkLocal(guestMAC)...)
+	tcp := make([]byte, 20, n)
+	binary.BigEndian.PutUint16(tcp[0:], 40000)
+	binary.BigEndian.PutUint16(tcp[2:], 7)
+	binary.BigEndian.PutUint32(tcp[4:], seq)
+	binary.BigEndian.PutUint32(tcp[8:], ack)
+	tcp[12], tcp[13] = byte((20+len(opts))/4)<<4, flags
+	binary.BigEndian.PutUint16(tcp[14:], 65535)
+	f = append(append(append(f, tcp...), opts...), payload...)
+	binary.BigEndian.PutUint16(f[54+16:], ^uint16(sum16(pseudo(f, 14, 54, true), f[54:])))
+	return f
+}
+
+const (
+	tcpFIN, tcpSYN, tcpRST, tcpPSH, tcpACK = 0x01, 0x02, 0x04, 0x08, 0x10
+)
+
+// guestTCP has the test be a TCP peer of the guest's echo service (port
+// 7, over IPv6 link-local) and sends it 200 KB: the guest, with checksum
+// offload and TSO negotiated, leaves its checksums partial and hands its
+// echo over as GSO frames. Every frame the port returns must complete
+// to a valid checksum (Finish where it is partial), the data must come
+// back whole, and the port must drop nothing: the headers a real Linux
+// guest writes pass the port's checks.
+func guestTCP(t *testing.T, p *vhostuser.Port, frames <-chan got, mac net.HardwareAddr) {
+	t.Helper()
+	const mss, iss = 1440, 1000
+	data := payloadBytes(200000, 42)
+	dropsBefore, gsoBefore := p.Stats().RxDropped, vhostuser.GSOFrames(p)
+	out := frameio.NewBatch(1, p.MTU())
+	write := func(f []byte) {
+		out[0].N = copy(out[0].Buf, f)
+		p.WriteBatchNoWait(out)
+	}
+	var (
+		irs                 uint32
+		established         bool
+		una, nxt            int // our data: acknowledged, sent
+		echo                []byte
+		partial, whole, seg int
+		wnd                 = 16 * mss
+		progress            bool
+	)
+	ack := func() {
+		write(tcpToGuest(mac, iss+1+uint32(nxt), irs+1+uint32(len(echo)), tcpACK, nil, nil))
+	}
+	pump := func() {
+		for established && nxt < len(data) && nxt-una < wnd {
+			n := min(mss, len(data)-nxt)
+			write(tcpToGuest(mac, iss+1+uint32(nxt), irs+1+uint32(len(echo)), tcpACK|tcpPSH, nil, data[nxt:nxt+n]))
+			nxt += n
+		}
+	}
+	// Hang guards for TCG, not timing assertions.
+	deadline := time.After(3 * time.Minute)
+	tick := time.NewTicker(300 * time.Millisecond)
+	defer tick.Stop()
+	for len(echo) < len(data) {
+		select {
+		case g := <-frames:
+			if solicitsUs(fromGuestICMP6(g.b, mac)) {
+				write(neighborAdvert(mac))
+				continue
+			}
+			f := g.b
+			if len(f) < 74 || f[12] != 0x86 || f[13] != 0xdd || f[20] != 6 || binary.BigEndian.Uint16(f[54:]) != 7 || binary.BigEndian.Uint16(f[56:]) != 40000 {
+				continue
+			}
+			if g.off.Partial {
+				if g.off.CsumStart != 54 || g.off.CsumOffset != 16 {
+					t.Fatalf("a TCP frame from the guest came with Off %+v", g.off)
+				}
+				fr := frameio.Frame{Buf: f, N: len(f), Off: g.off}
+				if !fr.Finish() {
+					t.Fatalf("Finish refused %+v", g.off)
+				}
+				partial++
+			} else {
+				whole++
+			}
+			if g.off.GSO != frameio.GSONone || !l4Valid(f, 14, 54, true) {
+				t.Fatalf("a TCP frame of %d bytes from the guest has a bad checksum (Off %+v)", len(f), g.off)
+			}
+			if len(f)-54-int(f[54+12]>>4)*4 > mss {
+				t.Fatalf("a segment of %d bytes, more than the MSS %d", len(f), mss)
+			}
+			seq, ackn, flags := binary.BigEndian.Uint32(f[58:]), binary.BigEndian.Uint32(f[62:]), f[54+13]
+			if flags&tcpRST != 0 {
+				t.Fatalf("the guest reset the connection (echo %d of %d bytes)", len(echo), len(data))
+			}
+			if flags&tcpSYN != 0 {
+				if !established {
+					irs, established = seq, true
+					wnd = min(wnd, int(binary.BigEndian.Uint16(f[54+14:])))
+				}
+				ack()
+				pump()
+				continue
+			}
+			if !established {
+				continue
+			}
+			if a := int(ackn - iss - 1); a > una && a <= nxt {
+				una, progress = a, true
+			}
+			if pl := f[54+int(f[54+12]>>4)*4:]; len(pl) > 0 {
+				seg++
+				if seq == irs+1+uint32(len(echo)) {
+					echo = append(echo, pl...)
+					progress = true
+				}
+				ack()
+			}
+			pump()
+		case <-tick.C:
+			switch {
+			case !established:
+				write(tcpToGuest(mac, iss, 0, tcpSYN, []byte{2, 4, mss >> 8, mss & 0xff}, nil))
+			case !progress:
+				nxt = una // go back: something was lost
+				ack()
+				pump()
+			}
+			progress = false
+		case <-deadline:
+			t.Fatalf("gave up: %d of %d bytes echoed, %d acknowledged; port stats %+v", len(echo), len(data), una, p.Stats())
+		}
+	}
+	write(tcpToGuest(mac, iss+1+uint32(nxt), 0, tcpRST, nil, nil))
+	if !bytes.Equal(echo, data) {
+		t.Fatal("the echo differs from what was sent")
+	}
+	gso := vhostuser.GSOFrames(p) - gsoBefore
+	t.Logf("TCP echo of %d bytes: %d TCP frames from the guest with partial checksums, %d complete; %d data segments, cut from %d GSO frames",
+		len(data), partial, whole, seg, gso)
+	if partial == 0 || gso == 0 {
+		t.Errorf("the guest sent %d partial TCP frames and %d GSO frames: want both (checksum offload and TSO negotiated)", partial, gso)
+	}
+	if d := p.Stats().RxDropped - dropsBefore; d != 0 {
+		t.Errorf("the port dropped %d of the guest's frames", d)
 	}
 }

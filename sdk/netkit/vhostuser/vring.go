@@ -47,6 +47,23 @@ type vring struct {
 	indirectOK        bool   // VIRTIO_RING_F_INDIRECT_DESC negotiated
 	indirectUsed      uint64 // indirect tables walked since Listen (tests read it)
 
+	// Offloads the driver acknowledged (the transmit queue uses them):
+	// partial checksums, TCP segments to cut over IPv4 and IPv6.
+	csumOK, tso4OK, tso6OK bool
+	hdr                    [12]byte // the virtio-net header of the chain being read
+	// A GSO frame is copied out of guest memory into scratch (its only
+	// read of guest memory) and cut from there by seg; segments a full
+	// batch had no room for wait in seg for the next ReadBatch, which
+	// returns them before it takes another chain. scratch holds
+	// frameio.MaxGSOLen bytes once a front-end negotiated TSO.
+	scratch    []byte
+	seg        frameio.Segmenter
+	segPartial bool   // the segments' checksums stay partial (untagged)
+	gsoFrames  uint64 // GSO frames taken since Listen (tests read it)
+	// fin is where WriteBatch completes a partial checksum (the receive
+	// queue's), so the caller's frame stays as it was.
+	fin frameio.Frame
+
 	one [8]byte // eventfd increment
 	buf [8]byte // eventfd drain
 }
@@ -65,6 +82,9 @@ func (q *vring) reset() {
 	q.lastAvail, q.usedIdx, q.published, q.usedFlags = 0, 0, 0, 0
 	q.kickNoFD, q.started, q.enabled, q.broken = false, false, false, false
 	q.hdrLen, q.indirectOK = 12, false
+	q.csumOK, q.tso4OK, q.tso6OK = false, false, false
+	// seg keeps segments already taken from the guest (in scratch, not
+	// in its memory): the next ReadBatch still returns them.
 }
 
 // resolve maps the ring addresses (front-end user addresses) into the
@@ -171,13 +191,31 @@ const (
 	chainNested
 	chainTableSize
 	chainTableAddr
+	chainCsumOff
+	chainCsumBad
+	chainGSOOff
+	chainGSOType
+	chainGSOCsum
+	chainGSOHdrLen
+	chainGSOSize
+	chainGSOBad
+	chainGSOMTU
 )
 
 var chainErrs = [...]string{"", "descriptor index out of range", "descriptor chain longer than its table (a loop?)",
 	"descriptor with the wrong direction or INDIRECT (not negotiated)", "descriptor outside the memory table",
-	"frame shorter than an Ethernet header", "frame larger than the port's MTU or the buffer",
+	"frame shorter than an Ethernet header (with its virtio-net header)", "frame larger than the port's MTU or the buffer (or a GSO frame larger than 64 KiB)",
 	"INDIRECT descriptor with NEXT", "INDIRECT descriptor inside an indirect table",
-	"indirect table of 0 bytes, not a multiple of 16 or of more than 32768 descriptors", "indirect table outside the memory table"}
+	"indirect table of 0 bytes, not a multiple of 16 or of more than 32768 descriptors", "indirect table outside the memory table",
+	"partial checksum (NEEDS_CSUM) without VIRTIO_NET_F_CSUM negotiated",
+	"partial checksum whose csum_start or csum_offset lies outside the frame",
+	"GSO frame without VIRTIO_NET_F_HOST_TSO4/TSO6 negotiated",
+	"GSO type other than TCPv4 or TCPv6 as negotiated (UDP, the ECN bit, unknown)",
+	"GSO frame without NEEDS_CSUM on its TCP header (csum_start, csum_offset 16)",
+	"GSO frame whose hdr_len is larger than the frame",
+	"GSO frame with gso_size below 48",
+	"GSO frame that is not a TCP segment to cut (headers, fragment, length)",
+	"GSO frame whose segments would be larger than the port's MTU"}
 
 // A descriptor chain is zero or more descriptors of the ring's table
 // then, with VIRTIO_RING_F_INDIRECT_DESC, at most one indirect table
@@ -219,14 +257,17 @@ func step(i, steps, size uint32) int {
 	return chainOK
 }
 
-// readChain copies the frame in the chain at head into dst, skipping the
-// virtio-net header.
-func (q *vring) readChain(head uint16, dst []byte) (int, int) {
-	skip, n := q.hdrLen, 0
+// readChain copies the chain at head: its virtio-net header into q.hdr,
+// then the frame into dst, or into big when big is not nil and the header
+// asks for GSO (gso set). It reads guest memory once, in order, and
+// decides from the copied header only.
+func (q *vring) readChain(head uint16, dst, big []byte) (n int, gso bool, why int) {
+	hl, hn := q.hdrLen, 0
+	q.hdr = [12]byte{}
 	tbl, size, i, steps, nested := q.desc, uint32(q.num), uint32(head), uint32(0), false
 	for {
 		if why := step(i, steps, size); why != chainOK {
-			return 0, why
+			return 0, gso, why
 		}
 		steps++
 		d := tbl[int(i)*16:][:16]
@@ -234,24 +275,32 @@ func (q *vring) readChain(head uint16, dst []byte) (int, int) {
 		if flags&vuproto.DescFIndirect != 0 {
 			t, why := q.table(addr, l, flags, nested)
 			if why != chainOK {
-				return 0, why
+				return 0, gso, why
 			}
 			tbl, size, i, steps, nested = t, l/16, 0, 0, true
 			continue
 		}
 		if flags&vuproto.DescFWrite != 0 {
-			return 0, chainBadFlags
+			return 0, gso, chainBadFlags
 		}
 		b := q.mem.gpa(addr, l)
 		if b == nil {
-			return 0, chainBadAddr
+			return 0, gso, chainBadAddr
 		}
-		if skip > 0 {
-			s := min(skip, len(b))
-			b, skip = b[s:], skip-s
+		if hn == 0 && hl == 12 && len(b) >= 12 {
+			q.hdr, hn, b = [12]byte(b), 12, b[12:] // the usual case, without a call
+			if big != nil && q.hdr[1] != vuproto.NetHdrGSONone {
+				dst, gso = big, true
+			}
+		} else if hn < hl {
+			k := copy(q.hdr[hn:hl], b)
+			hn, b = hn+k, b[k:]
+			if hn == hl && big != nil && q.hdr[1] != vuproto.NetHdrGSONone {
+				dst, gso = big, true
+			}
 		}
 		if len(b) > len(dst)-n {
-			return 0, chainOversize
+			return 0, gso, chainOversize
 		}
 		n += copy(dst[n:], b)
 		if flags&vuproto.DescFNext == 0 {
@@ -259,10 +308,134 @@ func (q *vring) readChain(head uint16, dst []byte) (int, int) {
 		}
 		i = uint32(next)
 	}
-	if skip > 0 || n < frameio.MinFrameLen {
-		return 0, chainShort
+	if hn < hl || n < frameio.MinFrameLen {
+		return 0, gso, chainShort
 	}
-	return n, chainOK
+	return n, gso, chainOK
+}
+
+// netHdr is struct virtio_net_hdr (little-endian: VERSION_1, or a legacy
+// little-endian guest; num_buffers is of no use on transmit).
+type netHdr struct {
+	flags, gsoType                         uint8
+	hdrLen, gsoSize, csumStart, csumOffset uint16
+}
+
+func parseNetHdr(b *[12]byte) netHdr {
+	return netHdr{flags: b[0], gsoType: b[1], hdrLen: le.Uint16(b[2:]), gsoSize: le.Uint16(b[4:]),
+		csumStart: le.Uint16(b[6:]), csumOffset: le.Uint16(b[8:])}
+}
+
+// minGSOSize is the smallest gso_size taken: Linux sends no smaller MSS
+// (tcp_min_snd_mss), and it bounds what one chain can become (about 1400
+// segments, twice its bytes at most).
+const minGSOSize = 48
+
+// tcpOffset finds the TCP header behind an Ethernet header (and one VLAN
+// tag when tagged): IPv4 that is not a fragment, any header length, or
+// IPv6 whose next header is TCP. ok is false for anything else.
+func tcpOffset(b []byte, tagged bool) (l3, l4 int, ok bool) {
+	if len(b) < frameio.EthHeaderLen {
+		return 0, 0, false
+	}
+	l3, et := frameio.EthHeaderLen, uint16(b[12])<<8|uint16(b[13])
+	if et == 0x8100 && tagged {
+		if len(b) < l3+frameio.VLANTagLen {
+			return 0, 0, false
+		}
+		l3, et = l3+frameio.VLANTagLen, uint16(b[16])<<8|uint16(b[17])
+	}
+	ip := b[l3:]
+	switch {
+	case et == 0x0800 && len(ip) >= 20 && ip[0]>>4 == 4 && ip[9] == 6 && (uint16(ip[6])<<8|uint16(ip[7]))&0x3fff == 0:
+		l4 = l3 + int(ip[0]&0xf)*4
+		ok = l4 >= l3+20
+	case et == 0x86dd && len(ip) >= 40 && ip[0]>>4 == 6 && ip[6] == 6:
+		l4, ok = l3+40, true
+	}
+	return l3, l4, ok && len(b) >= l4+20
+}
+
+// takeFrame applies the chain's virtio-net header to the frame readChain
+// copied: n bytes in f.Buf, or in q.scratch when gso. It sets f.N and
+// f.Off for a frame to return; a GSO frame is loaded into q.seg instead
+// (its segments go out through nextSegments). It returns chainOK or why
+// the frame is dropped.
+func (p *Port) takeFrame(q *vring, f *frameio.Frame, n int, gso bool) int {
+	h := parseNetHdr(&q.hdr)
+	if gso {
+		return p.takeGSO(q, h, q.scratch[:n])
+	}
+	f.N, f.Off = n, frameio.Offload{}
+	if h.gsoType != vuproto.NetHdrGSONone {
+		return chainGSOOff
+	}
+	if h.flags&vuproto.NetHdrFNeedsCsum == 0 {
+		return chainOK
+	}
+	if !q.csumOK {
+		return chainCsumOff
+	}
+	f.Off = frameio.Offload{Partial: true, CsumStart: h.csumStart, CsumOffset: h.csumOffset}
+	// TCP stays partial for whoever sends it on; anything else (UDP,
+	// ICMPv6, a VLAN tag) is completed here, as MAC translation patches
+	// and services read such frames.
+	if _, l4, ok := tcpOffset(f.Bytes(), false); ok && int(h.csumStart) == l4 && h.csumOffset == 16 {
+		return chainOK
+	}
+	if !f.Finish() {
+		return chainCsumBad
+	}
+	return chainOK
+}
+
+// takeGSO checks a GSO frame (in q.scratch) and loads it to be cut.
+func (p *Port) takeGSO(q *vring, h netHdr, pkt []byte) int {
+	switch {
+	case h.gsoType == vuproto.NetHdrGSOTCPv4 && q.tso4OK, h.gsoType == vuproto.NetHdrGSOTCPv6 && q.tso6OK:
+	case h.gsoType&^vuproto.NetHdrGSOECN == vuproto.NetHdrGSOTCPv4 && !q.tso4OK, h.gsoType&^vuproto.NetHdrGSOECN == vuproto.NetHdrGSOTCPv6 && !q.tso6OK:
+		return chainGSOOff
+	default:
+		return chainGSOType
+	}
+	l3, l4, ok := tcpOffset(pkt, true)
+	switch {
+	case !ok:
+		return chainGSOBad
+	case h.flags&vuproto.NetHdrFNeedsCsum == 0 || int(h.csumStart) != l4 || h.csumOffset != 16:
+		return chainGSOCsum
+	case int(h.hdrLen) > len(pkt):
+		return chainGSOHdrLen
+	case h.gsoSize < minGSOSize:
+		return chainGSOSize
+	}
+	if err := q.seg.Load(pkt, frameio.Offload{Partial: true, CsumStart: h.csumStart, CsumOffset: 16, GSO: frameio.GSOType(h.gsoType), GSOSize: h.gsoSize}); err != nil {
+		return chainGSOBad
+	}
+	if q.seg.SegmentLen()-l3 > p.mtu {
+		q.seg = frameio.Segmenter{}
+		return chainGSOMTU
+	}
+	q.segPartial = l3 == frameio.EthHeaderLen
+	q.gsoFrames++
+	return chainOK
+}
+
+// nextSegments writes pending segments of a GSO frame into frames from
+// index got on and returns the new count, the bytes and the drops (a
+// segment larger than a caller's buffer gives up the rest of its frame).
+func (p *Port) nextSegments(q *vring, frames []frameio.Frame, got int) (int, int, int) {
+	bytes := 0
+	for ; got < len(frames) && q.seg.Pending(); got++ {
+		f := &frames[got]
+		if q.seg.SegmentLen() > min(cap(f.Buf), p.frameSize) || !q.seg.Next(f, q.segPartial) {
+			q.seg = frameio.Segmenter{}
+			p.badChain(q, chainOversize)
+			return got, bytes, 1
+		}
+		bytes += f.N
+	}
+	return got, bytes, 0
 }
 
 // writeChain writes the header and frame into the writable chain at head
@@ -375,13 +548,23 @@ func (p *Port) readOnce(frames []frameio.Frame, woke bool) (got int, poll bool) 
 	if woke {
 		q.drainKick()
 	}
+	// Segments of a GSO frame already taken go first, whatever became of
+	// the front-end since: they are in scratch, not in its memory.
+	got, bytes, dropped := p.nextSegments(q, frames, 0)
+	defer func() {
+		p.ctr.AddRx(got, bytes)
+		p.ctr.AddRxDropped(dropped)
+	}()
 	// A disabled transmit queue is still drained, its frames discarded
 	// (the vhost-user spec's rule), so a guest does not stall on it.
 	if !q.started || q.broken || q.desc == nil {
-		return 0, false
+		return got, false
 	}
 	discard := !q.enabled
-	bytes, dropped := 0, 0
+	var big []byte
+	if q.tso4OK || q.tso6OK {
+		big = q.scratch
+	}
 	for got < len(frames) {
 		avail, ok := q.pending()
 		if !ok {
@@ -408,25 +591,34 @@ func (p *Port) readOnce(frames []frameio.Frame, woke bool) (got int, poll bool) 
 			if len(dst) > p.frameSize {
 				dst = dst[:p.frameSize]
 			}
-			n, why := q.readChain(head, dst)
+			n, gso, why := q.readChain(head, dst, big)
 			q.putUsed(head, 0)
+			if why == chainOK && discard {
+				dropped++
+				continue
+			}
+			switch {
+			case why != chainOK:
+			case !gso && q.hdr[0]&vuproto.NetHdrFNeedsCsum == 0 && q.hdr[1] == vuproto.NetHdrGSONone:
+				f.N, f.Off = n, frameio.Offload{} // a plain frame
+			default:
+				why = p.takeFrame(q, f, n, gso)
+			}
 			if why != chainOK {
 				dropped++
 				p.badChain(q, why)
 				continue
 			}
-			if discard {
-				dropped++
+			if gso {
+				g, b, d := p.nextSegments(q, frames, got)
+				got, bytes, dropped = g, bytes+b, dropped+d
 				continue
 			}
-			f.N = n
-			bytes += n
+			bytes += f.N
 			got++
 		}
 	}
 	q.flush()
-	p.ctr.AddRx(got, bytes)
-	p.ctr.AddRxDropped(dropped)
 	return got, q.kickNoFD && got == 0
 }
 
@@ -475,6 +667,25 @@ func (p *Port) push(frames []frameio.Frame, timeout time.Duration) (sent, bytes 
 		if f.N < frameio.MinFrameLen || f.N > p.frameSize || f.N > len(f.Buf) {
 			continue
 		}
+		data := f.Bytes()
+		if f.Off != (frameio.Offload{}) {
+			// The guest takes whole frames only (no GUEST_CSUM, no
+			// GUEST_TSO): a partial checksum is completed in a copy,
+			// a segment to cut is dropped.
+			if f.Off.GSO != frameio.GSONone {
+				continue
+			}
+			if f.Off.Partial {
+				if q.fin.Buf == nil {
+					q.fin.Buf = make([]byte, p.frameSize)
+				}
+				q.fin.N, q.fin.Off = copy(q.fin.Buf, data), f.Off
+				if !q.fin.Finish() {
+					continue
+				}
+				data = q.fin.Bytes()
+			}
+		}
 		if avail == 0 {
 			var ok bool
 			if avail, ok = q.pending(); !ok {
@@ -497,7 +708,7 @@ func (p *Port) push(frames []frameio.Frame, timeout time.Duration) (sent, bytes 
 		}
 		head := q.nextHead()
 		avail--
-		n, why := q.writeChain(head, f.Bytes())
+		n, why := q.writeChain(head, data)
 		if why != chainOK {
 			q.putUsed(head, 0)
 			p.badChain(q, why)

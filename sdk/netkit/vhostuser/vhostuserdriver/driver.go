@@ -12,12 +12,24 @@
 //
 // It serves one connection: it does not reconnect. When the back-end goes
 // away, ReadBatch blocks until Close and WriteBatch drops once the
-// transmit queue is full. Offloads, mergeable buffers and EVENT_IDX are
-// not negotiated, like the back-end. Indirect descriptors are, when the
-// back-end offers them (DriverOptions.NoIndirect turns them off): as in
-// Linux's virtio_ring, a buffer of more than one descriptor (RxChunk,
-// TxChunk) then takes one ring descriptor pointing to a table in the
-// driver's memory.
+// transmit queue is full. Mergeable buffers, EVENT_IDX and the GUEST_
+// offloads (the back-end's frames come whole) are not negotiated.
+// Indirect descriptors are, when the back-end offers them
+// (DriverOptions.NoIndirect turns them off): as in Linux's virtio_ring,
+// a buffer of more than one descriptor (RxChunk, TxChunk) then takes one
+// ring descriptor pointing to a table in the driver's memory.
+//
+// With DriverOptions.Offload the driver takes VIRTIO_NET_F_CSUM and
+// HOST_TSO4/TSO6 when offered, and sends what a guest with checksum
+// offload and TSO sends: each frame's virtio-net header says what its
+// frameio.Frame.Off says (a partial checksum, a TCP segment of up to
+// frameio.MaxGSOLen bytes to cut). The transmit queue then keeps its
+// buffers of one frame (FrameSize(MTU)) for everything up to the MTU and
+// adds a few large ones for GSO frames longer than that: 16 at most,
+// using at most half of the queue's descriptors, each holding
+// frameio.MaxGSOLen bytes (about 1 MiB of memory at any queue size), in
+// the same form as the others (one descriptor, or a header and TxChunk
+// pieces, direct or through an indirect table).
 package vhostuserdriver
 
 import (
@@ -76,6 +88,14 @@ type DriverOptions struct {
 	// (unlike the user address, so a back-end that confuses the two
 	// fails).
 	GPABase uint64
+	// Offload acknowledges VIRTIO_NET_F_CSUM, HOST_TSO4 and HOST_TSO6
+	// when the back-end offers them (Features says which it did):
+	// WriteBatch then sends frames with Frame.Off set (a partial
+	// checksum; a TCP segment of up to frameio.MaxGSOLen bytes to cut)
+	// with the virtio-net header that says so. Without it, or for an
+	// offload the back-end did not offer, such frames are refused
+	// (dropped and counted), never sent with a header that lies.
+	Offload bool
 	// Log receives warnings; nil discards them.
 	Log *slog.Logger
 }
@@ -97,6 +117,8 @@ type Driver struct {
 	uva     uint64
 
 	features, protoFeatures uint64
+	txHdr                   [12]byte      // the header WriteBatch is writing (q[1].mu)
+	refused                 atomic.Uint64 // frames WriteBatch refused (size, offload)
 
 	q [2]queue
 
@@ -108,26 +130,44 @@ type Driver struct {
 	evs    [4]unix.EpollEvent
 }
 
+// slots are a queue's buffers of one size.
+type slots struct {
+	n             uint16 // how many
+	first         uint16 // ring descriptor of slot 0's head; slot s's is first+s*k
+	k             uint16 // ring descriptors per slot
+	nd            uint16 // descriptors per buffer (header and pieces)
+	indirect, mix bool   // buffers of nd > 1 go through tables; mix: even slots only
+	tblOff        int    // slot s's indirect table is mem[tblOff+s*16*nd:]
+	bufOff, size  int    // slot s's buffer is mem[bufOff+s*size:]
+	room          int    // frame bytes a buffer holds
+	free          []uint16
+}
+
+// slotOf is the slot whose head is ring descriptor id, if any.
+func (c *slots) slotOf(id uint32) (uint16, bool) {
+	if c.n == 0 || id < uint32(c.first) || (id-uint32(c.first))%uint32(c.k) != 0 {
+		return 0, false
+	}
+	s := (id - uint32(c.first)) / uint32(c.k)
+	return uint16(s), s < uint32(c.n)
+}
+
 // queue is one split virtqueue as the driver sees it.
 type queue struct {
 	mu                         sync.Mutex
 	idx                        int
 	num                        uint16
-	k                          uint16 // ring descriptors per slot
-	nd                         uint16 // descriptors per buffer (header and pieces)
-	indirect, mix              bool   // buffers of nd > 1 go through tables; mix: even slots only
-	tblOff                     int    // slot s's indirect table is mem[tblOff+s*16*nd:]
+	reg                        slots // buffers of one frame (FrameSize(MTU))
+	big                        slots // TX with TSO: buffers of a GSO frame
 	desc                       []byte
 	avail, used                []byte
 	availHdr, usedHdr          *uint32
 	descOff, availOff, usedOff int // offsets in mem
-	bufOff, slotSize           int // slot s's buffer is mem[bufOff+s*slotSize:]
 	chunk                      int // piece size after the header descriptor; 0 = one descriptor
 
 	availIdx   uint16
 	availFlags uint16
 	lastUsed   uint16
-	free       []uint16 // free slot heads (TX)
 
 	kick, call int
 	base       uint16 // for restart after Stop
@@ -158,6 +198,9 @@ func Dial(path string, o DriverOptions) (*Driver, error) {
 	}
 	if o.RxChunk < 0 || o.TxChunk < 0 || (o.RxChunk > 0 && o.RxChunk < 64) || (o.TxChunk > 0 && o.TxChunk < 64) {
 		return nil, fmt.Errorf("vhostuserdriver: chunk sizes must be 0 or at least 64 bytes")
+	}
+	if o.Offload && o.TxChunk > 0 && num < 8 {
+		return nil, fmt.Errorf("vhostuserdriver: Offload with TxChunk needs a queue of at least 8 (room for GSO buffers in pieces): got %d", num)
 	}
 	d := &Driver{mtu: mtu, frameSize: frameio.FrameSize(mtu), writeTimeout: o.WriteTimeout, log: o.Log, memfd: -1, wakefd: -1, epfd: -1}
 	if d.writeTimeout == 0 {
@@ -196,56 +239,73 @@ func Dial(path string, o DriverOptions) (*Driver, error) {
 // layout sizes the memory: rings first, then the buffer slots.
 func (d *Driver) layout(num uint16, o DriverOptions) int {
 	off := 0
-	bufSize := d.hdrLen + d.frameSize
+	ind := d.features&(1<<vuproto.FRingIndirectDesc) != 0
 	for i := range d.q {
 		q := &d.q[i]
 		q.num = num
-		chunk := o.RxChunk
+		q.chunk = o.RxChunk
 		if i == 1 {
-			chunk = o.TxChunk
+			q.chunk = o.TxChunk
 		}
-		q.chunk, q.k, q.nd, q.slotSize = chunk, 1, 1, alignUp(bufSize, 64)
-		q.indirect, q.mix = false, false
-		if chunk > 0 {
-			pieces := (d.frameSize + chunk - 1) / chunk
-			q.nd = uint16(1 + pieces)
-			q.k = min(q.nd, num)
-			q.slotSize = alignUp(d.hdrLen, 64) + pieces*chunk
-			if d.features&(1<<vuproto.FRingIndirectDesc) != 0 {
-				q.indirect, q.mix = true, o.MixIndirect
-				if !q.mix {
-					q.k = 1
-				}
-			}
+		q.reg, q.big = slots{}, slots{}
+		descs := num
+		if i == 1 && d.features&(1<<vuproto.NetFHostTSO4|1<<vuproto.NetFHostTSO6) != 0 {
+			// GSO frames larger than the MTU: up to 16 large buffers on
+			// at most half of the ring.
+			d.shape(&q.big, q.chunk, frameio.MaxGSOLen, num/2, ind, o.MixIndirect)
+			q.big.n = min(16, max(1, num/2/q.big.k))
+			descs -= q.big.n * q.big.k
 		}
+		d.shape(&q.reg, q.chunk, d.frameSize, descs, ind, o.MixIndirect)
+		q.reg.n = descs / q.reg.k
+		q.big.first = q.reg.n * q.reg.k
 		q.descOff = alignUp(off, 4096)
 		q.availOff = q.descOff + vuproto.DescSize(int(num))
 		q.usedOff = alignUp(q.availOff+vuproto.AvailSize(int(num)), 4096)
 		off = q.usedOff + vuproto.UsedSize(int(num))
 	}
 	for i := range d.q {
-		q := &d.q[i]
-		q.bufOff = alignUp(off, 4096)
-		off = q.bufOff + int(q.slots())*q.slotSize
-		if q.indirect {
-			q.tblOff = alignUp(off, 64)
-			off = q.tblOff + int(q.slots())*16*int(q.nd)
+		for _, c := range []*slots{&d.q[i].reg, &d.q[i].big} {
+			c.bufOff = alignUp(off, 4096)
+			off = c.bufOff + int(c.n)*c.size
+			if c.indirect {
+				c.tblOff = alignUp(off, 64)
+				off = c.tblOff + int(c.n)*16*int(c.nd)
+			}
 		}
 	}
 	return alignUp(off, 1<<21)
 }
 
-// slots is how many buffers a queue holds.
-func (q *queue) slots() uint16 { return q.num / q.k }
+// shape sizes the slots of a class for frames of room bytes, in pieces of
+// chunk (0: one descriptor), with at most most ring descriptors a slot.
+func (d *Driver) shape(c *slots, chunk, room int, most uint16, ind, mix bool) {
+	c.room, c.k, c.nd, c.size = room, 1, 1, alignUp(d.hdrLen+room, 64)
+	if chunk == 0 {
+		return
+	}
+	pieces := (room + chunk - 1) / chunk
+	c.nd = uint16(min(1+pieces, vuproto.MaxQueueSize))
+	c.k = max(2, min(c.nd, most))
+	c.size = alignUp(d.hdrLen, 64) + pieces*chunk
+	if ind {
+		c.indirect, c.mix = true, mix
+		if !mix {
+			c.k = 1
+		}
+	}
+}
 
 // buildSlot writes slot s's descriptors for a buffer of frameLen bytes
 // of frame after the header and returns the head: one descriptor without
 // RxChunk/TxChunk; else the header's, then the pieces', chained in the
 // ring or, with indirect descriptors, in the slot's table behind one ring
-// descriptor (Linux's rule: a table for any buffer of more than one).
-func (d *Driver) buildSlot(q *queue, s uint16, frameLen int, write bool) uint16 {
-	head := s * q.k
-	base := q.bufOff + int(s)*q.slotSize
+// descriptor (Linux's rule: a table for any buffer of more than one). A
+// direct chain longer than the slot's ring descriptors puts the rest of
+// the frame in its last one.
+func (d *Driver) buildSlot(q *queue, c *slots, s uint16, frameLen int, write bool) uint16 {
+	head := c.first + s*c.k
+	base := c.bufOff + int(s)*c.size
 	var flags uint16
 	if write {
 		flags = vuproto.DescFWrite
@@ -254,10 +314,10 @@ func (d *Driver) buildSlot(q *queue, s uint16, frameLen int, write bool) uint16 
 		putDesc(q.desc, head, d.gpaBase+uint64(base), uint32(d.hdrLen+frameLen), flags, 0)
 		return head
 	}
-	tbl, first, most := q.desc, head, q.k
-	ind := q.indirect && frameLen > 0 && (!q.mix || s%2 == 0)
+	tbl, first, most := q.desc, head, c.k
+	ind := c.indirect && frameLen > 0 && (!c.mix || s%2 == 0)
 	if ind {
-		tbl, first, most = d.mem[q.tblOff+int(s)*16*int(q.nd):], 0, q.nd
+		tbl, first, most = d.mem[c.tblOff+int(s)*16*int(c.nd):], 0, c.nd
 	}
 	hf := flags
 	if frameLen > 0 {
@@ -267,16 +327,19 @@ func (d *Driver) buildSlot(q *queue, s uint16, frameLen int, write bool) uint16 
 	n, left, off := uint16(1), frameLen, base+alignUp(d.hdrLen, 64)
 	for ; n < most && left > 0; n++ {
 		l := min(left, q.chunk)
+		if n+1 == most {
+			l = left
+		}
 		left -= l
 		nf := flags
-		if left > 0 && n+1 < most {
+		if left > 0 {
 			nf |= vuproto.DescFNext
 		}
 		putDesc(tbl, first+n, d.gpaBase+uint64(off), uint32(l), nf, first+n+1)
 		off += l
 	}
 	if ind {
-		tblAddr := d.gpaBase + uint64(q.tblOff+int(s)*16*int(q.nd))
+		tblAddr := d.gpaBase + uint64(c.tblOff+int(s)*16*int(c.nd))
 		putDesc(q.desc, head, tblAddr, 16*uint32(n), vuproto.DescFIndirect, 0)
 	}
 	return head
@@ -291,13 +354,9 @@ func putDesc(tbl []byte, i uint16, addr uint64, n uint32, flags, next uint16) {
 }
 
 // slotCopyIn writes header and frame into slot s.
-func (d *Driver) slotCopyIn(q *queue, s uint16, frame []byte) {
-	base := q.bufOff + int(s)*q.slotSize
-	hdr := d.mem[base : base+d.hdrLen]
-	clear(hdr)
-	if d.hdrLen == 12 {
-		hdr[10] = 1
-	}
+func (d *Driver) slotCopyIn(q *queue, c *slots, s uint16, hdr *[12]byte, frame []byte) {
+	base := c.bufOff + int(s)*c.size
+	copy(d.mem[base:base+d.hdrLen], hdr[:])
 	if q.chunk == 0 {
 		copy(d.mem[base+d.hdrLen:], frame)
 	} else {
@@ -306,8 +365,8 @@ func (d *Driver) slotCopyIn(q *queue, s uint16, frame []byte) {
 }
 
 // slotCopyOut reads n bytes (header included) out of slot s into dst.
-func (d *Driver) slotCopyOut(q *queue, s uint16, n int, dst []byte) int {
-	base := q.bufOff + int(s)*q.slotSize
+func (d *Driver) slotCopyOut(q *queue, c *slots, s uint16, n int, dst []byte) int {
+	base := c.bufOff + int(s)*c.size
 	fl := n - d.hdrLen
 	if q.chunk == 0 {
 		return copy(dst, d.mem[base+d.hdrLen:base+d.hdrLen+fl])
@@ -392,6 +451,10 @@ func (d *Driver) handshake(num uint16, o DriverOptions) error {
 	if !o.NoIndirect {
 		want |= 1 << vuproto.FRingIndirectDesc
 	}
+	if o.Offload && f&(1<<vuproto.NetFCsum) != 0 {
+		// TSO needs CSUM (virtio 1.x, 5.1.3.1).
+		want |= 1<<vuproto.NetFCsum | 1<<vuproto.NetFHostTSO4 | 1<<vuproto.NetFHostTSO6
+	}
 	d.features = f & want
 	d.hdrLen = 10
 	if d.features&(1<<vuproto.FVersion1) != 0 {
@@ -436,8 +499,8 @@ func (d *Driver) handshake(num uint16, o DriverOptions) error {
 	}
 	// Receive buffers go in before the device starts, as Linux does.
 	rx := &d.q[0]
-	for s := uint16(0); s < rx.slots(); s++ {
-		head := d.buildSlot(rx, s, d.frameSize, true)
+	for s := uint16(0); s < rx.reg.n; s++ {
+		head := d.buildSlot(rx, &rx.reg, s, d.frameSize, true)
 		le.PutUint16(rx.avail[4+2*int(rx.availIdx&(num-1)):], head)
 		rx.availIdx++
 	}
@@ -445,9 +508,11 @@ func (d *Driver) handshake(num uint16, o DriverOptions) error {
 	tx := &d.q[1]
 	tx.availFlags = vuproto.AvailFNoInterrupt
 	tx.publishAvail()
-	tx.free = make([]uint16, 0, tx.slots())
-	for s := tx.slots(); s > 0; s-- {
-		tx.free = append(tx.free, s-1)
+	for _, c := range []*slots{&tx.reg, &tx.big} {
+		c.free = make([]uint16, 0, c.n)
+		for s := c.n; s > 0; s-- {
+			c.free = append(c.free, s-1)
+		}
 	}
 	// QEMU's order: the call fds at init, then at start features, memory
 	// and each queue, then enable.
@@ -569,8 +634,51 @@ func (d *Driver) Config() (mac net.HardwareAddr, mtu int, err error) {
 	return mac, int(le.Uint16(c.Data[10:])), nil
 }
 
-// Features are the virtio features the driver acknowledged.
+// Features are the virtio features the driver acknowledged: with
+// Offload, VIRTIO_NET_F_CSUM (bit 0), HOST_TSO4 (11) and HOST_TSO6 (12)
+// when the back-end offered them.
 func (d *Driver) Features() uint64 { return d.features }
+
+// Refused is how many frames WriteBatch refused to send since Dial (part
+// of TxDropped): too short or too long, or an Off the back-end did not
+// negotiate.
+func (d *Driver) Refused() uint64 { return d.refused.Load() }
+
+// txHeader writes into h the virtio-net header for f and reports whether
+// f goes into a large (GSO) buffer, or !ok when f cannot be sent: its
+// length, or an offload the back-end did not negotiate.
+func (d *Driver) txHeader(f *frameio.Frame, h *[12]byte) (big, ok bool) {
+	*h = [12]byte{10: 1} // num_buffers (not in a 10-byte header)
+	o := f.Off
+	if f.N < frameio.MinFrameLen || f.N > len(f.Buf) {
+		return false, false
+	}
+	if !o.Partial && o.GSO == frameio.GSONone {
+		return false, f.N <= d.frameSize
+	}
+	if !o.Partial || d.features&(1<<vuproto.NetFCsum) == 0 {
+		return false, false // a GSO frame's checksum is partial
+	}
+	h[0] = vuproto.NetHdrFNeedsCsum
+	le.PutUint16(h[6:], o.CsumStart)
+	le.PutUint16(h[8:], o.CsumOffset)
+	switch {
+	case o.GSO == frameio.GSONone:
+		return false, f.N <= d.frameSize
+	case o.GSO == frameio.GSOTCPv4 && d.features&(1<<vuproto.NetFHostTSO4) != 0,
+		o.GSO == frameio.GSOTCPv6 && d.features&(1<<vuproto.NetFHostTSO6) != 0:
+	default:
+		return false, false
+	}
+	l4 := int(o.CsumStart)
+	if f.N > frameio.MaxGSOLen || o.GSOSize == 0 || l4+20 > f.N || l4+int(f.Buf[l4+12]>>4)*4 > f.N {
+		return false, false
+	}
+	h[1] = byte(o.GSO)
+	le.PutUint16(h[2:], uint16(l4+int(f.Buf[l4+12]>>4)*4)) // hdr_len: all headers
+	le.PutUint16(h[4:], o.GSOSize)
+	return f.N > d.frameSize, true
+}
 
 func (q *queue) publishAvail() {
 	atomic.StoreUint32(q.availHdr, uint32(q.availFlags)|uint32(q.availIdx)<<16)
@@ -645,16 +753,18 @@ func (d *Driver) readOnce(frames []frameio.Frame) int {
 		for ; q.lastUsed != usedIdx && got < len(frames); q.lastUsed++ {
 			off := 4 + 8*int(q.lastUsed&mask)
 			id, n := le.Uint32(q.used[off:]), int(le.Uint32(q.used[off+4:]))
-			if id >= uint32(q.num) || uint16(id)%q.k != 0 {
+			s, ok := q.reg.slotOf(id)
+			if !ok {
 				d.log.Warn("vhostuserdriver: the back-end returned a bad descriptor id", "id", id)
 				continue
 			}
-			s := uint16(id) / q.k
 			if n < d.hdrLen+frameio.MinFrameLen || n > d.hdrLen+d.frameSize {
 				dropped++
 			} else {
+				// No GUEST_ offloads: the back-end's frames are whole
+				// (its header is zero but for num_buffers).
 				f := &frames[got]
-				f.N = d.slotCopyOut(q, s, n, f.Buf)
+				f.N, f.Off = d.slotCopyOut(q, &q.reg, s, n, f.Buf), frameio.Offload{}
 				bytes += f.N
 				got++
 			}
@@ -688,8 +798,14 @@ func (q *queue) reclaim() {
 	for ; q.lastUsed != usedIdx; q.lastUsed++ {
 		off := 4 + 8*int(q.lastUsed&(q.num-1))
 		id := le.Uint32(q.used[off:])
-		if id < uint32(q.num) && uint16(id)%q.k == 0 && len(q.free) < cap(q.free) {
-			q.free = append(q.free, uint16(id)/q.k)
+		c := &q.reg
+		s, ok := c.slotOf(id)
+		if !ok {
+			c = &q.big
+			s, ok = c.slotOf(id)
+		}
+		if ok && len(c.free) < cap(c.free) {
+			c.free = append(c.free, s)
 		}
 	}
 }
@@ -709,13 +825,19 @@ func (d *Driver) writeBatch(frames []frameio.Frame, timeout time.Duration) (int,
 	mask := q.num - 1
 	for i := range frames {
 		f := &frames[i]
-		if f.N < frameio.MinFrameLen || f.N > d.frameSize {
+		c := &q.reg
+		big, ok := d.txHeader(f, &d.txHdr)
+		if !ok {
+			d.refused.Add(1)
 			continue
 		}
-		if len(q.free) == 0 {
+		if big {
+			c = &q.big
+		}
+		if len(c.free) == 0 {
 			q.reclaim()
 		}
-		for len(q.free) == 0 && timeout >= 0 && !d.closed.Load() {
+		for len(c.free) == 0 && timeout >= 0 && !d.closed.Load() {
 			if deadline.IsZero() {
 				deadline = time.Now().Add(timeout)
 			}
@@ -723,15 +845,15 @@ func (d *Driver) writeBatch(frames []frameio.Frame, timeout time.Duration) (int,
 			if left <= 0 {
 				break
 			}
-			d.waitTx(q, left)
+			d.waitTx(q, c, left)
 		}
-		if len(q.free) == 0 {
+		if len(c.free) == 0 {
 			break
 		}
-		s := q.free[len(q.free)-1]
-		q.free = q.free[:len(q.free)-1]
-		d.slotCopyIn(q, s, f.Bytes())
-		head := d.buildSlot(q, s, f.N, false)
+		s := c.free[len(c.free)-1]
+		c.free = c.free[:len(c.free)-1]
+		d.slotCopyIn(q, c, s, &d.txHdr, f.Bytes())
+		head := d.buildSlot(q, c, s, f.N, false)
 		le.PutUint16(q.avail[4+2*int(q.availIdx&mask):], head)
 		q.availIdx++
 		sent++
@@ -752,7 +874,7 @@ func (d *Driver) writeBatch(frames []frameio.Frame, timeout time.Duration) (int,
 }
 
 // waitTx asks for an interrupt and waits up to left for freed buffers.
-func (d *Driver) waitTx(q *queue, left time.Duration) {
+func (d *Driver) waitTx(q *queue, c *slots, left time.Duration) {
 	q.publishAvail()
 	q.kickIfWanted()
 	q.availFlags &^= vuproto.AvailFNoInterrupt
@@ -761,7 +883,7 @@ func (d *Driver) waitTx(q *queue, left time.Duration) {
 		q.availFlags |= vuproto.AvailFNoInterrupt
 		q.publishAvail()
 	}()
-	if q.reclaim(); len(q.free) > 0 {
+	if q.reclaim(); len(c.free) > 0 {
 		return
 	}
 	ms := int((left + time.Millisecond - 1) / time.Millisecond)

@@ -84,6 +84,13 @@ const (
 
 // Feature bits (virtio and vhost-user).
 const (
+	NetFCsum          = 0  // the driver may leave checksums partial (TX)
+	NetFGuestCsum     = 1  // the device may hand over partial checksums (RX)
+	NetFGuestTSO4     = 7  // the device may hand over TCP/IPv4 GSO frames (RX)
+	NetFGuestTSO6     = 8  // the device may hand over TCP/IPv6 GSO frames (RX)
+	NetFHostTSO4      = 11 // the driver may send TCP/IPv4 GSO frames (TX)
+	NetFHostTSO6      = 12 // the driver may send TCP/IPv6 GSO frames (TX)
+	NetFHostECN       = 13 // ... with the ECN bit (CWR) set
 	NetFMTU           = 3
 	NetFMAC           = 5
 	NetFMrgRxbuf      = 15
@@ -121,6 +128,16 @@ const (
 	VringAddrSize    = 40
 	VringStateSize   = 8
 	ConfigHeaderSize = 12
+)
+
+// The virtio-net header (struct virtio_net_hdr) before each frame.
+const (
+	NetHdrFNeedsCsum = 1    // flags: the checksum at csum_start+csum_offset is partial
+	NetHdrGSONone    = 0    // gso_type
+	NetHdrGSOTCPv4   = 1    // gso_type
+	NetHdrGSOUDP     = 3    // gso_type (UFO, not offered)
+	NetHdrGSOTCPv6   = 4    // gso_type
+	NetHdrGSOECN     = 0x80 // gso_type bit: the TCP segment carries CWR
 )
 
 // Split-ring flags.
