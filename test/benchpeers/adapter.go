@@ -44,6 +44,14 @@ type AdapterOptions struct {
 	// NET_SET_MTU as QEMU's host_mtu= does. See VhostUserBatch for how
 	// frames cross.
 	VhostUser string
+	// VhostUserNoOffload keeps checksum offload and TSO off the vhost-user
+	// guest's NIC. By default the adapter takes them, as Linux's
+	// virtio-net does from a device that offers them: the TAP standing in
+	// for the guest's NIC is opened with PassOffload, so the namespace's
+	// stack hands over TCP segments of up to 64 KiB with their checksums
+	// partial, and they go into the transmit queue with their virtio-net
+	// header, as a guest with TSO puts them there.
+	VhostUserNoOffload bool
 	// VhostUserQueueSize is the size of both virtqueues (QEMU's
 	// rx_queue_size and tx_queue_size); 0 means 1024, what anka gives
 	// its QEMU VMs on vhost-user (QEMU's own default is 256).
@@ -74,8 +82,9 @@ const DefaultTxQueueLen = 10000
 // descriptor and publishes the ring, kicking only when the back-end
 // asks for kicks, and takes received frames off the used ring a NAPI
 // budget (64) at a time. The adapter's analogue: the TAP is read one
-// frame per read(2) as always (no offloads: the guest's stack segments
-// to the MTU), up to this many until the TAP is empty, and the frames
+// frame per read(2) as always (with offloads, see VhostUserNoOffload, a
+// frame may be a TCP segment of up to 64 KiB), up to this many until the
+// TAP is empty, and the frames
 // read go into the transmit queue with one WriteBatch (one publish, at
 // most one kick); the other way one ReadBatch of the receive queue, then
 // one write(2) per frame into the TAP. The socket modes' Batch of 1
@@ -134,7 +143,8 @@ func StartAdapter(o AdapterOptions) (*Adapter, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	tap, err := frameio.OpenTAP(o.TAP, frameio.TAPOptions{MTU: o.MTU, Logger: log})
+	offload := o.VhostUser != "" && !o.VhostUserNoOffload
+	tap, err := frameio.OpenTAP(o.TAP, frameio.TAPOptions{MTU: o.MTU, PassOffload: offload, Logger: log})
 	if err != nil {
 		return nil, err
 	}
@@ -165,7 +175,7 @@ func StartAdapter(o AdapterOptions) (*Adapter, error) {
 		if qs == 0 {
 			qs = 1024
 		}
-		do := vhostuserdriver.DriverOptions{MTU: o.MTU, HostMTU: o.MTU, QueueSize: qs, WriteTimeout: o.WriteTimeout, Log: log}
+		do := vhostuserdriver.DriverOptions{MTU: o.MTU, HostMTU: o.MTU, QueueSize: qs, WriteTimeout: o.WriteTimeout, Offload: offload, Log: log}
 		if o.MTU > 1500 {
 			do.RxChunk, do.TxChunk = vhostUserRxChunk, vhostUserTxChunk
 		}

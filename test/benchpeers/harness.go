@@ -60,6 +60,9 @@ type Config struct {
 	Idle       int      // extra idle VMs for the idle run on anka; 0 skips it
 	FastPath   bool     // try the fast-path peer when the plugin has a bridge
 	Batch      int      // frames per adapter write; 1 is QEMU's
+	// VhostUserNoOffload takes checksum offload and TSO off the
+	// vhost-user guest's NIC (adapter -vhost-user-no-offload).
+	VhostUserNoOffload bool
 	WorkDir    string   // sockets, logs, state; removed afterwards
 	Logf       func(format string, args ...any)
 }
@@ -126,6 +129,7 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	res.Settings = Settings{
 		Duration: cfg.Duration.String(), RRDuration: cfg.RRDuration.String(), Omit: cfg.Omit,
 		MTUs: cfg.MTUs, Count: cfg.Count, Idle: cfg.Idle, AdapterBatch: cfg.Batch,
+		VhostUserOffload: !cfg.VhostUserNoOffload,
 	}
 	for _, name := range peers {
 		pr := &PeerResult{Name: name, Label: peerLabels[name], Metrics: map[string]*Metric{}}

@@ -311,6 +311,9 @@ func (s *session) attachGuest(ctx context.Context, mtu int, ep ankaEndpoint) (*p
 		args = append(args, "-stream-connect", ep.PluginPath)
 	case "vhost-user":
 		args = append(args, "-vhost-user", ep.PluginPath)
+		if s.h.cfg.VhostUserNoOffload {
+			args = append(args, "-vhost-user-no-offload")
+		}
 	default:
 		return nil, fmt.Errorf("endpoint kind %q: the adapter speaks dgram, stream and vhost-user", ep.Kind)
 	}

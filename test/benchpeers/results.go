@@ -31,6 +31,9 @@ type Settings struct {
 	Count        int    `json:"rounds"`
 	Idle         int    `json:"idle_vms"`
 	AdapterBatch int    `json:"adapter_frames_per_write"`
+	// VhostUserOffload: the vhost-user guest's NIC took checksum offload
+	// and TSO (a run older than the field reads false).
+	VhostUserOffload bool `json:"vhost_user_offload"`
 }
 
 // Machine is where it ran.
@@ -435,8 +438,12 @@ func (r *Results) WriteMarkdown(w io.Writer, chart string) {
 	if r.Settings.Count == 1 {
 		rounds = "1 round"
 	}
-	fmt.Fprintf(w, "Run of %s: %s. Each iperf3 run %s (the first %d s left out), request/response %s, the adapter writing %d frame(s) per write.\n\n",
-		r.Date, rounds, r.Settings.Duration, r.Settings.Omit, r.Settings.RRDuration, r.Settings.AdapterBatch)
+	offload := "without offloads"
+	if r.Settings.VhostUserOffload {
+		offload = "with checksum offload and TSO"
+	}
+	fmt.Fprintf(w, "Run of %s: %s. Each iperf3 run %s (the first %d s left out), request/response %s, the adapter writing %d frame(s) per write; the vhost-user guest's NIC %s.\n\n",
+		r.Date, rounds, r.Settings.Duration, r.Settings.Omit, r.Settings.RRDuration, r.Settings.AdapterBatch, offload)
 	fmt.Fprintf(w, "Machine: %d CPUs (`nproc`), %s, Linux %s, %s; load average %s before the run, %s after it.", m.CPUs, m.CPU, m.Kernel, m.Go, m.Load, m.LoadEnd)
 	var vs []string
 	for _, k := range []string{"iperf3", "gvproxy", "passt", "anka"} {

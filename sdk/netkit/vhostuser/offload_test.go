@@ -34,6 +34,9 @@ func TestOffloadFeatures(t *testing.T) {
 			if got := d.Features() & offloadBits; got != tc.want {
 				t.Fatalf("offloads negotiated %#x, want %#x", got, tc.want)
 			}
+			if d.TakesPartial() != (tc.want != 0) || d.TakesGSO() != (tc.want != 0) {
+				t.Fatalf("TakesPartial %v, TakesGSO %v with offloads %#x", d.TakesPartial(), d.TakesGSO(), tc.want)
+			}
 			b := buildPkt(t, pktSpec{kind: kindTCP, payload: payloadBytes(500, 1)})
 			pf, off := b.partial()
 			gf, goff := buildPkt(t, pktSpec{kind: kindTCP, payload: payloadBytes(5000, 2)}).gso(1448)

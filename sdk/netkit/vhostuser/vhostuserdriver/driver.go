@@ -639,6 +639,19 @@ func (d *Driver) Config() (mac net.HardwareAddr, mtu int, err error) {
 // when the back-end offered them.
 func (d *Driver) Features() uint64 { return d.features }
 
+// TakesPartial says whether WriteBatch sends frames whose checksum is
+// partial (frameio.PartialWriter): the back-end took VIRTIO_NET_F_CSUM.
+func (d *Driver) TakesPartial() bool { return d.features&(1<<vuproto.NetFCsum) != 0 }
+
+// TakesGSO says whether WriteBatch sends GSO frames whole
+// (frameio.GSOWriter): the back-end took HOST_TSO4 and HOST_TSO6. With
+// one of them only, Relay would pass a GSO frame of the other kind that
+// the driver then refuses; the back-ends here offer both or neither.
+func (d *Driver) TakesGSO() bool {
+	const both = 1<<vuproto.NetFHostTSO4 | 1<<vuproto.NetFHostTSO6
+	return d.features&both == both
+}
+
 // Refused is how many frames WriteBatch refused to send since Dial (part
 // of TxDropped): too short or too long, or an Off the back-end did not
 // negotiate.
