@@ -63,8 +63,8 @@ type Config struct {
 	// VhostUserNoOffload takes checksum offload and TSO off the
 	// vhost-user guest's NIC (adapter -vhost-user-no-offload).
 	VhostUserNoOffload bool
-	WorkDir    string   // sockets, logs, state; removed afterwards
-	Logf       func(format string, args ...any)
+	WorkDir            string // sockets, logs, state; removed afterwards
+	Logf               func(format string, args ...any)
 }
 
 func (c *Config) logf(format string, args ...any) {
