@@ -19,8 +19,9 @@
 //     (IFF_VNET_HDR, TSO4, TSO6 and checksum offload) the host's stack
 //     hands 64 KiB TCP segments, which the port cuts to the MTU, and runs
 //     of one TCP flow's segments are written as one merged segment;
-//     ReadBatch returns plain frames, and WriteBatch takes frames whose
-//     checksum is partial as well (see Offloads). The switch's uplink
+//     ReadBatch returns frames within the MTU, untagged TCP ones with
+//     their checksum partial, and WriteBatch takes frames whose checksum
+//     is partial as well (see Offloads). The switch's uplink
 //     uses it. TAPOptions.PassOffload passes the offloads through
 //     instead (see Offloads).
 //   - PacketPort (OpenPacket): AF_PACKET on a host interface, for bridged
@@ -51,13 +52,22 @@
 // A guest with checksum offload leaves its TCP checksums partial, and one
 // with TSO hands over segments of up to 64 KiB: Frame.Off says so (an
 // Offload, as a virtio-net header does). Ports hand up plain frames
-// unless they say otherwise; the vhost-user port hands up partial
-// checksums (it cuts GSO segments itself, with a Segmenter). A port that
-// takes partial checksums on write is a PartialWriter: the switch passes
-// them to it as they are and completes them (Frame.Finish) for any other
-// port, so nobody sums the payload on the way from a guest to the host's
-// kernel:
+// unless they say otherwise (OffloadReader); the vhost-user port and an
+// Offload TAP hand up partial TCP checksums (they cut GSO segments
+// themselves, with a Segmenter, leaving each piece's checksum partial).
+// A port that takes partial checksums on write is a PartialWriter: the
+// switch passes them to it as they are and completes them (Frame.Finish)
+// for any other port, so nobody sums the payload on the way from a guest
+// to the host's kernel, nor from the host's kernel to a vhost-user guest
+// that negotiated VIRTIO_NET_F_GUEST_CSUM:
 //
+//   - An Offload TAP reads the host's TSO segments and cuts them to the
+//     MTU, each piece's TCP checksum partial, and hands up a TCP frame
+//     the kernel left partial (NEEDS_CSUM) as it is: untagged TCP over
+//     IPv4 or IPv6, the checksum at the TCP header's place. Every other
+//     partial checksum (UDP, ICMPv6, anything behind a VLAN tag) is
+//     completed, since MAC translation patches those checksums and the
+//     switch's services read them.
 //   - An Offload TAP writes a frame with a partial checksum behind a
 //     virtio header with NEEDS_CSUM, csum_start and csum_offset, for the
 //     kernel to complete; in a run it merges (untagged TCP over IPv4 or

@@ -10,9 +10,10 @@ import (
 
 // FuzzTAPRead hands the offloading TAP reader arbitrary reads (virtio
 // header, then a packet), as a host stack or a hostile local sender can
-// produce. Every frame it hands out fits the MTU; each piece of a cut TCP
-// segment has valid IP and TCP checksums, its IP length matches, and the
-// pieces' payloads put together are the segment's.
+// produce. Every frame it hands out fits the MTU and is partial exactly
+// when it is untagged TCP (partialTCP); once finished, each piece of a
+// cut TCP segment has valid IP and TCP checksums, its IP length matches,
+// and the pieces' payloads put together are the segment's.
 func FuzzTAPRead(f *testing.F) {
 	payload := make([]byte, 5000)
 	for i := range payload {
@@ -66,8 +67,26 @@ func FuzzTAPRead(f *testing.F) {
 				continue
 			}
 			b := fr.Bytes()
-			if len(b) > FrameSize(mtu) || fr.Off != (Offload{}) {
+			if len(b) > FrameSize(mtu) {
 				t.Fatalf("a %d-byte frame for MTU %d, offload %+v", len(b), mtu, fr.Off)
+			}
+			// Untagged TCP comes up with its checksum partial, as the
+			// kernel left it or the Segmenter cut it; nothing else.
+			kept := fr.Off != (Offload{})
+			if want := (tso && l3 == EthHeaderLen) || (!tso && partialTCP(pkt, off)); kept != want {
+				t.Fatalf("handed up with offload %+v; want partial %v", fr.Off, want)
+			}
+			if kept {
+				if !partialTCP(b, fr.Off) {
+					t.Fatalf("handed up partial, not at an untagged TCP checksum: %+v", fr.Off)
+				}
+				if !tso && (fr.Off != off || !bytes.Equal(b, pkt)) {
+					t.Fatal("a partial frame changed on the way")
+				}
+				if !fr.Finish() {
+					t.Fatalf("a partial frame does not finish: %+v", fr.Off)
+				}
+				b = fr.Bytes()
 			}
 			if !tso {
 				if !off.Partial {

@@ -18,8 +18,13 @@ import (
 // of one per frame.
 //
 // TAPOptions.Offload (the switch's uplink): the port cuts those segments
-// to the MTU with a Segmenter and completes partial checksums (Finish),
-// so ReadBatch still returns plain frames no larger than the MTU. On
+// to the MTU with a Segmenter, so ReadBatch returns frames no larger than
+// the MTU, and hands TCP up with its checksum partial (Frame.Off): the
+// segments it cuts and a single TCP frame the kernel left partial
+// (untagged IPv4 or IPv6, the checksum at the TCP header's), for a port
+// that takes them (a vhost-user guest with GUEST_CSUM) or the switch to
+// complete. Any other partial checksum (UDP, ICMPv6, a tagged frame) is
+// completed (Finish): MAC translation patches those, services read them. On
 // write it takes frames with a partial checksum (TakesPartial) and hands
 // them on with NEEDS_CSUM for the kernel to complete, and it merges runs
 // of one TCP flow's segments into one (coalesceRun).
@@ -137,15 +142,48 @@ func enableOffload(fd int, ecn bool) error {
 	return unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, flags)
 }
 
-// gsoReader turns what an offloading TAP read into plain frames: one
-// frame, its checksum completed (Finish), or a TCP segment cut to its
-// gso_size by a Segmenter. A segment may need more frames than a
-// ReadBatch has: the rest stays pending for the next call.
+// gsoReader turns what an offloading TAP read into frames no larger than
+// the MTU: one frame, or a TCP segment cut to its gso_size by a
+// Segmenter. TCP keeps its checksum partial (partialTCP); any other
+// partial checksum is completed (Finish). A segment may need more frames
+// than a ReadBatch has: the rest stays pending for the next call.
 type gsoReader struct {
-	buf []byte  // the last read: virtio header, then the packet
-	pkt []byte  // a plain packet left to hand out; nil when none
-	off Offload // its offload
-	seg Segmenter
+	buf        []byte  // the last read: virtio header, then the packet
+	pkt        []byte  // a plain packet left to hand out; nil when none
+	off        Offload // its offload
+	keep       bool    // pkt's checksum stays partial (partialTCP)
+	seg        Segmenter
+	segPartial bool // the segments' checksums stay partial (untagged)
+}
+
+// partialTCP says whether pkt's partial checksum o is a TCP checksum
+// that may be handed up partial: untagged TCP over IPv4 (not a fragment)
+// or IPv6 (no extension headers), the checksum at the TCP header's
+// place (csum_start the TCP header, csum_offset 16).
+func partialTCP(pkt []byte, o Offload) bool {
+	if !o.Partial || o.GSO != GSONone || o.CsumOffset != 16 || len(pkt) < EthHeaderLen+20 {
+		return false
+	}
+	ip := pkt[EthHeaderLen:]
+	l4 := 0
+	switch binary.BigEndian.Uint16(pkt[12:14]) {
+	case etherTypeIPv4:
+		if ip[0]>>4 != 4 || ip[9] != ipProtoTCP || binary.BigEndian.Uint16(ip[6:])&0x3fff != 0 {
+			return false
+		}
+		l4 = EthHeaderLen + int(ip[0]&0x0f)*4
+		if l4 < EthHeaderLen+20 {
+			return false
+		}
+	case etherTypeIPv6:
+		if len(ip) < 40 || ip[0]>>4 != 6 || ip[6] != ipProtoTCP {
+			return false
+		}
+		l4 = EthHeaderLen + 40
+	default:
+		return false
+	}
+	return int(o.CsumStart) == l4 && l4+20 <= len(pkt)
 }
 
 // load takes the packet just read (n bytes of buf with its header) and
@@ -161,9 +199,12 @@ func (r *gsoReader) load(n int) bool {
 		return false
 	}
 	if o.GSO != GSONone {
+		// The Segmenter puts a partial checksum at the TCP header's
+		// place: kept partial but behind a VLAN tag.
+		r.segPartial = binary.BigEndian.Uint16(pkt[12:14]) != etherTypeVLAN
 		return r.seg.Load(pkt, o) == nil
 	}
-	r.pkt, r.off = pkt, o
+	r.pkt, r.off, r.keep = pkt, o, partialTCP(pkt, o)
 	return true
 }
 
@@ -171,25 +212,31 @@ func (r *gsoReader) load(n int) bool {
 func (r *gsoReader) pending() bool { return r.pkt != nil || r.seg.Pending() }
 
 // next writes the next frame into f, at most max bytes, and reports
-// whether it did; a frame that does not fit, or whose checksum cannot be
-// completed, is dropped (false). A segment that does not fit gives up
-// its rest.
+// whether it did; f.Off is set either way (zero for a complete frame),
+// as the caller's buffers are reused. A frame that does not fit, or
+// whose checksum cannot be completed, is dropped (false). A segment that
+// does not fit gives up its rest.
 func (r *gsoReader) next(f *Frame, max int) bool {
 	lim := min(cap(f.Buf), max)
 	if r.seg.Pending() {
 		g := Frame{Buf: f.Buf[:0:lim]}
-		if !r.seg.Next(&g, false) {
+		if !r.seg.Next(&g, r.segPartial) {
+			f.Off = Offload{}
 			return false
 		}
-		f.N, f.Off = g.N, Offload{}
+		f.N, f.Off = g.N, g.Off
 		return true
 	}
 	pkt := r.pkt
 	r.pkt = nil
 	if len(pkt) > lim {
+		f.Off = Offload{}
 		return false
 	}
 	f.N, f.Off = copy(f.Buf[:lim], pkt), r.off
+	if r.keep {
+		return true
+	}
 	if !f.Finish() {
 		f.Off = Offload{}
 		return false

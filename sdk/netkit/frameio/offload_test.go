@@ -62,8 +62,12 @@ func TestGSOReaderCutsTSO(t *testing.T) {
 			if !s.next(&frames[i], FrameSize(1500)) {
 				t.Fatal("a segment did not fit")
 			}
-			if frames[i].Off != (Offload{}) {
-				t.Fatalf("segment %d handed out with offload %+v", segs, frames[i].Off)
+			// Handed up partial, for whoever sends it on to complete.
+			if o := frames[i].Off; o != (Offload{Partial: true, CsumStart: 34, CsumOffset: 16}) {
+				t.Fatalf("segment %d handed out with offload %+v, want partial at the TCP checksum", segs, o)
+			}
+			if !frames[i].Finish() {
+				t.Fatalf("segment %d does not finish", segs)
 			}
 			f := frames[i].Bytes()
 			ip, tcp := f[14:34], f[34:]
@@ -129,6 +133,71 @@ func TestGSOReaderCompletesChecksum(t *testing.T) {
 	out := f[0].Bytes()
 	if c := csumFold(csumAdd(csumAdd(0, out[26:34])+17+uint64(len(udp)), out[34:])); c != 0 {
 		t.Fatalf("UDP checksum not completed: %#x", c)
+	}
+}
+
+// A single TCP frame the kernel left partial (NEEDS_CSUM) is handed up
+// partial, as it came; behind a VLAN tag it is completed, as are the
+// segments cut from a tagged GSO frame.
+func TestGSOReaderKeepsTCPPartial(t *testing.T) {
+	withPseudo := func(in []byte, l4 int) {
+		pkt := in[vnetHdrLen:]
+		tcp := pkt[l4:]
+		pseudo := csumAdd(0, pkt[l4-8:l4]) + 6 + uint64(len(tcp))
+		binary.BigEndian.PutUint16(tcp[16:], ^csumFold(pseudo))
+	}
+	validTCP := func(b []byte, l4 int) bool {
+		return csumFold(csumAdd(csumAdd(0, b[l4-8:l4])+6+uint64(len(b)-l4), b[l4:])) == 0
+	}
+	s := gsoReader{buf: make([]byte, offloadBufLen)}
+	f := NewBatch(1, 1500)
+
+	in := gsoPacket([]byte("partial, as the host's TCP left it"), 0, 0x18)
+	in[1] = gsoNone
+	withPseudo(in, 34)
+	if !s.load(copy(s.buf, in)) || !s.next(&f[0], FrameSize(1500)) {
+		t.Fatal("frame refused")
+	}
+	if want := (Offload{Partial: true, CsumStart: 34, CsumOffset: 16}); f[0].Off != want || !bytes.Equal(f[0].Bytes(), in[vnetHdrLen:]) {
+		t.Fatalf("handed up with %+v (want %+v), or changed", f[0].Off, want)
+	}
+	if !f[0].Finish() || !validTCP(f[0].Bytes(), 34) {
+		t.Fatal("does not finish to a valid checksum")
+	}
+
+	// Tagged: completed, Off zero.
+	tagged := append(bytes.Clone(in[:vnetHdrLen+12]), append([]byte{0x81, 0x00, 0, 5}, in[vnetHdrLen+12:]...)...)
+	binary.NativeEndian.PutUint16(tagged[6:], 38)
+	if !s.load(copy(s.buf, tagged)) || !s.next(&f[0], FrameSize(1500)) {
+		t.Fatal("tagged frame refused")
+	}
+	if f[0].Off != (Offload{}) || !validTCP(f[0].Bytes(), 38) {
+		t.Fatalf("a tagged frame handed up with %+v, or not completed", f[0].Off)
+	}
+
+	// A complete TCP frame stays as it is, Off zero even in a frame
+	// that held a partial one.
+	plain := bytes.Clone(in)
+	plain[0] = 0
+	f[0].Off = Offload{Partial: true, CsumStart: 34, CsumOffset: 16}
+	if !s.load(copy(s.buf, plain)) || !s.next(&f[0], FrameSize(1500)) || f[0].Off != (Offload{}) {
+		t.Fatalf("a complete frame handed up with %+v", f[0].Off)
+	}
+
+	// The segments of a tagged GSO frame come complete.
+	gt := gsoPacket(make([]byte, 3000), 1000, 0x10)
+	gt = append(gt[:vnetHdrLen+12], append([]byte{0x81, 0x00, 0, 5}, gt[vnetHdrLen+12:]...)...)
+	binary.NativeEndian.PutUint16(gt[6:], 38)
+	if !s.load(copy(s.buf, gt)) {
+		t.Fatal("tagged GSO frame refused")
+	}
+	for n := 0; s.pending(); n++ {
+		if !s.next(&f[0], FrameSize(1500)) {
+			t.Fatalf("segment %d refused", n)
+		}
+		if f[0].Off != (Offload{}) || !validTCP(f[0].Bytes(), 38) {
+			t.Fatalf("tagged segment %d handed up with %+v, or not completed", n, f[0].Off)
+		}
 	}
 }
 

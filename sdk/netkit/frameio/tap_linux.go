@@ -31,12 +31,14 @@ type TAPOptions struct {
 	Logger *slog.Logger
 	// Offload opens the TAP with IFF_VNET_HDR and lets the kernel hand
 	// TCP segments (IPv4 and IPv6) up to 64 KiB and frames with partial
-	// checksums, which the port cuts to the MTU and completes: far fewer
-	// reads and one pass of the host's stack per 64 KiB. ReadBatch still
-	// returns plain frames. WriteBatch takes frames whose checksum is
-	// partial too (the port is a PartialWriter) and hands them to the
-	// kernel to complete, and merges runs of one TCP flow's segments.
-	// OpenTAP only. See offload_linux.go.
+	// checksums, which the port cuts to the MTU: far fewer reads and one
+	// pass of the host's stack per 64 KiB. ReadBatch returns frames no
+	// larger than the MTU; an untagged TCP frame's checksum may be left
+	// partial (Frame.Off: the segments it cuts, a frame the kernel left
+	// partial), every other checksum is complete. WriteBatch takes
+	// frames whose checksum is partial too (the port is a PartialWriter)
+	// and hands them to the kernel to complete, and merges runs of one
+	// TCP flow's segments. OpenTAP only. See offload_linux.go.
 	Offload bool
 	// PassOffload opens the TAP with IFF_VNET_HDR and the same offloads
 	// (but TSO_ECN: Offload cannot say ECN, so the kernel cuts those),
@@ -59,8 +61,9 @@ type TAPOptions struct {
 // wakeup. With TAPOptions.Offload (the switch's uplink) it is opened with
 // IFF_VNET_HDR instead: the kernel hands it TCP segments up to 64 KiB,
 // which it cuts to the MTU, and it merges runs of one flow's segments on
-// write; callers still read plain frames, and may write frames whose
-// checksum is partial (offload_linux.go). With TAPOptions.PassOffload
+// write; callers read frames within the MTU, TCP ones possibly with
+// their checksum partial, and may write frames whose checksum is
+// partial (offload_linux.go). With TAPOptions.PassOffload
 // frames carry the kernel's offloads both ways.
 type TAPPort struct {
 	f      *os.File
@@ -230,9 +233,10 @@ func (p *TAPPort) TakesPartial() bool { return p.offload || p.pass }
 // TakesGSO says whether WriteBatch takes GSO frames whole (PassOffload).
 func (p *TAPPort) TakesGSO() bool { return p.pass }
 
-// ReadsOffload says whether ReadBatch hands up frames with Offload set,
-// GSO frames up to MaxGSOLen among them (PassOffload).
-func (p *TAPPort) ReadsOffload() bool { return p.pass }
+// ReadsOffload says whether ReadBatch hands up frames with Offload set:
+// with Offload, TCP frames within the MTU whose checksum is partial;
+// with PassOffload, GSO frames up to MaxGSOLen too.
+func (p *TAPPort) ReadsOffload() bool { return p.offload || p.pass }
 
 // setLink sets an interface's MTU and, if up, brings it up, through an
 // ioctl socket in the calling thread's network namespace.
@@ -345,7 +349,7 @@ func (p *TAPPort) doRead(fd uintptr) bool {
 			p.rdrop++
 			continue
 		}
-		f.N = int(n)
+		f.N, f.Off = int(n), Offload{}
 		p.rbytes += int(n)
 		p.rn++
 	}

@@ -20,9 +20,20 @@ import (
 // holds, skipping the others, failing t after five seconds.
 func collectMatching(t testing.TB, p frameio.Port, n int, match func([]byte) bool) [][]byte {
 	t.Helper()
-	ch := make(chan [][]byte, 1)
+	fs := collectFrames(t, p, n, match)
+	out := make([][]byte, len(fs))
+	for i := range fs {
+		out[i] = fs[i].Bytes()
+	}
+	return out
+}
+
+// collectFrames is collectMatching keeping each frame's Off.
+func collectFrames(t testing.TB, p frameio.Port, n int, match func([]byte) bool) []frameio.Frame {
+	t.Helper()
+	ch := make(chan []frameio.Frame, 1)
 	go func() {
-		var out [][]byte
+		var out []frameio.Frame
 		batch := frameio.NewBatch(16, p.MTU())
 		for len(out) < n {
 			k, err := p.ReadBatch(batch)
@@ -31,7 +42,7 @@ func collectMatching(t testing.TB, p frameio.Port, n int, match func([]byte) boo
 			}
 			for i := 0; i < k; i++ {
 				if f := batch[i].Bytes(); match(f) {
-					out = append(out, bytes.Clone(f))
+					out = append(out, frameio.Frame{Buf: bytes.Clone(f), N: len(f), Off: batch[i].Off})
 				}
 			}
 		}
@@ -244,8 +255,9 @@ func TestTAPPersistAndAttach(t *testing.T) {
 }
 
 // An offloading TAP (the switch's uplink) still reads and writes plain
-// frames: the kernel answers ARP and ping written through it, and a TCP
-// SYN it sends with its checksum left partial arrives completed.
+// frames: the kernel answers ARP and ping written through it (ICMP comes
+// complete), and a TCP SYN it sends with its checksum left partial is
+// handed up partial and finishes to a valid checksum.
 func TestTAPOffload(t *testing.T) {
 	ns := frameiotest.NewNetns(t)
 	var tap *frameio.TAPPort
@@ -276,7 +288,8 @@ func TestTAPOffload(t *testing.T) {
 		t.Fatal("echo reply payload differs")
 	}
 
-	// The kernel's SYN to the guest: checksum offloaded to the port.
+	// The kernel's SYN to the guest: its checksum left partial (the
+	// kernel's NEEDS_CSUM), handed up so, and it finishes to a valid one.
 	dialed := make(chan error, 1)
 	go ns.Run(func() error {
 		c, err := net.DialTimeout("tcp4", "10.99.0.2:7", 2*time.Second)
@@ -286,9 +299,16 @@ func TestTAPOffload(t *testing.T) {
 		dialed <- err
 		return nil
 	})
-	syn := collectMatching(t, tap, 1, func(f []byte) bool {
+	synf := collectFrames(t, tap, 1, func(f []byte) bool {
 		return etherType(f) == 0x0800 && f[23] == 6 && bytes.Equal(f[30:34], guestIP)
 	})[0]
+	if want := (frameio.Offload{Partial: true, CsumStart: 34, CsumOffset: 16}); synf.Off != want {
+		t.Fatalf("SYN handed up with Off %+v, want %+v", synf.Off, want)
+	}
+	if !synf.Finish() {
+		t.Fatal("the SYN's partial checksum does not finish")
+	}
+	syn := synf.Bytes()
 	ihl := int(syn[14]&0x0f) * 4
 	tcp := syn[14+ihl : 14+int(binary.BigEndian.Uint16(syn[16:]))]
 	pseudo := append(append(append([]byte{}, syn[26:34]...), 0, 6), byte(len(tcp)>>8), byte(len(tcp)))

@@ -31,9 +31,11 @@
 // ReadBatch returns the frames the guest transmitted (its TX queue, 1),
 // without their virtio-net header but with what it said in Frame.Off
 // (see Offloads). WriteBatch puts frames into the guest's receive
-// buffers (RX queue, 0) after a zeroed header (num_buffers 1, no
-// checksum offload, GSO_NONE), waiting up to Options.WriteTimeout for
-// buffers; WriteBatchNoWait does not wait. Both hand the guest one
+// buffers (RX queue, 0) after a header that is zero but for num_buffers
+// 1 and, for a frame whose checksum is partial going to a guest that
+// took GUEST_CSUM, NEEDS_CSUM with csum_start and csum_offset (see
+// Offloads), waiting up to Options.WriteTimeout for buffers;
+// WriteBatchNoWait does not wait. Both hand the guest one
 // interrupt per batch, and only when it asked for interrupts
 // (VRING_AVAIL_F_NO_INTERRUPT clear). While draining the transmit queue
 // the port sets VRING_USED_F_NO_NOTIFY, so a busy guest does not kick
@@ -44,9 +46,10 @@
 //
 // Offered: VIRTIO_F_VERSION_1 (12-byte header), VIRTIO_NET_F_MTU (the
 // guest learns host_mtu), VIRTIO_RING_F_INDIRECT_DESC,
-// VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_NET_F_CSUM and
-// VIRTIO_NET_F_HOST_TSO4/HOST_TSO6 unless Options.NoOffload (see
-// Offloads; a driver acknowledging HOST_TSO without CSUM is refused), and
+// VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_NET_F_CSUM,
+// VIRTIO_NET_F_HOST_TSO4/HOST_TSO6 and VIRTIO_NET_F_GUEST_CSUM unless
+// Options.NoOffload (see Offloads; a driver acknowledging HOST_TSO
+// without CSUM is refused), and
 // VIRTIO_NET_F_MAC when Options.MAC is set. Protocol features: REPLY_ACK
 // (refusals reach QEMU as errors instead of silence), NET_MTU, and CONFIG
 // when Options.MAC is set (GET_CONFIG serves the MAC, link up and MTU to
@@ -71,9 +74,9 @@
 // and its WRITE flag is ignored; direction rules are as for a plain
 // chain, and the walk is bounded by the table's size.
 //
-// Not offered, deliberately for now: offloads towards the guest
-// (GUEST_CSUM, GUEST_TSO4/6: the guest gets whole frames with complete
-// checksums, as from any other port), HOST_ECN and HOST_UFO,
+// Not offered, deliberately for now: TSO towards the guest (GUEST_TSO4/6:
+// the guest gets frames no larger than the MTU, a GSO frame handed to
+// WriteBatch is dropped), HOST_ECN and HOST_UFO,
 // VIRTIO_NET_F_MRG_RXBUF (a Linux guest with a large MTU then posts big
 // packets, which the port fills across the chain or table), EVENT_IDX,
 // multiqueue, packed rings, dirty-page logging (so no live migration),
@@ -139,12 +142,30 @@
 //
 // Each dropped frame is counted (RxDropped) and logged at most once a
 // second with its reason; it costs the guest that frame only, never its
-// session. WriteBatch (towards the guest) completes a frame with
-// Off.Partial in a copy of its own first (the caller's frame is left as
-// it is) and drops a GSO frame: the switch never hands either, a direct
-// caller might. ReadBatch stays free of allocations per frame; the
-// scratch (frameio.MaxGSOLen bytes) is allocated once a front-end
-// negotiates TSO.
+// session. ReadBatch stays free of allocations per frame; the scratch
+// (frameio.MaxGSOLen bytes) is allocated once a front-end negotiates
+// TSO.
+//
+// Towards the guest, with VIRTIO_NET_F_GUEST_CSUM a Linux guest takes
+// frames whose checksum is partial and sums nothing: the port is a
+// frameio.PartialWriter (TakesPartial, true unless NoOffload), so the
+// switch hands it TCP frames as the host's kernel (through the uplink
+// TAP) or another guest left them, and WriteBatch writes a frame with
+// Off.Partial behind a header with NEEDS_CSUM, csum_start and
+// csum_offset (little-endian, the VERSION_1 layout), its bytes as they
+// are: the guest's stack takes the checksum as good, or completes it
+// when it forwards the frame. Whether a guest took GUEST_CSUM is its
+// session's: the switch asks TakesPartial once, when the port is
+// attached (before any guest connects), so for a front-end that did not
+// take it (or after a reconnect without it) WriteBatch completes the
+// checksum itself, in a copy of its own (the caller's frame is left as
+// it is), and the guest gets a complete one. A partial checksum whose
+// place lies outside the frame is dropped and counted either way, and a
+// GSO frame too (no GUEST_TSO): the switch never hands one, a direct
+// caller might. Complete frames go with no flag (DATA_VALID is not set:
+// the port vouches for no checksum it did not compute). The write path
+// allocates nothing per frame either (the completing copy is allocated
+// once).
 //
 // # A hostile front-end
 //

@@ -24,3 +24,12 @@ func GSOFrames(p *Port) uint64 {
 	defer q.mu.Unlock()
 	return q.gsoFrames
 }
+
+// GuestCsum says whether the current front-end negotiated
+// VIRTIO_NET_F_GUEST_CSUM.
+func GuestCsum(p *Port) bool {
+	q := &p.q[rxQ]
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.guestCsum
+}

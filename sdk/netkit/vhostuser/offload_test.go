@@ -4,6 +4,7 @@ package vhostuser_test
 
 import (
 	"bytes"
+	"fmt"
 	"testing"
 
 	"github.com/anka-net/anka/sdk/netkit/frameio"
@@ -12,10 +13,10 @@ import (
 	"github.com/anka-net/anka/sdk/netkit/vhostuser/vhostuserdriver"
 )
 
-const offloadBits = 1<<vuproto.NetFCsum | 1<<vuproto.NetFHostTSO4 | 1<<vuproto.NetFHostTSO6
+const offloadBits = 1<<vuproto.NetFCsum | 1<<vuproto.NetFHostTSO4 | 1<<vuproto.NetFHostTSO6 | 1<<vuproto.NetFGuestCsum
 
-// The port offers CSUM and HOST_TSO4/TSO6 unless NoOffload; the driver
-// takes them with Offload. A partial frame goes through only where they
+// The port offers CSUM, HOST_TSO4/TSO6 and GUEST_CSUM unless NoOffload;
+// the driver takes them with Offload. A partial frame goes through only where they
 // were negotiated: elsewhere the driver refuses it (a guest's driver
 // could not have sent it).
 func TestOffloadFeatures(t *testing.T) {
@@ -34,8 +35,11 @@ func TestOffloadFeatures(t *testing.T) {
 			if got := d.Features() & offloadBits; got != tc.want {
 				t.Fatalf("offloads negotiated %#x, want %#x", got, tc.want)
 			}
-			if d.TakesPartial() != (tc.want != 0) || d.TakesGSO() != (tc.want != 0) {
-				t.Fatalf("TakesPartial %v, TakesGSO %v with offloads %#x", d.TakesPartial(), d.TakesGSO(), tc.want)
+			if d.TakesPartial() != (tc.want != 0) || d.TakesGSO() != (tc.want != 0) || d.ReadsOffload() != (tc.want != 0) {
+				t.Fatalf("TakesPartial %v, TakesGSO %v, ReadsOffload %v with offloads %#x", d.TakesPartial(), d.TakesGSO(), d.ReadsOffload(), tc.want)
+			}
+			if p.TakesPartial() != !tc.noOffload {
+				t.Fatalf("the port's TakesPartial is %v with NoOffload %v", p.TakesPartial(), tc.noOffload)
 			}
 			b := buildPkt(t, pktSpec{kind: kindTCP, payload: payloadBytes(500, 1)})
 			pf, off := b.partial()
@@ -217,41 +221,137 @@ func TestGSOPendingOutlivesFrontEnd(t *testing.T) {
 	}
 }
 
-// Towards the guest (no GUEST_ offloads): a partial frame is completed
-// in the port's copy (the caller's frame is left alone), a GSO frame is
-// dropped and counted, and the guest sees plain frames.
+// Towards the guest: a partial checksum goes as it is, behind NEEDS_CSUM
+// with its csum_start and csum_offset, to a front-end that negotiated
+// GUEST_CSUM, and arrives partial (the driver's Off says where) to finish
+// to the complete frame; for one that did not (it did not ask, or the
+// port withholds it: NoOffload) the port completes it in its own copy.
+// Either way the caller's frame is left alone, a GSO frame (no
+// GUEST_TSO) and a partial checksum whose place lies outside the frame
+// are dropped and counted, and a plain frame arrives plain.
 func TestWriteOffloadToGuest(t *testing.T) {
+	for _, tc := range []struct {
+		name               string
+		noOffload, offload bool
+		partial            bool // the guest gets partial checksums
+	}{
+		{"GUEST_CSUM negotiated", false, true, true},
+		{"front-end without offloads", false, false, false},
+		{"NoOffload", true, true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := listen(t, vhostuser.Options{MTU: 1500, NoOffload: tc.noOffload, WriteTimeout: -1})
+			d := dial(t, p, vhostuserdriver.DriverOptions{Offload: tc.offload, WriteTimeout: -1})
+			if got := d.Features()&(1<<vuproto.NetFGuestCsum) != 0; got != tc.partial || d.ReadsOffload() != tc.partial {
+				t.Fatalf("GUEST_CSUM negotiated %v, ReadsOffload %v; want %v", got, d.ReadsOffload(), tc.partial)
+			}
+			if p.TakesPartial() != !tc.noOffload {
+				t.Fatalf("the port's TakesPartial is %v with NoOffload %v", p.TakesPartial(), tc.noOffload)
+			}
+			tcp := buildPkt(t, pktSpec{kind: kindTCP, v6: true, payload: payloadBytes(1200, 5)})
+			tcp4 := buildPkt(t, pktSpec{kind: kindTCP, ipOpts: true, payload: payloadBytes(333, 9)})
+			udp := buildPkt(t, pktSpec{kind: kindUDP, payload: payloadBytes(99, 6)})
+			tp, toff := tcp.partial()
+			t4p, t4off := tcp4.partial()
+			up, uoff := udp.partial()
+			gf, goff := buildPkt(t, pktSpec{kind: kindTCP, payload: payloadBytes(1400, 7)}).gso(500)
+			bad := toff
+			bad.CsumStart = 2000
+			batch := []frameio.Frame{
+				{Buf: bytes.Clone(tp), N: len(tp), Off: toff},
+				{Buf: bytes.Clone(gf), N: len(gf), Off: goff},
+				{Buf: bytes.Clone(t4p), N: len(t4p), Off: t4off},
+				{Buf: bytes.Clone(up), N: len(up), Off: uoff},
+				{Buf: bytes.Clone(tp), N: len(tp), Off: bad},
+				{Buf: frame(80, 1), N: 80},
+			}
+			n, err := p.WriteBatch(batch)
+			if err != nil || n != 4 {
+				t.Fatalf("WriteBatch = %d, %v; want 4 sent", n, err)
+			}
+			if s := p.Stats(); s.TxDropped != 2 || s.TxFrames != 4 {
+				t.Fatalf("stats %+v: want 4 sent, the GSO frame and the bad partial one dropped", s)
+			}
+			if !bytes.Equal(batch[0].Bytes(), tp) || batch[0].Off != toff {
+				t.Fatal("the caller's frame was changed")
+			}
+			g := readOff(t, d, 4, 8)
+			for i, w := range []struct {
+				complete, partial []byte
+				off               frameio.Offload
+			}{{tcp.frame, tp, toff}, {tcp4.frame, t4p, t4off}, {udp.frame, up, uoff}, {frame(80, 1), frame(80, 1), frameio.Offload{}}} {
+				if !tc.partial || w.off == (frameio.Offload{}) {
+					if !bytes.Equal(g[i].b, w.complete) || g[i].off != (frameio.Offload{}) {
+						t.Fatalf("frame %d: not the completed frame, or Off %+v", i, g[i].off)
+					}
+					continue
+				}
+				if g[i].off != w.off || !bytes.Equal(g[i].b, w.partial) {
+					t.Fatalf("frame %d: arrived with Off %+v (want %+v), or changed", i, g[i].off, w.off)
+				}
+				f := frameio.Frame{Buf: g[i].b, N: len(g[i].b), Off: g[i].off}
+				if !f.Finish() || !bytes.Equal(f.Bytes(), w.complete) {
+					t.Fatalf("frame %d does not finish to the complete frame", i)
+				}
+			}
+			if s := d.Stats(); s.RxDropped != 0 {
+				t.Fatalf("the driver dropped %d", s.RxDropped)
+			}
+		})
+	}
+}
+
+// GUEST_CSUM is the current front-end's: after one that negotiated it
+// goes, the next one, without it, gets partial checksums completed (the
+// switch asked TakesPartial once, when the port was attached).
+func TestGuestCsumAcrossReconnect(t *testing.T) {
 	p := listen(t, vhostuser.Options{MTU: 1500, WriteTimeout: -1})
-	d := dial(t, p, vhostuserdriver.DriverOptions{Offload: true, WriteTimeout: -1})
-	tcp := buildPkt(t, pktSpec{kind: kindTCP, v6: true, payload: payloadBytes(1200, 5)})
-	udp := buildPkt(t, pktSpec{kind: kindUDP, payload: payloadBytes(99, 6)})
-	tp, toff := tcp.partial()
-	up, uoff := udp.partial()
-	gf, goff := buildPkt(t, pktSpec{kind: kindTCP, payload: payloadBytes(1400, 7)}).gso(500)
-	bad := toff
-	bad.CsumStart = 2000
-	batch := []frameio.Frame{
-		{Buf: bytes.Clone(tp), N: len(tp), Off: toff},
-		{Buf: bytes.Clone(gf), N: len(gf), Off: goff},
-		{Buf: bytes.Clone(up), N: len(up), Off: uoff},
-		{Buf: bytes.Clone(tp), N: len(tp), Off: bad},
-		{Buf: frame(80, 1), N: 80},
-	}
-	n, err := p.WriteBatch(batch)
-	if err != nil || n != 3 {
-		t.Fatalf("WriteBatch = %d, %v; want 3 sent", n, err)
-	}
-	if s := p.Stats(); s.TxDropped != 2 || s.TxFrames != 3 {
-		t.Fatalf("stats %+v: want 3 sent, the GSO frame and the bad partial one dropped", s)
-	}
-	if !bytes.Equal(batch[0].Bytes(), tp) || batch[0].Off != toff {
-		t.Fatal("the caller's frame was changed")
-	}
-	g := readOff(t, d, 3, 8)
-	for i, want := range [][]byte{tcp.frame, udp.frame, frame(80, 1)} {
-		if !bytes.Equal(g[i].b, want) || g[i].off != (frameio.Offload{}) {
-			t.Fatalf("frame %d: not the completed frame, or Off %+v", i, g[i].off)
+	b := buildPkt(t, pktSpec{kind: kindTCP, payload: payloadBytes(700, 3)})
+	pf, off := b.partial()
+	for i, offload := range []bool{true, false, true} {
+		d := dial(t, p, vhostuserdriver.DriverOptions{Offload: offload, WriteTimeout: -1})
+		if writeOff(t, p, [][]byte{pf}, []frameio.Offload{off}) != 1 {
+			t.Fatalf("session %d: not sent", i)
 		}
+		g := readOff(t, d, 1, 4)[0]
+		if offload && (g.off != off || !bytes.Equal(g.b, pf)) || !offload && (g.off != (frameio.Offload{}) || !bytes.Equal(g.b, b.frame)) {
+			t.Fatalf("session %d (GUEST_CSUM %v): arrived with Off %+v, or not as it should", i, offload, g.off)
+		}
+		d.Close()
+		eventually(t, "the port notices the driver left", func() bool { return !p.Connected() })
+	}
+}
+
+// The write path allocates nothing per frame: partial checksums handed
+// to a guest with GUEST_CSUM or completed for one without, plain frames,
+// and the driver's reads of them.
+func TestWriteAllocs(t *testing.T) {
+	for _, offload := range []bool{true, false} {
+		t.Run(fmt.Sprintf("GUEST_CSUM=%v", offload), func(t *testing.T) {
+			p := listen(t, vhostuser.Options{MTU: 1500, WriteTimeout: -1})
+			d := dial(t, p, vhostuserdriver.DriverOptions{Offload: offload, WriteTimeout: -1})
+			pf, poff := buildPkt(t, pktSpec{kind: kindTCP, payload: payloadBytes(1400, 8)}).partial()
+			w := make([]frameio.Frame, 0, 32)
+			for i := range 16 {
+				w = append(w, frameio.Frame{Buf: pf, N: len(pf), Off: poff}, frameio.Frame{Buf: frame(1514, i), N: 1514})
+			}
+			r := frameio.NewBatch(32, 1500)
+			allocs := testing.AllocsPerRun(50, func() {
+				if n, _ := p.WriteBatch(w); n != len(w) {
+					t.Fatalf("sent %d", n)
+				}
+				for got := 0; got < len(w); {
+					n, err := d.ReadBatch(r)
+					if err != nil {
+						t.Fatal(err)
+					}
+					got += n
+				}
+			})
+			if allocs != 0 {
+				t.Fatalf("%.1f allocations per round of %d frames", allocs, len(w))
+			}
+		})
 	}
 }
 

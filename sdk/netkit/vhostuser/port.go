@@ -35,9 +35,11 @@ type Options struct {
 	// receive buffers before it drops the rest of the batch; 0 means
 	// frameio.DefaultWriteTimeout, negative means never wait.
 	WriteTimeout time.Duration
-	// NoOffload withholds VIRTIO_NET_F_CSUM and HOST_TSO4/TSO6: the guest
-	// then completes its checksums and cuts its TCP segments itself, and
-	// every frame read from it is plain (Frame.Off zero).
+	// NoOffload withholds VIRTIO_NET_F_CSUM, HOST_TSO4/TSO6 and
+	// GUEST_CSUM: the guest then completes its checksums and cuts its TCP
+	// segments itself, every frame read from it is plain (Frame.Off
+	// zero), and it gets only complete checksums (WriteBatch completes a
+	// partial one; TakesPartial is false).
 	NoOffload bool
 	// Log receives connection events and the reasons a front-end was
 	// dropped; nil discards them.
@@ -130,7 +132,7 @@ func Listen(path string, o Options) (*Port, error) {
 		p.offered |= 1 << vuproto.NetFMAC
 	}
 	if !o.NoOffload {
-		p.offered |= 1<<vuproto.NetFCsum | 1<<vuproto.NetFHostTSO4 | 1<<vuproto.NetFHostTSO6
+		p.offered |= 1<<vuproto.NetFCsum | 1<<vuproto.NetFHostTSO4 | 1<<vuproto.NetFHostTSO6 | 1<<vuproto.NetFGuestCsum
 	}
 	p.protoOffered = 1<<vuproto.PFReplyAck | 1<<vuproto.PFNetMTU
 	if o.MAC != nil {
@@ -172,6 +174,16 @@ func (p *Port) Path() string { return p.path }
 
 // Connected reports whether a front-end is connected now.
 func (p *Port) Connected() bool { return p.conn.Load() != nil }
+
+// TakesPartial says whether WriteBatch takes frames whose checksum is
+// partial (frameio.PartialWriter): unless NoOffload, it always does. A
+// front-end that negotiated VIRTIO_NET_F_GUEST_CSUM gets them partial
+// (NEEDS_CSUM in the virtio-net header), so neither the port nor the
+// guest sums the payload; for any other, WriteBatch completes them in its
+// own copy, as the switch would have. The answer does not depend on the
+// front-end: the switch asks once, when the port is attached, which is
+// before a guest connects, and guests come and go (reconnects) under it.
+func (p *Port) TakesPartial() bool { return p.offered&(1<<vuproto.NetFGuestCsum) != 0 }
 
 // Close stops serving, drops the front-end, unblocks a pending ReadBatch
 // (which returns frameio.ErrClosed) and removes the socket file.
@@ -364,6 +376,7 @@ func (p *Port) handle(m *vuproto.Msg) ([]byte, error) {
 			q.csumOK = v&(1<<vuproto.NetFCsum) != 0
 			q.tso4OK = v&(1<<vuproto.NetFHostTSO4) != 0
 			q.tso6OK = v&(1<<vuproto.NetFHostTSO6) != 0
+			q.guestCsum = q.idx == rxQ && v&(1<<vuproto.NetFGuestCsum) != 0
 			if (q.tso4OK || q.tso6OK) && q.idx == txQ && q.scratch == nil {
 				q.scratch = make([]byte, frameio.MaxGSOLen)
 			}
@@ -644,6 +657,7 @@ func (l *logLimiter) allow() bool {
 }
 
 var (
-	_ frameio.Port         = (*Port)(nil)
-	_ frameio.NoWaitWriter = (*Port)(nil)
+	_ frameio.Port          = (*Port)(nil)
+	_ frameio.NoWaitWriter  = (*Port)(nil)
+	_ frameio.PartialWriter = (*Port)(nil)
 )

@@ -216,11 +216,13 @@ func echoReplySize(icmp []byte) int {
 // indirect descriptors and Linux takes them: its big receive buffers each
 // come as one indirect table, which the port's counter shows.
 //
-// The port offers checksum offload and TSO, and Linux takes them: a TCP
-// echo (the guest's nc on port 7) of 200 KB with the test as the peer
-// brings the guest's TCP frames with partial checksums, and its bulk
-// data as GSO frames the port cuts; every segment completes to a valid
-// checksum, the data comes back whole and the port drops nothing.
+// The port offers checksum offload (both ways) and TSO, and Linux takes
+// them: a TCP echo (the guest's nc on port 7) of 200 KB with the test as
+// the peer, every other segment to the guest with its checksum partial
+// (GUEST_CSUM: NEEDS_CSUM in its header), brings the guest's TCP frames
+// with partial checksums, and its bulk data as GSO frames the port cuts;
+// every segment completes to a valid checksum, the data comes back whole
+// and the port drops nothing.
 func TestQEMUGuest(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots a VM")
@@ -363,9 +365,11 @@ const (
 )
 
 // guestTCP has the test be a TCP peer of the guest's echo service (port
-// 7, over IPv6 link-local) and sends it 200 KB: the guest, with checksum
-// offload and TSO negotiated, leaves its checksums partial and hands its
-// echo over as GSO frames. Every frame the port returns must complete
+// 7, over IPv6 link-local) and sends it 200 KB, every other segment with
+// its checksum partial (the guest took GUEST_CSUM: it gets them behind
+// NEEDS_CSUM and must take their data as it would complete ones'): the
+// guest, with checksum offload and TSO negotiated, leaves its checksums
+// partial and hands its echo over as GSO frames. Every frame the port returns must complete
 // to a valid checksum (Finish where it is partial), the data must come
 // back whole, and the port must drop nothing: the headers a real Linux
 // guest writes pass the port's checks.
@@ -376,8 +380,25 @@ func guestTCP(t *testing.T, p *vhostuser.Port, frames <-chan got, mac net.Hardwa
 	dropsBefore, gsoBefore := p.Stats().RxDropped, vhostuser.GSOFrames(p)
 	out := frameio.NewBatch(1, p.MTU())
 	write := func(f []byte) {
-		out[0].N = copy(out[0].Buf, f)
+		out[0].N, out[0].Off = copy(out[0].Buf, f), frameio.Offload{}
 		p.WriteBatchNoWait(out)
+	}
+	// writePartial writes f with its TCP checksum partial, as the host's
+	// TCP leaves it and the uplink TAP hands it up: the guest took
+	// GUEST_CSUM, so it gets it so (NEEDS_CSUM) and sums nothing.
+	sentPartial := 0
+	writePartial := func(f []byte) {
+		out[0].N = copy(out[0].Buf, f)
+		b := out[0].Bytes()
+		binary.BigEndian.PutUint16(b[54+16:], 0)
+		binary.BigEndian.PutUint16(b[54+16:], uint16(pseudo(b, 14, 54, true)))
+		out[0].Off = frameio.Offload{Partial: true, CsumStart: 54, CsumOffset: 16}
+		if n, _ := p.WriteBatchNoWait(out); n == 1 {
+			sentPartial++
+		}
+	}
+	if !vhostuser.GuestCsum(p) {
+		t.Error("the guest did not take VIRTIO_NET_F_GUEST_CSUM")
 	}
 	var (
 		irs                 uint32
@@ -394,7 +415,12 @@ func guestTCP(t *testing.T, p *vhostuser.Port, frames <-chan got, mac net.Hardwa
 	pump := func() {
 		for established && nxt < len(data) && nxt-una < wnd {
 			n := min(mss, len(data)-nxt)
-			write(tcpToGuest(mac, iss+1+uint32(nxt), irs+1+uint32(len(echo)), tcpACK|tcpPSH, nil, data[nxt:nxt+n]))
+			f := tcpToGuest(mac, iss+1+uint32(nxt), irs+1+uint32(len(echo)), tcpACK|tcpPSH, nil, data[nxt:nxt+n])
+			if (nxt/mss)%2 == 1 {
+				writePartial(f) // every other segment
+			} else {
+				write(f)
+			}
 			nxt += n
 		}
 	}
@@ -478,8 +504,11 @@ func guestTCP(t *testing.T, p *vhostuser.Port, frames <-chan got, mac net.Hardwa
 		t.Fatal("the echo differs from what was sent")
 	}
 	gso := vhostuser.GSOFrames(p) - gsoBefore
-	t.Logf("TCP echo of %d bytes: %d TCP frames from the guest with partial checksums, %d complete; %d data segments, cut from %d GSO frames",
-		len(data), partial, whole, seg, gso)
+	t.Logf("TCP echo of %d bytes: %d TCP frames from the guest with partial checksums, %d complete; %d data segments, cut from %d GSO frames; %d segments to the guest partial",
+		len(data), partial, whole, seg, gso, sentPartial)
+	if sentPartial == 0 {
+		t.Error("no segment went to the guest with its checksum partial")
+	}
 	if partial == 0 || gso == 0 {
 		t.Errorf("the guest sent %d partial TCP frames and %d GSO frames: want both (checksum offload and TSO negotiated)", partial, gso)
 	}

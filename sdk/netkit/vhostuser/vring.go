@@ -50,7 +50,10 @@ type vring struct {
 	// Offloads the driver acknowledged (the transmit queue uses them):
 	// partial checksums, TCP segments to cut over IPv4 and IPv6.
 	csumOK, tso4OK, tso6OK bool
-	hdr                    [12]byte // the virtio-net header of the chain being read
+	// guestCsum (the receive queue's): the driver negotiated
+	// VIRTIO_NET_F_GUEST_CSUM, so WriteBatch hands it partial checksums.
+	guestCsum bool
+	hdr       [12]byte // the virtio-net header of the chain being read
 	// A GSO frame is copied out of guest memory into scratch (its only
 	// read of guest memory) and cut from there by seg; segments a full
 	// batch had no room for wait in seg for the next ReadBatch, which
@@ -82,7 +85,7 @@ func (q *vring) reset() {
 	q.lastAvail, q.usedIdx, q.published, q.usedFlags = 0, 0, 0, 0
 	q.kickNoFD, q.started, q.enabled, q.broken = false, false, false, false
 	q.hdrLen, q.indirectOK = 12, false
-	q.csumOK, q.tso4OK, q.tso6OK = false, false, false
+	q.csumOK, q.tso4OK, q.tso6OK, q.guestCsum = false, false, false, false
 	// seg keeps segments already taken from the guest (in scratch, not
 	// in its memory): the next ReadBatch still returns them.
 }
@@ -439,11 +442,18 @@ func (p *Port) nextSegments(q *vring, frames []frameio.Frame, got int) (int, int
 }
 
 // writeChain writes the header and frame into the writable chain at head
-// and returns the bytes written.
-func (q *vring) writeChain(head uint16, frame []byte) (uint32, int) {
+// and returns the bytes written. With o partial (only where GUEST_CSUM
+// was negotiated) the header says NEEDS_CSUM, with csum_start and
+// csum_offset; otherwise it is zero but for num_buffers.
+func (q *vring) writeChain(head uint16, frame []byte, o *frameio.Offload) (uint32, int) {
 	var hdr [12]byte
 	if q.hdrLen == 12 {
 		hdr[10] = 1 // num_buffers
+	}
+	if o.Partial {
+		hdr[0] = vuproto.NetHdrFNeedsCsum
+		le.PutUint16(hdr[6:], o.CsumStart)
+		le.PutUint16(hdr[8:], o.CsumOffset)
 	}
 	h := hdr[:q.hdrLen]
 	written := uint32(0)
@@ -647,6 +657,9 @@ func (p *Port) writeBatch(frames []frameio.Frame, timeout time.Duration) (int, e
 	return sent, nil
 }
 
+// noOffload is the header of a frame WriteBatch hands over complete.
+var noOffload frameio.Offload
+
 func (p *Port) push(frames []frameio.Frame, timeout time.Duration) (sent, bytes int) {
 	q := &p.q[rxQ]
 	q.mu.Lock()
@@ -667,15 +680,21 @@ func (p *Port) push(frames []frameio.Frame, timeout time.Duration) (sent, bytes 
 		if f.N < frameio.MinFrameLen || f.N > p.frameSize || f.N > len(f.Buf) {
 			continue
 		}
-		data := f.Bytes()
+		data, off := f.Bytes(), &noOffload
 		if f.Off != (frameio.Offload{}) {
-			// The guest takes whole frames only (no GUEST_CSUM, no
-			// GUEST_TSO): a partial checksum is completed in a copy,
-			// a segment to cut is dropped.
-			if f.Off.GSO != frameio.GSONone {
+			// A partial checksum goes to a guest that negotiated
+			// GUEST_CSUM as it is, behind NEEDS_CSUM; for any other it
+			// is completed in a copy. A segment to cut is dropped (no
+			// GUEST_TSO).
+			switch {
+			case f.Off.GSO != frameio.GSONone || !f.Off.Partial:
 				continue
-			}
-			if f.Off.Partial {
+			case q.guestCsum:
+				if int(f.Off.CsumStart) < frameio.MinFrameLen || int(f.Off.CsumStart)+int(f.Off.CsumOffset)+2 > f.N {
+					continue // as Finish would refuse it
+				}
+				off = &f.Off
+			default:
 				if q.fin.Buf == nil {
 					q.fin.Buf = make([]byte, p.frameSize)
 				}
@@ -708,7 +727,7 @@ func (p *Port) push(frames []frameio.Frame, timeout time.Duration) (sent, bytes 
 		}
 		head := q.nextHead()
 		avail--
-		n, why := q.writeChain(head, data)
+		n, why := q.writeChain(head, data, off)
 		if why != chainOK {
 			q.putUsed(head, 0)
 			p.badChain(q, why)

@@ -12,18 +12,22 @@
 //
 // It serves one connection: it does not reconnect. When the back-end goes
 // away, ReadBatch blocks until Close and WriteBatch drops once the
-// transmit queue is full. Mergeable buffers, EVENT_IDX and the GUEST_
-// offloads (the back-end's frames come whole) are not negotiated.
+// transmit queue is full. Mergeable buffers, EVENT_IDX and GUEST_TSO4/
+// TSO6 (the back-end's frames are never larger than the MTU) are not
+// negotiated.
 // Indirect descriptors are, when the back-end offers them
 // (DriverOptions.NoIndirect turns them off): as in Linux's virtio_ring,
 // a buffer of more than one descriptor (RxChunk, TxChunk) then takes one
 // ring descriptor pointing to a table in the driver's memory.
 //
-// With DriverOptions.Offload the driver takes VIRTIO_NET_F_CSUM and
-// HOST_TSO4/TSO6 when offered, and sends what a guest with checksum
-// offload and TSO sends: each frame's virtio-net header says what its
-// frameio.Frame.Off says (a partial checksum, a TCP segment of up to
-// frameio.MaxGSOLen bytes to cut). The transmit queue then keeps its
+// With DriverOptions.Offload the driver takes VIRTIO_NET_F_CSUM,
+// HOST_TSO4/TSO6 and GUEST_CSUM when offered, and sends what a guest with
+// checksum offload and TSO sends: each frame's virtio-net header says
+// what its frameio.Frame.Off says (a partial checksum, a TCP segment of
+// up to frameio.MaxGSOLen bytes to cut). It receives as such a guest
+// does: a frame whose header says NEEDS_CSUM comes with Frame.Off
+// partial (csum_start, csum_offset), any other with Off zero
+// (DATA_VALID says the checksum is complete). The transmit queue then keeps its
 // buffers of one frame (FrameSize(MTU)) for everything up to the MTU and
 // adds a few large ones for GSO frames longer than that: 16 at most,
 // using at most half of the queue's descriptors, each holding
@@ -88,13 +92,16 @@ type DriverOptions struct {
 	// (unlike the user address, so a back-end that confuses the two
 	// fails).
 	GPABase uint64
-	// Offload acknowledges VIRTIO_NET_F_CSUM, HOST_TSO4 and HOST_TSO6
-	// when the back-end offers them (Features says which it did):
-	// WriteBatch then sends frames with Frame.Off set (a partial
+	// Offload acknowledges VIRTIO_NET_F_CSUM, HOST_TSO4, HOST_TSO6 and
+	// GUEST_CSUM when the back-end offers them (Features says which it
+	// did): WriteBatch then sends frames with Frame.Off set (a partial
 	// checksum; a TCP segment of up to frameio.MaxGSOLen bytes to cut)
-	// with the virtio-net header that says so. Without it, or for an
-	// offload the back-end did not offer, such frames are refused
-	// (dropped and counted), never sent with a header that lies.
+	// with the virtio-net header that says so, and ReadBatch returns
+	// frames the back-end left partial with Off saying so
+	// (ReadsOffload). Without it, or for an offload the back-end did not
+	// offer, such frames are refused (dropped and counted), never sent
+	// with a header that lies; a received frame whose header says what
+	// was not negotiated is dropped and counted.
 	Offload bool
 	// Log receives warnings; nil discards them.
 	Log *slog.Logger
@@ -455,6 +462,9 @@ func (d *Driver) handshake(num uint16, o DriverOptions) error {
 		// TSO needs CSUM (virtio 1.x, 5.1.3.1).
 		want |= 1<<vuproto.NetFCsum | 1<<vuproto.NetFHostTSO4 | 1<<vuproto.NetFHostTSO6
 	}
+	if o.Offload {
+		want |= 1 << vuproto.NetFGuestCsum
+	}
 	d.features = f & want
 	d.hdrLen = 10
 	if d.features&(1<<vuproto.FVersion1) != 0 {
@@ -635,13 +645,18 @@ func (d *Driver) Config() (mac net.HardwareAddr, mtu int, err error) {
 }
 
 // Features are the virtio features the driver acknowledged: with
-// Offload, VIRTIO_NET_F_CSUM (bit 0), HOST_TSO4 (11) and HOST_TSO6 (12)
-// when the back-end offered them.
+// Offload, VIRTIO_NET_F_CSUM (bit 0), GUEST_CSUM (1), HOST_TSO4 (11) and
+// HOST_TSO6 (12) when the back-end offered them.
 func (d *Driver) Features() uint64 { return d.features }
 
 // TakesPartial says whether WriteBatch sends frames whose checksum is
 // partial (frameio.PartialWriter): the back-end took VIRTIO_NET_F_CSUM.
 func (d *Driver) TakesPartial() bool { return d.features&(1<<vuproto.NetFCsum) != 0 }
+
+// ReadsOffload says whether ReadBatch may return frames whose checksum
+// is partial (frameio.OffloadReader): GUEST_CSUM was negotiated. They
+// are never GSO frames (no GUEST_TSO): none is larger than the MTU.
+func (d *Driver) ReadsOffload() bool { return d.features&(1<<vuproto.NetFGuestCsum) != 0 }
 
 // TakesGSO says whether WriteBatch sends GSO frames whole
 // (frameio.GSOWriter): the back-end took HOST_TSO4 and HOST_TSO6. With
@@ -773,11 +788,11 @@ func (d *Driver) readOnce(frames []frameio.Frame) int {
 			}
 			if n < d.hdrLen+frameio.MinFrameLen || n > d.hdrLen+d.frameSize {
 				dropped++
+			} else if off, ok := d.rxOffload(q, s, n-d.hdrLen); !ok {
+				dropped++
 			} else {
-				// No GUEST_ offloads: the back-end's frames are whole
-				// (its header is zero but for num_buffers).
 				f := &frames[got]
-				f.N, f.Off = d.slotCopyOut(q, &q.reg, s, n, f.Buf), frameio.Offload{}
+				f.N, f.Off = d.slotCopyOut(q, &q.reg, s, n, f.Buf), off
 				bytes += f.N
 				got++
 			}
@@ -792,6 +807,27 @@ func (d *Driver) readOnce(frames []frameio.Frame) int {
 	d.ctr.AddRx(got, bytes)
 	d.ctr.AddRxDropped(dropped)
 	return got
+}
+
+// rxOffload reads the virtio-net header of receive slot s, holding a
+// frame of n bytes, as a guest's driver does: NEEDS_CSUM (only with
+// GUEST_CSUM negotiated) makes the frame's checksum partial, its place
+// inside the frame; DATA_VALID, or no flag, means complete. A GSO type
+// (GUEST_TSO is not negotiated), NEEDS_CSUM without GUEST_CSUM or a
+// checksum's place outside the frame: !ok, drop it.
+func (d *Driver) rxOffload(q *queue, s uint16, n int) (frameio.Offload, bool) {
+	h := d.mem[q.reg.bufOff+int(s)*q.reg.size:][:d.hdrLen]
+	if h[1] != vuproto.NetHdrGSONone {
+		return frameio.Offload{}, false
+	}
+	if h[0]&vuproto.NetHdrFNeedsCsum == 0 {
+		return frameio.Offload{}, true
+	}
+	o := frameio.Offload{Partial: true, CsumStart: le.Uint16(h[6:]), CsumOffset: le.Uint16(h[8:])}
+	if d.features&(1<<vuproto.NetFGuestCsum) == 0 || int(o.CsumStart) < frameio.MinFrameLen || int(o.CsumStart)+int(o.CsumOffset)+2 > n {
+		return frameio.Offload{}, false
+	}
+	return o, true
 }
 
 // WriteBatch sends frames through the transmit queue, waiting up to
@@ -951,8 +987,11 @@ func (d *Driver) release() {
 }
 
 var (
-	_ frameio.Port         = (*Driver)(nil)
-	_ frameio.NoWaitWriter = (*Driver)(nil)
+	_ frameio.Port          = (*Driver)(nil)
+	_ frameio.NoWaitWriter  = (*Driver)(nil)
+	_ frameio.PartialWriter = (*Driver)(nil)
+	_ frameio.GSOWriter     = (*Driver)(nil)
+	_ frameio.OffloadReader = (*Driver)(nil)
 )
 
 // Rings returns queue i's descriptor table, avail ring and used ring in
