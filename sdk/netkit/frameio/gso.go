@@ -88,6 +88,52 @@ func (f *Frame) Finish() bool {
 	return true
 }
 
+// Fit makes f fit a destination that takes partial checksums (partialOK)
+// or GSO frames whole (gsoOK), or neither: a partial checksum the
+// destination does not take is completed in place. It reports false when
+// f cannot be made to fit (a GSO frame for a destination that does not
+// take them, or a checksum Finish refuses): drop it.
+func (f *Frame) Fit(partialOK, gsoOK bool) bool {
+	switch {
+	case f.Off.GSO != GSONone:
+		return gsoOK
+	case f.Off.Partial && !partialOK:
+		return f.Finish()
+	}
+	return true
+}
+
+// PartialTCP says whether pkt's partial checksum o is a TCP checksum
+// that may travel partial (past MAC translation and services, to a
+// PartialWriter): untagged TCP over IPv4 (not a fragment) or IPv6 (no
+// extension headers), the checksum at the TCP header's place
+// (csum_start the TCP header, csum_offset 16).
+func PartialTCP(pkt []byte, o Offload) bool {
+	if !o.Partial || o.GSO != GSONone || o.CsumOffset != 16 || len(pkt) < EthHeaderLen+20 {
+		return false
+	}
+	ip := pkt[EthHeaderLen:]
+	l4 := 0
+	switch binary.BigEndian.Uint16(pkt[12:14]) {
+	case etherTypeIPv4:
+		if ip[0]>>4 != 4 || ip[9] != ipProtoTCP || binary.BigEndian.Uint16(ip[6:])&0x3fff != 0 {
+			return false
+		}
+		l4 = EthHeaderLen + int(ip[0]&0x0f)*4
+		if l4 < EthHeaderLen+20 {
+			return false
+		}
+	case etherTypeIPv6:
+		if len(ip) < 40 || ip[0]>>4 != 6 || ip[6] != ipProtoTCP {
+			return false
+		}
+		l4 = EthHeaderLen + 40
+	default:
+		return false
+	}
+	return int(o.CsumStart) == l4 && l4+20 <= len(pkt)
+}
+
 // Segmenter cuts a GSO frame into frames no larger than the MTU, as a NIC
 // with TSO would put them on the wire: each carries the first's headers
 // with its own IP length (and IPv4 id and header checksum), TCP sequence

@@ -11,7 +11,7 @@ import (
 // FuzzTAPRead hands the offloading TAP reader arbitrary reads (virtio
 // header, then a packet), as a host stack or a hostile local sender can
 // produce. Every frame it hands out fits the MTU and is partial exactly
-// when it is untagged TCP (partialTCP); once finished, each piece of a
+// when it is untagged TCP (PartialTCP); once finished, each piece of a
 // cut TCP segment has valid IP and TCP checksums, its IP length matches,
 // and the pieces' payloads put together are the segment's.
 func FuzzTAPRead(f *testing.F) {
@@ -73,11 +73,11 @@ func FuzzTAPRead(f *testing.F) {
 			// Untagged TCP comes up with its checksum partial, as the
 			// kernel left it or the Segmenter cut it; nothing else.
 			kept := fr.Off != (Offload{})
-			if want := (tso && l3 == EthHeaderLen) || (!tso && partialTCP(pkt, off)); kept != want {
+			if want := (tso && l3 == EthHeaderLen) || (!tso && PartialTCP(pkt, off)); kept != want {
 				t.Fatalf("handed up with offload %+v; want partial %v", fr.Off, want)
 			}
 			if kept {
-				if !partialTCP(b, fr.Off) {
+				if !PartialTCP(b, fr.Off) {
 					t.Fatalf("handed up partial, not at an untagged TCP checksum: %+v", fr.Off)
 				}
 				if !tso && (fr.Off != off || !bytes.Equal(b, pkt)) {

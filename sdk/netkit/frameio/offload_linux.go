@@ -144,46 +144,16 @@ func enableOffload(fd int, ecn bool) error {
 
 // gsoReader turns what an offloading TAP read into frames no larger than
 // the MTU: one frame, or a TCP segment cut to its gso_size by a
-// Segmenter. TCP keeps its checksum partial (partialTCP); any other
+// Segmenter. TCP keeps its checksum partial (PartialTCP); any other
 // partial checksum is completed (Finish). A segment may need more frames
 // than a ReadBatch has: the rest stays pending for the next call.
 type gsoReader struct {
 	buf        []byte  // the last read: virtio header, then the packet
 	pkt        []byte  // a plain packet left to hand out; nil when none
 	off        Offload // its offload
-	keep       bool    // pkt's checksum stays partial (partialTCP)
+	keep       bool    // pkt's checksum stays partial (PartialTCP)
 	seg        Segmenter
 	segPartial bool // the segments' checksums stay partial (untagged)
-}
-
-// partialTCP says whether pkt's partial checksum o is a TCP checksum
-// that may be handed up partial: untagged TCP over IPv4 (not a fragment)
-// or IPv6 (no extension headers), the checksum at the TCP header's
-// place (csum_start the TCP header, csum_offset 16).
-func partialTCP(pkt []byte, o Offload) bool {
-	if !o.Partial || o.GSO != GSONone || o.CsumOffset != 16 || len(pkt) < EthHeaderLen+20 {
-		return false
-	}
-	ip := pkt[EthHeaderLen:]
-	l4 := 0
-	switch binary.BigEndian.Uint16(pkt[12:14]) {
-	case etherTypeIPv4:
-		if ip[0]>>4 != 4 || ip[9] != ipProtoTCP || binary.BigEndian.Uint16(ip[6:])&0x3fff != 0 {
-			return false
-		}
-		l4 = EthHeaderLen + int(ip[0]&0x0f)*4
-		if l4 < EthHeaderLen+20 {
-			return false
-		}
-	case etherTypeIPv6:
-		if len(ip) < 40 || ip[0]>>4 != 6 || ip[6] != ipProtoTCP {
-			return false
-		}
-		l4 = EthHeaderLen + 40
-	default:
-		return false
-	}
-	return int(o.CsumStart) == l4 && l4+20 <= len(pkt)
 }
 
 // load takes the packet just read (n bytes of buf with its header) and
@@ -204,7 +174,7 @@ func (r *gsoReader) load(n int) bool {
 		r.segPartial = binary.BigEndian.Uint16(pkt[12:14]) != etherTypeVLAN
 		return r.seg.Load(pkt, o) == nil
 	}
-	r.pkt, r.off, r.keep = pkt, o, partialTCP(pkt, o)
+	r.pkt, r.off, r.keep = pkt, o, PartialTCP(pkt, o)
 	return true
 }
 

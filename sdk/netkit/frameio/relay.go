@@ -61,16 +61,8 @@ func Relay(ctx context.Context, src, dst Port, batch int) error {
 func settle(frames []Frame, partialOK, gsoOK bool) int {
 	k := 0
 	for i := range frames {
-		f := &frames[i]
-		switch {
-		case f.Off.GSO != GSONone:
-			if !gsoOK {
-				continue
-			}
-		case f.Off.Partial && !partialOK:
-			if !f.Finish() {
-				continue
-			}
+		if !frames[i].Fit(partialOK, gsoOK) {
+			continue
 		}
 		frames[i], frames[k] = frames[k], frames[i]
 		k++

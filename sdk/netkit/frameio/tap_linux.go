@@ -334,26 +334,46 @@ func (p *TAPPort) doRead(fd uintptr) bool {
 		// A TAP read returns at most the buffer's length, cutting a
 		// longer frame short (its MTU raised behind the port's back):
 		// a byte of spill tells the two apart.
-		p.riov[1].Base = &b[0]
-		p.riov[1].SetLen(len(b))
-		n, _, e := unix.Syscall(unix.SYS_READV, fd, uintptr(unsafe.Pointer(&p.riov[1])), 2)
-		switch {
-		case e == unix.EINTR:
-			continue
-		case e == unix.EAGAIN:
-			return p.rn > 0 || p.rdrop > 0
-		case e != 0:
-			p.rerr = e
-			return true
-		case int(n) > len(b) || int(n) < MinFrameLen:
+		n, ok, ret := p.readv(fd, b, false)
+		if !ok {
+			return ret
+		}
+		if n > len(b) || n < MinFrameLen {
 			p.rdrop++
 			continue
 		}
-		f.N, f.Off = int(n), Offload{}
-		p.rbytes += int(n)
+		f.N, f.Off = n, Offload{}
+		p.rbytes += n
 		p.rn++
 	}
 	return true
+}
+
+// readv reads one packet into b, with the byte of spill after it, and
+// with the virtio header into p.rhdr before it when hdr. It retries an
+// interrupted read; ok false ends the batch, and ret is then what the
+// read function returns (an empty TAP with nothing read yet waits on).
+func (p *TAPPort) readv(fd uintptr, b []byte, hdr bool) (n int, ok, ret bool) {
+	p.riov[1].Base = &b[0]
+	p.riov[1].SetLen(len(b))
+	iov, cnt := &p.riov[1], 2
+	if hdr {
+		iov, cnt = &p.riov[0], 3
+	}
+	for {
+		r, _, e := unix.Syscall(unix.SYS_READV, fd, uintptr(unsafe.Pointer(iov)), uintptr(cnt))
+		switch e {
+		case 0:
+			return int(r), true, false
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return 0, false, p.rn > 0 || p.rdrop > 0
+		default:
+			p.rerr = e
+			return 0, false, true
+		}
+	}
 }
 
 // drainSeg hands out what the last read left into the free frames.
@@ -399,19 +419,11 @@ func (p *TAPPort) doReadPass(fd uintptr) bool {
 		f := &p.rframes[p.rn]
 		b := f.Buf[:cap(f.Buf)]
 		b = b[:min(len(b), MaxGSOLen)]
-		p.riov[1].Base = &b[0]
-		p.riov[1].SetLen(len(b))
-		n, _, e := unix.Syscall(unix.SYS_READV, fd, uintptr(unsafe.Pointer(&p.riov[0])), 3)
-		switch {
-		case e == unix.EINTR:
-			continue
-		case e == unix.EAGAIN:
-			return p.rn > 0 || p.rdrop > 0
-		case e != 0:
-			p.rerr = e
-			return true
+		n, ok, ret := p.readv(fd, b, true)
+		if !ok {
+			return ret
 		}
-		m := int(n) - vnetHdrLen // past len(b): cut short
+		m := n - vnetHdrLen // past len(b): cut short
 		o, ok := passRead(p.rhdr[:], m, len(b), p.fsize)
 		if !ok {
 			p.rdrop++
@@ -471,22 +483,29 @@ func (p *TAPPort) doWrite(fd uintptr) bool {
 			p.wdrop++
 			continue
 		}
-		for {
-			_, _, e := unix.Syscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(&f.Buf[0])), uintptr(f.N))
-			if e == unix.EINTR {
-				continue
-			}
-			if e != 0 {
-				p.werr = e
-				p.wdrop++
-			} else {
-				p.wn++
-				p.wbytes += f.N
-			}
-			break
-		}
+		p.write(fd, unix.SYS_WRITE, unsafe.Pointer(&f.Buf[0]), uintptr(f.N), 1, f.N)
 	}
 	return true
+}
+
+// write makes one write or writev system call (trap) of buf and n,
+// retrying an interrupted one, and counts frames frames of bytes bytes as
+// sent or, when the kernel refused them, dropped.
+func (p *TAPPort) write(fd, trap uintptr, buf unsafe.Pointer, n uintptr, frames, bytes int) {
+	for {
+		_, _, e := unix.Syscall(trap, fd, uintptr(buf), n)
+		if e == unix.EINTR {
+			continue
+		}
+		if e != 0 {
+			p.werr = e
+			p.wdrop += frames
+		} else {
+			p.wn += frames
+			p.wbytes += bytes
+		}
+		return
+	}
 }
 
 // doWriteOffload writes each frame behind its virtio header (empty, or
@@ -532,20 +551,7 @@ func (p *TAPPort) writeVnet(fd uintptr, f *Frame) {
 	}
 	p.wiov[1].Base = &f.Buf[0]
 	p.wiov[1].SetLen(f.N)
-	for {
-		_, _, e := unix.Syscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&p.wiov[0])), 2)
-		if e == unix.EINTR {
-			continue
-		}
-		if e != 0 {
-			p.werr = e
-			p.wdrop++
-		} else {
-			p.wn++
-			p.wbytes += f.N
-		}
-		return
-	}
+	p.write(fd, unix.SYS_WRITEV, unsafe.Pointer(&p.wiov[0]), 2, 1, f.N)
 }
 
 // writeMerged writes frames (a run coalesceRun found) as one TCP segment
@@ -563,20 +569,7 @@ func (p *TAPPort) writeMerged(fd uintptr, frames []Frame, mss int) {
 	}
 	p.giov[0].Base = &p.ghdr[0]
 	p.giov[0].SetLen(hn)
-	for {
-		_, _, e := unix.Syscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&p.giov[0])), uintptr(1+len(frames)))
-		if e == unix.EINTR {
-			continue
-		}
-		if e != 0 {
-			p.werr = e
-			p.wdrop += len(frames)
-		} else {
-			p.wn += len(frames)
-			p.wbytes += bytes
-		}
-		return
-	}
+	p.write(fd, unix.SYS_WRITEV, unsafe.Pointer(&p.giov[0]), uintptr(1+len(frames)), len(frames), bytes)
 }
 
 func (p *TAPPort) mapErr(err error) error {

@@ -334,15 +334,15 @@ func parseNetHdr(b *[12]byte) netHdr {
 // segments, twice its bytes at most).
 const minGSOSize = 48
 
-// tcpOffset finds the TCP header behind an Ethernet header (and one VLAN
-// tag when tagged): IPv4 that is not a fragment, any header length, or
-// IPv6 whose next header is TCP. ok is false for anything else.
-func tcpOffset(b []byte, tagged bool) (l3, l4 int, ok bool) {
+// tcpOffset finds the TCP header behind an Ethernet header and at most
+// one VLAN tag: IPv4 that is not a fragment, any header length, or IPv6
+// whose next header is TCP. ok is false for anything else.
+func tcpOffset(b []byte) (l3, l4 int, ok bool) {
 	if len(b) < frameio.EthHeaderLen {
 		return 0, 0, false
 	}
 	l3, et := frameio.EthHeaderLen, uint16(b[12])<<8|uint16(b[13])
-	if et == 0x8100 && tagged {
+	if et == 0x8100 {
 		if len(b) < l3+frameio.VLANTagLen {
 			return 0, 0, false
 		}
@@ -383,7 +383,7 @@ func (p *Port) takeFrame(q *vring, f *frameio.Frame, n int, gso bool) int {
 	// TCP stays partial for whoever sends it on; anything else (UDP,
 	// ICMPv6, a VLAN tag) is completed here, as MAC translation patches
 	// and services read such frames.
-	if _, l4, ok := tcpOffset(f.Bytes(), false); ok && int(h.csumStart) == l4 && h.csumOffset == 16 {
+	if frameio.PartialTCP(f.Bytes(), f.Off) {
 		return chainOK
 	}
 	if !f.Finish() {
@@ -401,7 +401,7 @@ func (p *Port) takeGSO(q *vring, h netHdr, pkt []byte) int {
 	default:
 		return chainGSOType
 	}
-	l3, l4, ok := tcpOffset(pkt, true)
+	l3, l4, ok := tcpOffset(pkt)
 	switch {
 	case !ok:
 		return chainGSOBad

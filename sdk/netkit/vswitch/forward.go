@@ -104,7 +104,7 @@ func (s *Switch) forward(from *Port, f *forwarder, frames []frameio.Frame) {
 				case from.cfg.Isolated && to.cfg.Isolated:
 					from.stats.drops[dropIsolated].Add(1)
 				default:
-					if of := &frames[i]; (of.Off.Partial || of.Off.GSO != frameio.GSONone) && !fitOffload(of, to.partial) {
+					if of := &frames[i]; (of.Off.Partial || of.Off.GSO != frameio.GSONone) && !of.Fit(to.partial, false) {
 						from.stats.drops[dropOffload].Add(1)
 						continue
 					}
@@ -117,7 +117,7 @@ func (s *Switch) forward(from *Port, f *forwarder, frames []frameio.Frame) {
 				continue
 			}
 		}
-		if of := &frames[i]; (of.Off.Partial || of.Off.GSO != frameio.GSONone) && !fitOffload(of, false) {
+		if of := &frames[i]; (of.Off.Partial || of.Off.GSO != frameio.GSONone) && !of.Fit(false, false) {
 			from.stats.drops[dropOffload].Add(1) // a flood's copies carry no offload: complete it once
 			continue
 		}
@@ -127,17 +127,6 @@ func (s *Switch) forward(from *Port, f *forwarder, frames []frameio.Frame) {
 	flush()
 	from.stats.rxFrames.Add(rxF)
 	from.stats.rxBytes.Add(rxB)
-}
-
-// fitOffload makes a frame that leaves work to its sender (frameio.Offload)
-// fit a port: a partial checksum stays partial for a port that takes it,
-// and is completed in place for any other. false: drop it (a GSO segment,
-// or a checksum whose place lies outside the frame).
-func fitOffload(fr *frameio.Frame, takesPartial bool) bool {
-	if fr.Off.GSO != frameio.GSONone {
-		return false
-	}
-	return takesPartial || fr.Finish()
 }
 
 // flood sends a broadcast, multicast or unknown-unicast frame to every
@@ -160,7 +149,7 @@ func (s *Switch) flood(from *Port, f *forwarder, fr []byte) {
 
 // transmit writes frames to the port's link, or hands them to its service.
 // They come fit for the port: forward completed partial checksums for a
-// port that does not take them (fitOffload), and the frames of services
+// port that does not take them (frameio.Frame.Fit), and the frames of services
 // carry none.
 // A flood does not wait for room on a link that can say so
 // (frameio.NoWaitWriter): a peer that does not read, such as an idle VM's
