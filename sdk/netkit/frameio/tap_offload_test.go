@@ -6,7 +6,6 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
-	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -144,25 +143,9 @@ func TestTAPOffloadPartialWrite(t *testing.T) {
 			if v6 {
 				network, addr = "tcp6", "[fd99::1]:7777"
 			}
-			var ln net.Listener
-			if err := ns.Run(func() (err error) { ln, err = net.Listen(network, addr); return err }); err != nil {
-				t.Fatal(err)
-			}
-			defer ln.Close()
 			const size = 1440       // fits the MTU over IPv6 too
 			const total = 44 * size // within the host's window (no window scaling)
-			got := make(chan []byte, 1)
-			go func() {
-				c, err := ln.Accept()
-				if err != nil {
-					got <- nil
-					return
-				}
-				defer c.Close()
-				c.SetReadDeadline(time.Now().Add(5 * time.Second))
-				b, _ := io.ReadAll(io.LimitReader(c, total))
-				got <- b
-			}()
+			got := ns.Receive(t, network, addr, total, 5*time.Second)
 			l4 := 34
 			if v6 {
 				l4 = 54
@@ -401,28 +384,12 @@ func TestTAPPassOffload(t *testing.T) {
 	go ba.run(b, a, &wg)
 	defer func() { a.Close(); b.Close(); wg.Wait() }()
 
-	var ln net.Listener
-	if err := nsB.Run(func() (err error) { ln, err = net.Listen("tcp4", "10.98.0.2:7777"); return err }); err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
 	const total = 8 << 20
 	want := make([]byte, total)
 	for i := range want {
 		want[i] = byte(i*7 + i>>11)
 	}
-	got := make(chan []byte, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			got <- nil
-			return
-		}
-		defer c.Close()
-		c.SetReadDeadline(time.Now().Add(20 * time.Second))
-		b, _ := io.ReadAll(io.LimitReader(c, total))
-		got <- b
-	}()
+	got := nsB.Receive(t, "tcp4", "10.98.0.2:7777", total, 20*time.Second)
 	var c net.Conn
 	if err := nsA.Run(func() (err error) { c, err = net.DialTimeout("tcp4", "10.98.0.2:7777", 5*time.Second); return err }); err != nil {
 		t.Fatal(err)

@@ -365,32 +365,8 @@ func TestTAPOffloadMergedWrite(t *testing.T) {
 	}
 	defer tap.Close()
 	ns.IP(t, "addr", "add", "10.99.0.1/24", "dev", "anka0")
-	var ln net.Listener
-	if err := ns.Run(func() (err error) { ln, err = net.Listen("tcp4", "10.99.0.1:7777"); return err }); err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
 	const total = 40 * 1448
-	got := make(chan []byte, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			got <- nil
-			return
-		}
-		defer c.Close()
-		c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		b := make([]byte, 0, total)
-		buf := make([]byte, 65536)
-		for len(b) < total {
-			n, err := c.Read(buf)
-			b = append(b, buf[:n]...)
-			if err != nil {
-				break
-			}
-		}
-		got <- b
-	}()
+	got := ns.Receive(t, "tcp4", "10.99.0.1:7777", total, 5*time.Second)
 
 	tap.WriteBatch([]frameio.Frame{{Buf: arpRequest(guestMAC, guestIP, hostIP), N: 60}})
 	reply := collectMatching(t, tap, 1, func(f []byte) bool {

@@ -3,7 +3,6 @@ package vswitch
 import (
 	"bytes"
 	"encoding/binary"
-	"io"
 	"net"
 	"net/netip"
 	"sync"
@@ -34,24 +33,7 @@ func newOffLink(takes bool) *offLink {
 func (l *offLink) TakesPartial() bool { return l.takes }
 
 func (l *offLink) ReadBatch(fs []frameio.Frame) (int, error) {
-	put := func(i int, f frameio.Frame) { fs[i].N, fs[i].Off = copy(fs[i].Buf, f.Bytes()), f.Off }
-	select {
-	case f := <-l.inF:
-		put(0, f)
-		n := 1
-		for n < len(fs) {
-			select {
-			case f := <-l.inF:
-				put(n, f)
-				n++
-			default:
-				return n, nil
-			}
-		}
-		return n, nil
-	case <-l.closed:
-		return 0, frameio.ErrClosed
-	}
+	return readChan(l.inF, l.closed, fs, func(f *frameio.Frame, g frameio.Frame) { f.N, f.Off = copy(f.Buf, g.Bytes()), g.Off })
 }
 
 func (l *offLink) WriteBatch(fs []frameio.Frame) (int, error) {
@@ -329,24 +311,8 @@ func TestPartialThroughOffloadTAP(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var ln net.Listener
-	if err := ns.Run(func() (err error) { ln, err = net.Listen("tcp4", "10.99.0.1:7777"); return err }); err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
 	const size, segs = 1448, 40
-	got := make(chan []byte, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			got <- nil
-			return
-		}
-		defer c.Close()
-		c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		b, _ := io.ReadAll(io.LimitReader(c, size*segs))
-		got <- b
-	}()
+	got := ns.Receive(t, "tcp4", "10.99.0.1:7777", size*segs, 5*time.Second)
 	// waitFrom waits for the guest to get a frame for which match holds.
 	waitFrom := func(what string, match func([]byte) bool) []byte {
 		t.Helper()

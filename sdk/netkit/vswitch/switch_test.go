@@ -33,21 +33,27 @@ func newMemLink() *memLink {
 }
 
 func (l *memLink) ReadBatch(fs []frameio.Frame) (int, error) {
+	return readChan(l.in, l.closed, fs, func(f *frameio.Frame, b []byte) { f.N = copy(f.Buf, b) })
+}
+
+// readChan is ReadBatch from a channel: it waits for one item, then takes
+// what else is queued, up to len(fs), put into the frames by put.
+func readChan[T any](in <-chan T, closed <-chan struct{}, fs []frameio.Frame, put func(*frameio.Frame, T)) (int, error) {
 	select {
-	case b := <-l.in:
-		fs[0].N = copy(fs[0].Buf, b)
+	case v := <-in:
+		put(&fs[0], v)
 		n := 1
 		for n < len(fs) {
 			select {
-			case b := <-l.in:
-				fs[n].N = copy(fs[n].Buf, b)
+			case v := <-in:
+				put(&fs[n], v)
 				n++
 			default:
 				return n, nil
 			}
 		}
 		return n, nil
-	case <-l.closed:
+	case <-closed:
 		return 0, frameio.ErrClosed
 	}
 }

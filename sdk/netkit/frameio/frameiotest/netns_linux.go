@@ -7,12 +7,15 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -106,6 +109,32 @@ func (n *Netns) Exec(tb testing.TB, name string, args ...string) string {
 		tb.Fatalf("in %s: %s %s: %v: %s", n.Name, name, strings.Join(args, " "), err, out)
 	}
 	return string(out)
+}
+
+// Receive listens on network and addr inside the namespace and returns
+// what the first connection to it sends: total bytes, or what came before
+// the connection ended or timeout passed after it was accepted; nil when
+// no connection came. The listener closes when the test ends.
+func (n *Netns) Receive(tb testing.TB, network, addr string, total int, timeout time.Duration) <-chan []byte {
+	tb.Helper()
+	var ln net.Listener
+	if err := n.Run(func() (err error) { ln, err = net.Listen(network, addr); return err }); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { ln.Close() })
+	got := make(chan []byte, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			got <- nil
+			return
+		}
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(timeout))
+		b, _ := io.ReadAll(io.LimitReader(c, int64(total)))
+		got <- b
+	}()
+	return got
 }
 
 func (n *Netns) String() string { return fmt.Sprintf("netns %s", n.Name) }
