@@ -26,6 +26,7 @@ import (
 	"runtime/pprof"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -89,7 +90,7 @@ func adapter(args []string) error {
 		o.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
 	if path := os.Getenv(adapterProfileEnv); path != "" {
-		stop, err := startCPUProfile(fmt.Sprintf("%s.%d", path, os.Getpid()))
+		stop, err := profileBySignal(fmt.Sprintf("%s.%d", path, os.Getpid()))
 		if err != nil {
 			return err
 		}
@@ -120,12 +121,52 @@ func adapter(args []string) error {
 
 // adapterProfileEnv names a file prefix: each adapter writes a CPU
 // profile of itself to PREFIX.PID, from its start until it is told to
-// stop (the harness sends SIGTERM at the end of a session). run's
-// environment reaches the adapters it starts:
+// stop (the harness sends SIGTERM at the end of a session). A SIGUSR1
+// ends the profile at once and starts the next, PREFIX.PID.1, then .2,
+// and so on, so one phase of a session (say host->guest) can be cut out.
+// run's environment reaches the adapters it starts:
 //
 //	BENCHPEERS_ADAPTER_CPUPROFILE=/tmp/adapter.pprof build/peers/benchpeers run -peers anka-vhost-user ...
 //	go tool pprof -top build/peers/benchpeers /tmp/adapter.pprof.PID
 const adapterProfileEnv = "BENCHPEERS_ADAPTER_CPUPROFILE"
+
+// profileBySignal profiles to path until stop, starting a new file
+// (path.1, path.2, ...) at each SIGUSR1.
+func profileBySignal(path string) (stop func(), err error) {
+	cur, err := startCPUProfile(path)
+	if err != nil {
+		return nil, err
+	}
+	var mu sync.Mutex
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGUSR1)
+	done := make(chan struct{})
+	go func() {
+		for n := 1; ; n++ {
+			select {
+			case <-done:
+				return
+			case <-sig:
+			}
+			mu.Lock()
+			if cur != nil {
+				cur()
+			}
+			cur, _ = startCPUProfile(fmt.Sprintf("%s.%d", path, n))
+			mu.Unlock()
+		}
+	}()
+	return func() {
+		signal.Stop(sig)
+		close(done)
+		mu.Lock()
+		if cur != nil {
+			cur()
+			cur = nil
+		}
+		mu.Unlock()
+	}, nil
+}
 
 func startCPUProfile(path string) (stop func(), err error) {
 	f, err := os.Create(path)
