@@ -22,8 +22,9 @@
 //     ReadBatch returns frames within the MTU, untagged TCP ones with
 //     their checksum partial, and WriteBatch takes frames whose checksum
 //     is partial as well (see Offloads). The switch's uplink
-//     uses it. TAPOptions.PassOffload passes the offloads through
-//     instead (see Offloads).
+//     uses it, with TAPOptions.HandGSO: the host's segments then come up
+//     whole into large buffers (GSOReader). TAPOptions.PassOffload
+//     passes the offloads through instead (see Offloads).
 //   - PacketPort (OpenPacket): AF_PACKET on a host interface, for bridged
 //     networks. recvmmsg and sendmmsg; VLAN tags the kernel stripped are
 //     put back; frames coalesced by GRO beyond the MTU are dropped.
@@ -62,7 +63,13 @@
 // that negotiated VIRTIO_NET_F_GUEST_CSUM:
 //
 //   - An Offload TAP reads the host's TSO segments and cuts them to the
-//     MTU, each piece's TCP checksum partial, and hands up a TCP frame
+//     MTU, each piece's TCP checksum partial. With HandGSO (a GSOReader)
+//     it hands a segment up whole instead when the frame it reads into
+//     holds MaxGSOLen bytes and the segment may travel whole (WholeGSO:
+//     untagged TCP the Segmenter can cut, checksum partial at the TCP
+//     header): the switch gives its uplink a few such buffers, passes the
+//     segment whole to a GSOWriter (a vhost-user guest with TSO) and cuts
+//     it for every other port and for floods. It hands up a TCP frame
 //     the kernel left partial (NEEDS_CSUM) as it is: untagged TCP over
 //     IPv4 or IPv6, the checksum at the TCP header's place. Every other
 //     partial checksum (UDP, ICMPv6, anything behind a VLAN tag) is

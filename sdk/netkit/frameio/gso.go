@@ -57,6 +57,29 @@ type GSOWriter interface {
 	TakesGSO() bool
 }
 
+// GSOReader is a Port whose ReadBatch hands GSO frames up whole (Off
+// set, WholeGSO true of each) into frame buffers of MaxGSOLen bytes or
+// more, when ReadsGSO says so, and cuts them to the MTU into smaller
+// ones: a caller that can carry them whole (the switch, to a GSOWriter)
+// gives it some large buffers. A TAP opened with HandGSO.
+type GSOReader interface {
+	ReadsGSO() bool
+}
+
+// WholeGSO says whether GSO frame pkt may travel whole, to be cut by
+// whoever takes no GSO frames: a TCP segment over IPv4 or IPv6 the
+// Segmenter can cut, untagged, its checksum partial at the TCP header's
+// place (what a Linux stack hands a NIC with TSO).
+func WholeGSO(pkt []byte, o Offload) bool {
+	plain := o
+	plain.GSO, plain.GSOSize = GSONone, 0
+	if o.GSO == GSONone || !PartialTCP(pkt, plain) {
+		return false
+	}
+	var s Segmenter
+	return s.Load(pkt, o) == nil
+}
+
 // OffloadReader is a Port whose ReadBatch may return frames with Offload
 // set, GSO frames up to MaxGSOLen among them, when ReadsOffload says so:
 // its batches need buffers that large (NewBatchSize).
@@ -151,6 +174,11 @@ type Segmenter struct {
 	first        bool
 }
 
+// MinGSOSize is the smallest segment size Load takes: Linux sends no
+// smaller MSS, and a tiny one would make a 64 KiB frame thousands of
+// frames (a cost a guest could aim at whoever cuts for it).
+const MinGSOSize = 48
+
 // ErrGSO is what Load says of a GSO frame it cannot cut.
 var ErrGSO = errors.New("frameio: not a TCP segment to cut")
 
@@ -158,7 +186,7 @@ var ErrGSO = errors.New("frameio: not a TCP segment to cut")
 // is false: Next copies from it.
 func (s *Segmenter) Load(pkt []byte, o Offload) error {
 	s.pkt = nil
-	if o.GSOSize == 0 || (o.GSO != GSOTCPv4 && o.GSO != GSOTCPv6) || len(pkt) < EthHeaderLen {
+	if o.GSOSize < MinGSOSize || (o.GSO != GSOTCPv4 && o.GSO != GSOTCPv6) || len(pkt) < EthHeaderLen {
 		return ErrGSO
 	}
 	l3 := EthHeaderLen

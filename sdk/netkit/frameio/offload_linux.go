@@ -340,7 +340,7 @@ func coalesceRun(frames []Frame, fsize int) (n, mss int) {
 	}
 	first := frames[0].Bytes()
 	s0, ok := parseTCP(&frames[0])
-	if !ok || s0.flags != 0x10 {
+	if !ok || s0.flags != 0x10 || s0.plen < MinGSOSize { // a segment size no Segmenter takes
 		return 1, 0
 	}
 	mss = s0.plen

@@ -51,6 +51,13 @@ type TAPOptions struct {
 	// merging. A stand-in for a guest with TSO in tests and benchmarks.
 	// OpenTAP only; not with Offload.
 	PassOffload bool
+	// HandGSO, with Offload, hands a TCP segment the kernel passes up
+	// whole (Frame.Off saying how to cut it: frameio.WholeGSO) into a
+	// frame buffer of MaxGSOLen bytes or more, and cuts it to the MTU
+	// into smaller ones as before: the port is then a GSOReader. The
+	// switch gives such an uplink large buffers and cuts only for the
+	// ports that take no GSO frames (frameio.GSOWriter).
+	HandGSO bool
 }
 
 // TAPPort is a Linux TAP device: the kernel's end of a virtual Ethernet
@@ -78,6 +85,7 @@ type TAPPort struct {
 
 	offload bool      // Offload: cut on read, merge on write
 	pass    bool      // PassOffload: offloads passed through
+	whole   bool      // HandGSO: segments handed whole into large buffers
 	gr      gsoReader // offload: what the last read left to hand out
 
 	rmu     sync.Mutex
@@ -123,6 +131,10 @@ func OpenTAP(name string, o TAPOptions) (*TAPPort, error) {
 	if o.Offload && o.PassOffload {
 		unix.Close(fd)
 		return nil, fmt.Errorf("frameio: TAP %s: Offload and PassOffload exclude each other: set one", name)
+	}
+	if o.HandGSO && !o.Offload {
+		unix.Close(fd)
+		return nil, fmt.Errorf("frameio: TAP %s: HandGSO hands up what Offload lets the kernel pass: set Offload too", name)
 	}
 	flags := uint16(unix.IFF_TAP | unix.IFF_NO_PI)
 	if o.Offload || o.PassOffload {
@@ -186,7 +198,7 @@ func AttachTAP(fd int, o TAPOptions) (*TAPPort, error) {
 	if err := unix.SetNonblock(fd, true); err != nil {
 		return nil, fmt.Errorf("frameio: fd %d: %w", fd, err)
 	}
-	o.Offload, o.PassOffload = false, false
+	o.Offload, o.PassOffload, o.HandGSO = false, false, false
 	return newTAPPort(fd, string(ifr[:n]), mtu, o)
 }
 
@@ -215,6 +227,11 @@ func newTAPPort(fd int, name string, mtu int, o TAPOptions) (*TAPPort, error) {
 		p.writeFn = p.doWriteOffload
 		p.giov = make([]unix.Iovec, 1+maxCoalesce)
 		p.ghdr = make([]byte, vnetHdrLen+EthHeaderLen+40+60)
+		if o.HandGSO {
+			p.whole = true
+			p.riov[0].Base = &p.rhdr[0]
+			p.riov[0].SetLen(vnetHdrLen)
+		}
 	case o.PassOffload:
 		p.pass = true
 		p.riov[0].Base = &p.rhdr[0]
@@ -232,6 +249,10 @@ func (p *TAPPort) TakesPartial() bool { return p.offload || p.pass }
 
 // TakesGSO says whether WriteBatch takes GSO frames whole (PassOffload).
 func (p *TAPPort) TakesGSO() bool { return p.pass }
+
+// ReadsGSO says whether ReadBatch hands TCP segments up whole into
+// buffers of MaxGSOLen (HandGSO).
+func (p *TAPPort) ReadsGSO() bool { return p.whole }
 
 // ReadsOffload says whether ReadBatch hands up frames with Offload set:
 // with Offload, TCP frames within the MTU whose checksum is partial;
@@ -393,6 +414,12 @@ func (p *TAPPort) drainSeg() {
 // frames until the batch is full; what is left of a segment stays pending.
 func (p *TAPPort) doReadOffload(fd uintptr) bool {
 	for p.rn < len(p.rframes) {
+		if p.whole && cap(p.rframes[p.rn].Buf) >= MaxGSOLen {
+			if ok, ret := p.readWhole(fd); !ok {
+				return ret
+			}
+			continue
+		}
 		b := p.gr.buf
 		n, _, e := unix.Syscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
 		switch {
@@ -410,6 +437,39 @@ func (p *TAPPort) doReadOffload(fd uintptr) bool {
 		p.drainSeg()
 	}
 	return true
+}
+
+// readWhole reads one packet with its virtio header straight into the
+// next frame, a large one (HandGSO): a TCP segment the switch may carry
+// whole stays whole; anything else is handed out as the cutting path
+// would (through p.gr, from a copy). ok false ends the batch, as readv's.
+func (p *TAPPort) readWhole(fd uintptr) (ok, ret bool) {
+	f := &p.rframes[p.rn]
+	b := f.Buf[:MaxGSOLen]
+	n, ok, ret := p.readv(fd, b, true)
+	if !ok {
+		return false, ret
+	}
+	m := n - vnetHdrLen
+	o, ok := passRead(p.rhdr[:], m, len(b), MaxGSOLen)
+	switch {
+	case !ok:
+		p.rdrop++
+	case o.GSO != GSONone && WholeGSO(b[:m], o):
+		f.N, f.Off = m, o
+		p.rbytes += m
+		p.rn++
+	default:
+		// A plain frame, or a segment to cut (tagged, say): the
+		// cutting path's rules, from its buffer.
+		copy(p.gr.buf, p.rhdr[:])
+		if !p.gr.load(vnetHdrLen + copy(p.gr.buf[vnetHdrLen:], b[:m])) {
+			p.rdrop++
+			break
+		}
+		p.drainSeg()
+	}
+	return true, false
 }
 
 // doReadPass reads each packet with its virtio header, straight into the

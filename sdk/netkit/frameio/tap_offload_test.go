@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -217,110 +218,170 @@ func tcpValid(f []byte, v6 bool) bool {
 // TCP frame the port hands up (the host's SYN and ACKs, which the kernel
 // leaves partial, and the pieces of its TSO segments, cut partial) comes
 // with its checksum partial at the TCP header and finishes to a valid
-// one; the data comes whole. Over IPv4 and IPv6.
+// one; the data comes whole. Over IPv4 and IPv6. With HandGSO, into a
+// batch whose first frames are large, the host's TSO segments come up
+// whole (WholeGSO), and cut by a Segmenter give the same pieces; what
+// lands in the small frames is cut by the port as before.
 func TestTAPOffloadReadPartial(t *testing.T) {
-	for _, v6 := range []bool{false, true} {
-		t.Run(fmt.Sprintf("v6=%v", v6), func(t *testing.T) {
-			ns, tap, kmac := offloadTAP(t, frameio.TAPOptions{Offload: true})
-			network, addr, l4 := "tcp4", "10.99.0.2:7777", 34
-			if v6 {
-				network, addr, l4 = "tcp6", "[fd99::2]:7777", 54
-			}
-			const total = 256 << 10
-			want := make([]byte, total)
-			for i := range want {
-				want[i] = byte(i*5 + i>>8)
-			}
-			sent := make(chan error, 1)
-			go ns.Run(func() error {
-				c, err := net.DialTimeout(network, addr, 5*time.Second)
-				if err == nil {
-					c.SetWriteDeadline(time.Now().Add(10 * time.Second))
-					_, err = c.Write(want)
-					c.Close()
-				}
-				sent <- err
-				return nil
+	for _, hand := range []bool{false, true} {
+		for _, v6 := range []bool{false, true} {
+			t.Run(fmt.Sprintf("v6=%v,HandGSO=%v", v6, hand), func(t *testing.T) {
+				testTAPOffloadRead(t, v6, hand)
 			})
-			type result struct {
-				data        []byte
-				frames, big int
-				err         error
+		}
+	}
+}
+
+func testTAPOffloadRead(t *testing.T, v6, hand bool) {
+	ns, tap, kmac := offloadTAP(t, frameio.TAPOptions{Offload: true, HandGSO: hand})
+	if tap.ReadsGSO() != hand {
+		t.Fatalf("ReadsGSO %v with HandGSO %v", tap.ReadsGSO(), hand)
+	}
+	network, addr, l4 := "tcp4", "10.99.0.2:7777", 34
+	if v6 {
+		network, addr, l4 = "tcp6", "[fd99::2]:7777", 54
+	}
+	const total = 256 << 10
+	want := make([]byte, total)
+	for i := range want {
+		want[i] = byte(i*5 + i>>8)
+	}
+	sent := make(chan error, 1)
+	go ns.Run(func() error {
+		c, err := net.DialTimeout(network, addr, 5*time.Second)
+		if err == nil {
+			c.SetWriteDeadline(time.Now().Add(10 * time.Second))
+			_, err = c.Write(want)
+			c.Close()
+		}
+		sent <- err
+		return nil
+	})
+	type result struct {
+		data               []byte
+		frames, big, whole int
+		err                error
+	}
+	done := make(chan result, 1)
+	go func() {
+		var r result
+		defer func() { done <- r }()
+		batch := frameio.NewBatch(16, 1500)
+		if hand {
+			copy(batch, frameio.NewBatchSize(4, frameio.MaxGSOLen))
+		}
+		var next uint32
+		var hostPort uint16
+		wantOff := frameio.Offload{Partial: true, CsumStart: uint16(l4), CsumOffset: 16}
+		// take checks one TCP frame of MTU size and answers it.
+		take := func(f *frameio.Frame) error {
+			r.frames++
+			if f.Off != wantOff {
+				return fmt.Errorf("TCP frame %d handed up with Off %+v, want %+v", r.frames, f.Off, wantOff)
 			}
-			done := make(chan result, 1)
-			go func() {
-				var r result
-				defer func() { done <- r }()
-				batch := frameio.NewBatch(16, 1500)
-				var next uint32
-				var hostPort uint16
-				wantOff := frameio.Offload{Partial: true, CsumStart: uint16(l4), CsumOffset: 16}
-				for len(r.data) < total {
-					n, err := tap.ReadBatch(batch)
-					if err != nil {
-						r.err = err
+			if !f.Finish() || !tcpValid(f.Bytes(), v6) {
+				return fmt.Errorf("TCP frame %d does not finish to a valid checksum", r.frames)
+			}
+			tcp := f.Bytes()[l4:]
+			seq := binary.BigEndian.Uint32(tcp[4:])
+			var reply frameio.Frame
+			if tcp[13]&0x02 != 0 {
+				hostPort, next = binary.BigEndian.Uint16(tcp[0:]), seq+1
+				reply = tcpSeg(v6, kmac, 7777, hostPort, 5000, next, 0x12, nil, false)
+			} else {
+				pl := tcp[int(tcp[12]>>4)*4:]
+				if seq == next && len(pl) > 0 {
+					r.data = append(r.data, pl...)
+					next += uint32(len(pl))
+					if len(pl) > 500 {
+						r.big++
+					}
+				}
+				reply = tcpSeg(v6, kmac, 7777, hostPort, 5001, next, 0x10, nil, false)
+			}
+			tap.WriteBatch([]frameio.Frame{reply})
+			return nil
+		}
+		var seg frameio.Segmenter
+		piece := frameio.NewBatch(1, 1500)[0]
+		for len(r.data) < total {
+			n, err := tap.ReadBatch(batch)
+			if err != nil {
+				r.err = err
+				return
+			}
+			for i := range n {
+				f := &batch[i]
+				if !isTCP(f.Bytes(), v6) {
+					continue
+				}
+				if f.Off.GSO == frameio.GSONone {
+					if r.err = take(f); r.err != nil {
 						return
 					}
-					for i := range n {
-						f := &batch[i]
-						if !isTCP(f.Bytes(), v6) {
-							continue
-						}
-						r.frames++
-						if f.Off != wantOff {
-							r.err = fmt.Errorf("TCP frame %d handed up with Off %+v, want %+v", r.frames, f.Off, wantOff)
-							return
-						}
-						if !f.Finish() || !tcpValid(f.Bytes(), v6) {
-							r.err = fmt.Errorf("TCP frame %d does not finish to a valid checksum", r.frames)
-							return
-						}
-						tcp := f.Bytes()[l4:]
-						seq := binary.BigEndian.Uint32(tcp[4:])
-						var reply frameio.Frame
-						if tcp[13]&0x02 != 0 {
-							hostPort, next = binary.BigEndian.Uint16(tcp[0:]), seq+1
-							reply = tcpSeg(v6, kmac, 7777, hostPort, 5000, next, 0x12, nil, false)
-						} else {
-							pl := tcp[int(tcp[12]>>4)*4:]
-							if seq == next && len(pl) > 0 {
-								r.data = append(r.data, pl...)
-								next += uint32(len(pl))
-								if len(pl) > 500 {
-									r.big++
-								}
-							}
-							reply = tcpSeg(v6, kmac, 7777, hostPort, 5001, next, 0x10, nil, false)
-						}
-						tap.WriteBatch([]frameio.Frame{reply})
+					continue
+				}
+				r.whole++
+				if !hand || cap(f.Buf) < frameio.MaxGSOLen || !frameio.WholeGSO(f.Bytes(), f.Off) {
+					r.err = fmt.Errorf("a GSO frame of %d bytes handed up (HandGSO %v, buffer %d, offload %+v)", f.N, hand, cap(f.Buf), f.Off)
+					return
+				}
+				if r.err = seg.Load(f.Bytes(), f.Off); r.err != nil {
+					return
+				}
+				for seg.Pending() {
+					if !seg.Next(&piece, true) {
+						r.err = fmt.Errorf("a piece of a %d-byte GSO frame does not fit the MTU", f.N)
+						return
+					}
+					if r.err = take(&piece); r.err != nil {
+						return
 					}
 				}
-			}()
-			var r result
-			select {
-			case r = <-done:
-			case <-time.After(20 * time.Second):
-				tap.Close()
-				r = <-done
-				t.Fatalf("timed out: %d bytes of %d after %d TCP frames", len(r.data), total, r.frames)
 			}
-			if r.err != nil {
-				t.Fatal(r.err)
-			}
-			if !bytes.Equal(r.data, want) {
-				t.Fatalf("the guest got %d bytes of %d, or not the same", len(r.data), total)
-			}
-			if err := <-sent; err != nil {
-				t.Fatal(err)
-			}
-			if r.big == 0 {
-				t.Fatal("no data segment of the host's MSS came")
-			}
-			if s := tap.Stats(); s.RxDropped != 0 {
-				t.Fatalf("the TAP dropped %d", s.RxDropped)
-			}
-			t.Logf("%d TCP frames, all partial, %d with data", r.frames, r.big)
-		})
+		}
+	}()
+	var r result
+	select {
+	case r = <-done:
+	case <-time.After(20 * time.Second):
+		tap.Close()
+		r = <-done
+		t.Fatalf("timed out: %d bytes of %d after %d TCP frames", len(r.data), total, r.frames)
+	}
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if !bytes.Equal(r.data, want) {
+		t.Fatalf("the guest got %d bytes of %d, or not the same", len(r.data), total)
+	}
+	if err := <-sent; err != nil {
+		t.Fatal(err)
+	}
+	if r.big == 0 {
+		t.Fatal("no data segment of the host's MSS came")
+	}
+	if hand && r.whole == 0 {
+		t.Fatal("HandGSO: no GSO frame came up whole")
+	}
+	if s := tap.Stats(); s.RxDropped != 0 {
+		t.Fatalf("the TAP dropped %d", s.RxDropped)
+	}
+	t.Logf("%d TCP frames, all partial, %d with data, %d GSO frames handed up whole", r.frames, r.big, r.whole)
+}
+
+// HandGSO without Offload is refused, naming the fix.
+func TestTAPHandGSOWantsOffload(t *testing.T) {
+	ns := frameiotest.NewNetns(t)
+	err := ns.Run(func() error {
+		tap, err := frameio.OpenTAP("anka0", frameio.TAPOptions{HandGSO: true})
+		if err == nil {
+			tap.Close()
+		}
+		return err
+	})
+	if err == nil || !strings.Contains(err.Error(), "set Offload too") {
+		t.Fatalf("got %v, want a refusal naming Offload", err)
 	}
 }
 

@@ -312,9 +312,11 @@ func (n *Network) mismatch(link netlink.Link) string {
 func (n *Network) openUplink(link netlink.Link, svc net.HardwareAddr) (*frameio.TAPPort, netlink.Link, error) {
 	cfg := &n.cfg
 	nl := n.env.nl
-	// Offload: the host hands the switch 64 KiB TCP segments, which the
-	// port cuts to the MTU (see frameio.TAPOptions.Offload).
-	up, err := frameio.OpenTAP(cfg.Uplink, frameio.TAPOptions{MTU: cfg.MTU, Logger: cfg.Logger, Offload: true})
+	// Offload: the host hands the switch 64 KiB TCP segments. HandGSO:
+	// the port hands them up whole into the switch's large buffers, so
+	// a guest that takes TSO gets them whole and the switch cuts them to
+	// the MTU for every other port (frameio.TAPOptions.HandGSO).
+	up, err := frameio.OpenTAP(cfg.Uplink, frameio.TAPOptions{MTU: cfg.MTU, Logger: cfg.Logger, Offload: true, HandGSO: true})
 	err = tunHint(err)
 	if err != nil {
 		return nil, nil, fmt.Errorf("hostnet: %w", err)

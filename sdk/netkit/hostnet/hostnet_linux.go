@@ -168,7 +168,8 @@ func (n *Network) setup() error {
 	if cfg.Bridge {
 		return n.setupBridge()
 	}
-	tap, err := frameio.OpenTAP(cfg.TAP, frameio.TAPOptions{MTU: cfg.MTU, Logger: cfg.Logger, Offload: true})
+	// Offload and HandGSO: as for the bridge's uplink (openUplink).
+	tap, err := frameio.OpenTAP(cfg.TAP, frameio.TAPOptions{MTU: cfg.MTU, Logger: cfg.Logger, Offload: true, HandGSO: true})
 	if err != nil {
 		return fmt.Errorf("hostnet: %w", err)
 	}

@@ -195,16 +195,17 @@ func TestPartialChecksums(t *testing.T) {
 	}
 }
 
-// A GSO segment (ports cut those themselves) and a partial checksum
-// whose place lies outside the frame are dropped and counted on the port
-// that sent them, whatever their destination.
+// A GSO segment the switch cannot cut (its type says IPv6, its frame is
+// IPv4) and a partial checksum whose place lies outside the frame are
+// dropped and counted on the port that sent them, whatever their
+// destination.
 func TestOffloadsTheSwitchCannotComplete(t *testing.T) {
 	r := newOffRig(t)
 	flood := net.HardwareAddr{0x02, 0, 0, 0, 0, 0x77}
 	var frames []frameio.Frame
 	for _, dst := range []net.HardwareAddr{macU, macB, macC, flood} {
 		_, gso := tcpFrames(t, macA, dst, "a segment to cut")
-		gso.Off.GSO, gso.Off.GSOSize = frameio.GSOTCPv4, 1000
+		gso.Off.GSO, gso.Off.GSOSize = frameio.GSOTCPv6, 1000
 		frames = append(frames, gso)
 		_, bad := tcpFrames(t, macA, dst, "checksum's place outside")
 		bad.Off.CsumOffset = 1000
@@ -269,7 +270,7 @@ func TestPartialForwardingAllocatesNothing(t *testing.T) {
 	if _, err := sw.Attach(&discard{*newMemLink()}, PortConfig{Name: "b", MAC: macB}); err != nil {
 		t.Fatal(err)
 	}
-	f := sw.newForwarder()
+	f := sw.newForwarder(0)
 	_, partial := tcpFrames(t, macA, macB, "partial")
 	batch := f.in[:32]
 	allocs := testing.AllocsPerRun(100, func() {

@@ -14,9 +14,13 @@
 // is to a port whose link takes such frames (frameio.PartialWriter: the
 // uplink TAP with offloads, whose kernel completes it), so nobody sums
 // the payload on the way; the switch completes it in place for any other
-// port, and before a flood. A frame it cannot complete, and any GSO
-// segment (ports cut those before they hand them over), is dropped and
-// counted ("offload the switch cannot complete").
+// port, and before a flood. A GSO frame (a TCP segment of up to 64 KiB
+// the uplink hands up whole: frameio.GSOReader) goes whole to a port
+// whose link takes them (frameio.GSOWriter: a vhost-user guest with
+// TSO), and is cut to the MTU for any other (checksums partial for a
+// PartialWriter, complete otherwise) and before a flood. A frame it
+// cannot complete or cut is dropped and counted ("offload the switch
+// cannot complete").
 package vswitch
 
 import (
@@ -124,6 +128,7 @@ type Port struct {
 	mac      MAC
 	link     frameio.Port // nil for service ports
 	partial  bool         // link takes frames whose checksum is partial (frameio.PartialWriter)
+	gso      bool         // link takes GSO frames whole (frameio.GSOWriter)
 	deliver  func(frames []frameio.Frame)
 	ip       atomic.Uint64 // bit 32 set: an IPv4 address is pinned in the low 32 bits
 	txMu     sync.Mutex
@@ -170,7 +175,7 @@ func (s *Switch) AttachService(cfg PortConfig, deliver func(frames []frameio.Fra
 	if err != nil {
 		return nil, err
 	}
-	p.svcFwd = s.newForwarder()
+	p.svcFwd = s.newForwarder(0)
 	return p, nil
 }
 
@@ -178,6 +183,9 @@ func (s *Switch) add(cfg PortConfig, link frameio.Port, deliver func([]frameio.F
 	p := &Port{sw: s, cfg: cfg, link: link, deliver: deliver}
 	if pw, ok := link.(frameio.PartialWriter); ok {
 		p.partial = pw.TakesPartial()
+	}
+	if gw, ok := link.(frameio.GSOWriter); ok {
+		p.gso = gw.TakesGSO()
 	}
 	if len(cfg.MAC) != 0 {
 		if len(cfg.MAC) != 6 {

@@ -408,7 +408,7 @@ func TestForwardingAllocatesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	a.SetIP(netip.MustParseAddr("10.0.0.1"))
-	f := sw.newForwarder()
+	f := sw.newForwarder(0)
 	frame := udpFrame(t, macA, macB, "10.0.0.1", "10.0.0.2", 1, 2)
 	batch := f.in[:32]
 	for i := range batch {
