@@ -62,14 +62,15 @@
 //
 // Indirect descriptors are offered for the guest's receive buffers. Without
 // VIRTIO_NET_F_MRG_RXBUF (not offered, below) a Linux guest with an MTU
-// above 1500 posts "big packets": receive buffers of a header and 16 or
-// so pages, chained. Chained in the ring, each takes about 17 of its
-// descriptors and a 256-entry queue holds 14 buffers, so TCP towards a
-// guest that is late loses frames; with the feature Linux puts every
-// buffer of more than one descriptor in an indirect table (one ring
-// descriptor each), and the queue holds 256. Its transmit side does the
-// same for frames in pieces. (At MTU 1500 Linux's receive buffers are
-// single descriptors, and indirect tables change nothing there.) The
+// above 1500, or with GUEST_TSO4/TSO6 at any MTU, posts "big packets":
+// receive buffers of a header and 16 or so pages, chained. Chained in
+// the ring, each takes about 17 of its descriptors and a 256-entry queue
+// holds 14 buffers, so TCP towards a guest that is late loses frames;
+// with the feature Linux puts every buffer of more than one descriptor
+// in an indirect table (one ring descriptor each), and the queue holds
+// 256. Its transmit side does the same for frames in pieces. (A guest at
+// MTU 1500 without GUEST_TSO posts single descriptors, and indirect
+// tables change nothing there.) The
 // port walks a ring chain of zero or more descriptors ended by at most one
 // INDIRECT descriptor, as the virtio 1.x split ring allows; the table must
 // be 16·n bytes (0 < n ≤ 32768, the longest chain any queue can have)
