@@ -508,11 +508,12 @@ func TestFastPathAndSocketGuests(t *testing.T) {
 	// The guest took checksum offload and TSO from the back-end: its bulk
 	// TCP leaves partial checksums and 64 KiB segments for the plugin to
 	// cut, and the host's stack to finish, and the host's TCP reaches it
-	// with partial checksums (GUEST_CSUM); 4 MiB through the guest's TCP
-	// echo come back intact.
+	// with partial checksums (GUEST_CSUM) and in 64 KiB segments
+	// (GUEST_TSO4/TSO6); 4 MiB through the guest's TCP echo come back
+	// intact.
 	tcpEcho(t, l.host, vip, 4<<20)
-	if f := nicFeatures(t, e, "v1"); len(f) < 13 || f[0] != '1' || f[1] != '1' || f[11] != '1' || f[12] != '1' {
-		t.Fatalf("the vhost-user guest's NIC features (bit 0 first): %q, want CSUM (0), GUEST_CSUM (1), HOST_TSO4 (11) and HOST_TSO6 (12)", f)
+	if f := nicFeatures(t, e, "v1"); len(f) < 13 || f[0] != '1' || f[1] != '1' || f[7] != '1' || f[8] != '1' || f[11] != '1' || f[12] != '1' {
+		t.Fatalf("the vhost-user guest's NIC features (bit 0 first): %q, want CSUM (0), GUEST_CSUM (1), GUEST_TSO4 (7), GUEST_TSO6 (8), HOST_TSO4 (11) and HOST_TSO6 (12)", f)
 	}
 
 	// Suspend and resume stop and start the plugin's rings (QEMU asks for

@@ -33,8 +33,10 @@
 // (see Offloads). WriteBatch puts frames into the guest's receive
 // buffers (RX queue, 0) after a header that is zero but for num_buffers
 // 1 and, for a frame whose checksum is partial going to a guest that
-// took GUEST_CSUM, NEEDS_CSUM with csum_start and csum_offset (see
-// Offloads), waiting up to Options.WriteTimeout for buffers;
+// took GUEST_CSUM, NEEDS_CSUM with csum_start and csum_offset, and for a
+// GSO frame going to a guest that took GUEST_TSO4/TSO6 also gso_type,
+// gso_size and hdr_len (see Offloads), waiting up to Options.WriteTimeout
+// for buffers;
 // WriteBatchNoWait does not wait. Both hand the guest one
 // interrupt per batch, and only when it asked for interrupts
 // (VRING_AVAIL_F_NO_INTERRUPT clear). While draining the transmit queue
@@ -47,9 +49,11 @@
 // Offered: VIRTIO_F_VERSION_1 (12-byte header), VIRTIO_NET_F_MTU (the
 // guest learns host_mtu), VIRTIO_RING_F_INDIRECT_DESC,
 // VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_NET_F_CSUM,
-// VIRTIO_NET_F_HOST_TSO4/HOST_TSO6 and VIRTIO_NET_F_GUEST_CSUM unless
-// Options.NoOffload (see Offloads; a driver acknowledging HOST_TSO
-// without CSUM is refused), and
+// VIRTIO_NET_F_HOST_TSO4/HOST_TSO6, VIRTIO_NET_F_GUEST_CSUM and
+// VIRTIO_NET_F_GUEST_TSO4/GUEST_TSO6 unless Options.NoOffload (see
+// Offloads; a driver acknowledging HOST_TSO without CSUM, or GUEST_TSO
+// without GUEST_CSUM, is refused, as virtio 1.x 5.1.3.1 requires, with
+// the reason logged), and
 // VIRTIO_NET_F_MAC when Options.MAC is set. Protocol features: REPLY_ACK
 // (refusals reach QEMU as errors instead of silence), NET_MTU, and CONFIG
 // when Options.MAC is set (GET_CONFIG serves the MAC, link up and MTU to
@@ -58,14 +62,15 @@
 //
 // Indirect descriptors are offered for the guest's receive buffers. Without
 // VIRTIO_NET_F_MRG_RXBUF (not offered, below) a Linux guest with an MTU
-// above 1500 posts "big packets": receive buffers of a header and 16 or
-// so pages, chained. Chained in the ring, each takes about 17 of its
-// descriptors and a 256-entry queue holds 14 buffers, so TCP towards a
-// guest that is late loses frames; with the feature Linux puts every
-// buffer of more than one descriptor in an indirect table (one ring
-// descriptor each), and the queue holds 256. Its transmit side does the
-// same for frames in pieces. (At MTU 1500 Linux's receive buffers are
-// single descriptors, and indirect tables change nothing there.) The
+// above 1500, or with GUEST_TSO4/TSO6 at any MTU, posts "big packets":
+// receive buffers of a header and 16 or so pages, chained. Chained in
+// the ring, each takes about 17 of its descriptors and a 256-entry queue
+// holds 14 buffers, so TCP towards a guest that is late loses frames;
+// with the feature Linux puts every buffer of more than one descriptor
+// in an indirect table (one ring descriptor each), and the queue holds
+// 256. Its transmit side does the same for frames in pieces. (A guest at
+// MTU 1500 without GUEST_TSO posts single descriptors, and indirect
+// tables change nothing there.) The
 // port walks a ring chain of zero or more descriptors ended by at most one
 // INDIRECT descriptor, as the virtio 1.x split ring allows; the table must
 // be 16·n bytes (0 < n ≤ 32768, the longest chain any queue can have)
@@ -74,11 +79,10 @@
 // and its WRITE flag is ignored; direction rules are as for a plain
 // chain, and the walk is bounded by the table's size.
 //
-// Not offered, deliberately for now: TSO towards the guest (GUEST_TSO4/6:
-// the guest gets frames no larger than the MTU, a GSO frame handed to
-// WriteBatch is dropped), HOST_ECN and HOST_UFO,
-// VIRTIO_NET_F_MRG_RXBUF (a Linux guest with a large MTU then posts big
-// packets, which the port fills across the chain or table), EVENT_IDX,
+// Not offered, deliberately for now: HOST_ECN, HOST_UFO, GUEST_ECN and
+// GUEST_UFO, VIRTIO_NET_F_MRG_RXBUF (a Linux guest with a large MTU, or
+// with GUEST_TSO at any MTU, then posts big packets, which the port
+// fills across the chain or table), EVENT_IDX,
 // multiqueue, packed rings, dirty-page logging (so no live migration),
 // IOMMU, inflight tracking, postcopy.
 //
@@ -160,12 +164,43 @@
 // take it (or after a reconnect without it) WriteBatch completes the
 // checksum itself, in a copy of its own (the caller's frame is left as
 // it is), and the guest gets a complete one. A partial checksum whose
-// place lies outside the frame is dropped and counted either way, and a
-// GSO frame too (no GUEST_TSO): the switch never hands one, a direct
-// caller might. Complete frames go with no flag (DATA_VALID is not set:
-// the port vouches for no checksum it did not compute). The write path
-// allocates nothing per frame either (the completing copy is allocated
-// once).
+// place lies outside the frame is dropped and counted either way.
+// Complete frames go with no flag (DATA_VALID is not set: the port
+// vouches for no checksum it did not compute).
+//
+// With VIRTIO_NET_F_GUEST_TSO4/TSO6 a Linux guest takes TCP segments of
+// up to 64 KiB whole and posts receive buffers that hold one (big
+// packets: a header and 17 pages, at any MTU, through an indirect
+// table). The port is a frameio.GSOWriter (TakesGSO, true unless
+// NoOffload; asked once, at attach, like TakesPartial), so the switch
+// hands it the host's 64 KiB segments as the uplink TAP read them, and
+// WriteBatch checks each GSO frame (Off.GSO GSOTCPv4 or GSOTCPv6) before
+// trusting it: TCP over IPv4 (not a fragment) or IPv6 (no extension
+// header) as its type says, untagged or behind one VLAN tag, the IP
+// length the frame's, Off.Partial with CsumStart at the TCP header and
+// CsumOffset 16, payload after the headers, GSOSize of at least 48,
+// segments no larger than the MTU, the frame at most frameio.MaxGSOLen.
+// Anything else is dropped and counted (TxDropped) and logged with its
+// reason. For a guest that negotiated the GUEST_TSO of the frame's kind,
+// the frame goes whole into one receive chain behind a header with
+// NEEDS_CSUM, gso_type (TCPV4 or TCPV6), gso_size, hdr_len (Ethernet, IP
+// and TCP headers), csum_start and csum_offset (little-endian, the
+// VERSION_1 layout; num_buffers 1); a chain too small for it is returned
+// to the guest empty and the frame counted in TxDropped (a guest that
+// negotiated GUEST_TSO without MRG_RXBUF should post buffers of 65562
+// bytes or more: virtio 1.x, 5.1.6.3.1). For any other guest (no
+// GUEST_TSO, or only the other kind's) WriteBatch cuts the frame with a
+// frameio.Segmenter into frames of the MTU, in a buffer of its own (the
+// caller's frame is left as it is), their checksums partial for a guest
+// that took GUEST_CSUM and complete for any other, and writes them one
+// receive buffer each. A frame counts once in what WriteBatch returns,
+// and only when all of it went: when buffers run out partway through its
+// segments, those written stay with the guest (its TCP takes them as
+// they come) and the frame is counted in TxDropped. Stats count what the
+// guest was given: each chain filled (a whole GSO frame, a segment) in
+// TxFrames, its frame's bytes in TxBytes. The write path allocates
+// nothing per frame either (the buffer for completing copies and
+// segments is allocated once).
 //
 // # A hostile front-end
 //

@@ -33,3 +33,12 @@ func GuestCsum(p *Port) bool {
 	defer q.mu.Unlock()
 	return q.guestCsum
 }
+
+// GuestTSO says whether the current front-end negotiated
+// VIRTIO_NET_F_GUEST_TSO4 and GUEST_TSO6.
+func GuestTSO(p *Port) (v4, v6 bool) {
+	q := &p.q[rxQ]
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.guestTSO4, q.guestTSO6
+}

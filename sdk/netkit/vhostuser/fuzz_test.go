@@ -18,10 +18,12 @@ import (
 // indirect, the buffers are in indirect tables.
 func fuzzSession(indirect bool) []byte { return fuzzSessionWith(indirect, false) }
 
-// fuzzSessionWith is fuzzSession; with offload it also negotiates CSUM
-// and TSO and the guest transmits, after its plain frame, a TCP/IPv4
-// GSO frame of 3000 bytes to cut at 500 and a UDP frame with a partial
-// checksum: the fuzzer mutates their headers from there.
+// fuzzSessionWith is fuzzSession; with offload it also negotiates CSUM,
+// TSO, GUEST_CSUM and GUEST_TSO and the guest transmits, after its plain
+// frame, a TCP/IPv4 GSO frame of 3000 bytes to cut at 500 and a UDP
+// frame with a partial checksum, and posts a second receive buffer, for
+// the harness's GSO frame whole: the fuzzer mutates their headers from
+// there.
 func fuzzSessionWith(indirect, offload bool) []byte {
 	var b []byte
 	msg := func(req uint32, payload []byte) {
@@ -39,7 +41,8 @@ func fuzzSessionWith(indirect, offload bool) []byte {
 		feats |= 1 << vuproto.FRingIndirectDesc
 	}
 	if offload {
-		feats |= 1<<vuproto.NetFCsum | 1<<vuproto.NetFHostTSO4 | 1<<vuproto.NetFHostTSO6
+		feats |= 1<<vuproto.NetFCsum | 1<<vuproto.NetFHostTSO4 | 1<<vuproto.NetFHostTSO6 |
+			1<<vuproto.NetFGuestCsum | 1<<vuproto.NetFGuestTSO4 | 1<<vuproto.NetFGuestTSO6
 	}
 	msg(vuproto.SetFeatures, u(feats))
 	msg(vuproto.SetMemTable, vuproto.PutMemTable(nil, []vuproto.MemRegion{{MemorySize: 1 << 16, UserspaceAddr: 1 << 20}}))
@@ -74,7 +77,7 @@ func fuzzSessionWith(indirect, offload bool) []byte {
 		poke(0x1000, desc(0x2000, 12+64, 0, 0))
 		poke(0x0000, desc(0x3000, 2048, vuproto.DescFWrite, 0))
 	}
-	txIdx := []byte{0, 0, 1, 0, 0, 0}
+	txIdx, rxIdx := []byte{0, 0, 1, 0, 0, 0}, []byte{0, 0, 1, 0, 0, 0}
 	if offload {
 		// Descriptors 2 and 3: a GSO frame at 0x5000, a partial UDP
 		// frame at 0x8000.
@@ -87,9 +90,12 @@ func fuzzSessionWith(indirect, offload bool) []byte {
 		poke(0x8000, append([]byte{vuproto.NetHdrFNeedsCsum, 0, 0, 0, 0, 0, 34, 0, 6, 0, 0, 0}, udp...))
 		poke(0x1030, desc(0x8000, uint32(12+len(udp)), 0, 0))
 		txIdx = []byte{0, 0, 3, 0, 0, 0, 2, 0, 3, 0}
+		// Receive descriptor 1: 4 KiB at 0x9000.
+		poke(0x0010, desc(0x9000, 0x1000, vuproto.DescFWrite, 0))
+		rxIdx = []byte{0, 0, 2, 0, 0, 0, 1, 0}
 	}
 	poke(0x1200, txIdx)
-	poke(0x0200, []byte{0, 0, 1, 0, 0, 0})
+	poke(0x0200, rxIdx)
 	msg(vuproto.NetSetMTU, u(1500))
 	cfg := make([]byte, vuproto.ConfigHeaderSize+12)
 	binary.LittleEndian.PutUint32(cfg[4:], 12)
@@ -146,8 +152,13 @@ func newFuzzHarness(tb testing.TB) *fuzzHarness {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { unix.Close(mfd) })
-	h := &fuzzHarness{p: p, mfd: mfd, rd: frameio.NewBatch(4, 1500), wr: frameio.NewBatch(2, 1500)}
-	h.wr[0].N, h.wr[1].N = 64, 1514
+	// Written after each message: a plain frame, a GSO frame (TCP/IPv4,
+	// 1400 bytes to cut at 500: whole to a guest with GUEST_TSO4, cut for
+	// any other), a full-size plain frame.
+	h := &fuzzHarness{p: p, mfd: mfd, rd: frameio.NewBatch(4, 1500), wr: frameio.NewBatch(3, 1500)}
+	h.wr[0].N, h.wr[2].N = 64, 1514
+	h.wr[1].N = copy(h.wr[1].Buf, fuzzTCP(1400))
+	h.wr[1].Off = frameio.Offload{Partial: true, CsumStart: 34, CsumOffset: 16, GSO: frameio.GSOTCPv4, GSOSize: 500}
 	return h
 }
 
@@ -242,10 +253,11 @@ func TestFuzzSeedMovesFrames(t *testing.T) {
 			t.Fatalf("seed session (indirect %v): %d/%d indirect tables to/from the guest, want %d each", indirect, to, from, want)
 		}
 		// With offloads: the plain frame, the GSO frame's 6 segments
-		// (across two reads of 4) and the UDP frame.
+		// (across two reads of 4) and the UDP frame; to the guest the
+		// plain frame and the GSO frame whole (two buffers).
 		h.run(t, fuzzSessionWith(indirect, true))
-		if s := h.p.Stats(); s.RxFrames != 1+8 || s.TxFrames != 2 || s.RxDropped != 0 || GSOFrames(h.p) != 1 {
-			t.Fatalf("offload seed session (indirect %v): %+v, %d GSO frames; want 8 more frames from the guest, one GSO", indirect, s, GSOFrames(h.p))
+		if s := h.p.Stats(); s.RxFrames != 1+8 || s.TxFrames != 1+2 || s.TxBytes != 64+64+uint64(h.wr[1].N) || s.RxDropped != 0 || GSOFrames(h.p) != 1 {
+			t.Fatalf("offload seed session (indirect %v): %+v, %d GSO frames; want 8 more frames from the guest, one GSO, and 2 to it", indirect, s, GSOFrames(h.p))
 		}
 	}
 }

@@ -181,7 +181,12 @@ type got struct {
 // readOff reads want frames from r in batches of batch.
 func readOff(t testing.TB, r frameio.Port, want, batch int) []got {
 	t.Helper()
-	fs := frameio.NewBatch(batch, r.MTU())
+	return readOffSize(t, r, want, frameio.NewBatch(batch, r.MTU()))
+}
+
+// readOffSize reads want frames from r into the batch fs.
+func readOffSize(t testing.TB, r frameio.Port, want int, fs []frameio.Frame) []got {
+	t.Helper()
 	var out []got
 	var err error
 	done := make(chan struct{})
@@ -231,16 +236,16 @@ func writeOff(t testing.TB, w frameio.Port, frames [][]byte, offs []frameio.Offl
 }
 
 // checkSegments checks the segments a GSO frame of b became: Off partial
-// on TCP, finished to valid checksums, lengths, sequence numbers and
+// (with partial) on TCP or zero, finished to valid checksums (recomputed), lengths, sequence numbers and
 // flags as a NIC would cut them, no larger than mss each; it returns the
 // payload they carry.
-func checkSegments(t testing.TB, b built, segs []got, mss int) []byte {
+func checkSegments(t testing.TB, b built, segs []got, mss int, partial bool) []byte {
 	t.Helper()
 	var out []byte
 	seq0 := binary.BigEndian.Uint32(b.frame[b.l4+4:])
 	for i, s := range segs {
 		want := frameio.Offload{Partial: true, CsumStart: uint16(b.l4), CsumOffset: 16}
-		if b.vlan {
+		if !partial {
 			want = frameio.Offload{}
 		}
 		if s.off != want {

@@ -35,11 +35,12 @@ type Options struct {
 	// receive buffers before it drops the rest of the batch; 0 means
 	// frameio.DefaultWriteTimeout, negative means never wait.
 	WriteTimeout time.Duration
-	// NoOffload withholds VIRTIO_NET_F_CSUM, HOST_TSO4/TSO6 and
-	// GUEST_CSUM: the guest then completes its checksums and cuts its TCP
-	// segments itself, every frame read from it is plain (Frame.Off
-	// zero), and it gets only complete checksums (WriteBatch completes a
-	// partial one; TakesPartial is false).
+	// NoOffload withholds VIRTIO_NET_F_CSUM, HOST_TSO4/TSO6, GUEST_CSUM
+	// and GUEST_TSO4/TSO6: the guest then completes its checksums and
+	// cuts its TCP segments itself, every frame read from it is plain
+	// (Frame.Off zero), and it gets only complete checksums and frames up
+	// to the MTU (WriteBatch completes a partial checksum and cuts a GSO
+	// frame; TakesPartial and TakesGSO are false).
 	NoOffload bool
 	// Log receives connection events and the reasons a front-end was
 	// dropped; nil discards them.
@@ -132,7 +133,8 @@ func Listen(path string, o Options) (*Port, error) {
 		p.offered |= 1 << vuproto.NetFMAC
 	}
 	if !o.NoOffload {
-		p.offered |= 1<<vuproto.NetFCsum | 1<<vuproto.NetFHostTSO4 | 1<<vuproto.NetFHostTSO6 | 1<<vuproto.NetFGuestCsum
+		p.offered |= 1<<vuproto.NetFCsum | 1<<vuproto.NetFHostTSO4 | 1<<vuproto.NetFHostTSO6 |
+			1<<vuproto.NetFGuestCsum | 1<<vuproto.NetFGuestTSO4 | 1<<vuproto.NetFGuestTSO6
 	}
 	p.protoOffered = 1<<vuproto.PFReplyAck | 1<<vuproto.PFNetMTU
 	if o.MAC != nil {
@@ -184,6 +186,15 @@ func (p *Port) Connected() bool { return p.conn.Load() != nil }
 // front-end: the switch asks once, when the port is attached, which is
 // before a guest connects, and guests come and go (reconnects) under it.
 func (p *Port) TakesPartial() bool { return p.offered&(1<<vuproto.NetFGuestCsum) != 0 }
+
+// TakesGSO says whether WriteBatch takes GSO frames (TCP segments of up
+// to frameio.MaxGSOLen bytes, frameio.GSOWriter) whole: unless NoOffload,
+// it always does. A front-end that negotiated VIRTIO_NET_F_GUEST_TSO4
+// (TSO6) gets a TCP/IPv4 (IPv6) one whole, in one receive buffer behind
+// a header that says how to cut it; for any other, WriteBatch cuts it
+// itself (frameio.Segmenter) into frames of the MTU. Like TakesPartial,
+// the answer is the port's, not the front-end's: the switch asks once.
+func (p *Port) TakesGSO() bool { return p.offered&(1<<vuproto.NetFGuestTSO4) != 0 }
 
 // Close stops serving, drops the front-end, unblocks a pending ReadBatch
 // (which returns frameio.ErrClosed) and removes the socket file.
@@ -366,6 +377,9 @@ func (p *Port) handle(m *vuproto.Msg) ([]byte, error) {
 		if v&(1<<vuproto.NetFHostTSO4|1<<vuproto.NetFHostTSO6) != 0 && v&(1<<vuproto.NetFCsum) == 0 {
 			return nil, fmt.Errorf("features %#x: HOST_TSO4 and HOST_TSO6 need VIRTIO_NET_F_CSUM (virtio 1.x, 5.1.3.1): acknowledge it too", v)
 		}
+		if v&(1<<vuproto.NetFGuestTSO4|1<<vuproto.NetFGuestTSO6) != 0 && v&(1<<vuproto.NetFGuestCsum) == 0 {
+			return nil, fmt.Errorf("features %#x: GUEST_TSO4 and GUEST_TSO6 need VIRTIO_NET_F_GUEST_CSUM (virtio 1.x, 5.1.3.1): acknowledge it too", v)
+		}
 		p.acked = v
 		hl := p.hdrLen()
 		p.lockAll()
@@ -377,6 +391,8 @@ func (p *Port) handle(m *vuproto.Msg) ([]byte, error) {
 			q.tso4OK = v&(1<<vuproto.NetFHostTSO4) != 0
 			q.tso6OK = v&(1<<vuproto.NetFHostTSO6) != 0
 			q.guestCsum = q.idx == rxQ && v&(1<<vuproto.NetFGuestCsum) != 0
+			q.guestTSO4 = q.idx == rxQ && v&(1<<vuproto.NetFGuestTSO4) != 0
+			q.guestTSO6 = q.idx == rxQ && v&(1<<vuproto.NetFGuestTSO6) != 0
 			if (q.tso4OK || q.tso6OK) && q.idx == txQ && q.scratch == nil {
 				q.scratch = make([]byte, frameio.MaxGSOLen)
 			}
@@ -660,4 +676,5 @@ var (
 	_ frameio.Port          = (*Port)(nil)
 	_ frameio.NoWaitWriter  = (*Port)(nil)
 	_ frameio.PartialWriter = (*Port)(nil)
+	_ frameio.GSOWriter     = (*Port)(nil)
 )

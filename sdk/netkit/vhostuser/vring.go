@@ -53,7 +53,11 @@ type vring struct {
 	// guestCsum (the receive queue's): the driver negotiated
 	// VIRTIO_NET_F_GUEST_CSUM, so WriteBatch hands it partial checksums.
 	guestCsum bool
-	hdr       [12]byte // the virtio-net header of the chain being read
+	// guestTSO4, guestTSO6 (the receive queue's): the driver negotiated
+	// VIRTIO_NET_F_GUEST_TSO4 (TSO6), so WriteBatch hands it GSO frames
+	// of that kind whole; any other it cuts (seg, into fin).
+	guestTSO4, guestTSO6 bool
+	hdr                  [12]byte // the virtio-net header of the chain being read
 	// A GSO frame is copied out of guest memory into scratch (its only
 	// read of guest memory) and cut from there by seg; segments a full
 	// batch had no room for wait in seg for the next ReadBatch, which
@@ -63,8 +67,9 @@ type vring struct {
 	seg        frameio.Segmenter
 	segPartial bool   // the segments' checksums stay partial (untagged)
 	gsoFrames  uint64 // GSO frames taken since Listen (tests read it)
-	// fin is where WriteBatch completes a partial checksum (the receive
-	// queue's), so the caller's frame stays as it was.
+	// fin is where WriteBatch completes a partial checksum or puts the
+	// segments it cuts a GSO frame into (the receive queue's), so the
+	// caller's frame stays as it was.
 	fin frameio.Frame
 
 	one [8]byte // eventfd increment
@@ -86,6 +91,7 @@ func (q *vring) reset() {
 	q.kickNoFD, q.started, q.enabled, q.broken = false, false, false, false
 	q.hdrLen, q.indirectOK = 12, false
 	q.csumOK, q.tso4OK, q.tso6OK, q.guestCsum = false, false, false, false
+	q.guestTSO4, q.guestTSO6 = false, false
 	// seg keeps segments already taken from the guest (in scratch, not
 	// in its memory): the next ReadBatch still returns them.
 }
@@ -203,6 +209,8 @@ const (
 	chainGSOSize
 	chainGSOBad
 	chainGSOMTU
+	chainGSOVersion
+	chainGSOLength
 )
 
 var chainErrs = [...]string{"", "descriptor index out of range", "descriptor chain longer than its table (a loop?)",
@@ -218,7 +226,9 @@ var chainErrs = [...]string{"", "descriptor index out of range", "descriptor cha
 	"GSO frame whose hdr_len is larger than the frame",
 	"GSO frame with gso_size below 48",
 	"GSO frame that is not a TCP segment to cut (headers, fragment, length)",
-	"GSO frame whose segments would be larger than the port's MTU"}
+	"GSO frame whose segments would be larger than the port's MTU",
+	"GSO frame whose type (TCPv4, TCPv6) is not its IP version",
+	"GSO frame whose IP length is not the frame's"}
 
 // A descriptor chain is zero or more descriptors of the ring's table
 // then, with VIRTIO_RING_F_INDIRECT_DESC, at most one indirect table
@@ -441,11 +451,13 @@ func (p *Port) nextSegments(q *vring, frames []frameio.Frame, got int) (int, int
 	return got, bytes, 0
 }
 
-// writeChain writes the header and frame into the writable chain at head
-// and returns the bytes written. With o partial (only where GUEST_CSUM
-// was negotiated) the header says NEEDS_CSUM, with csum_start and
-// csum_offset; otherwise it is zero but for num_buffers.
-func (q *vring) writeChain(head uint16, frame []byte, o *frameio.Offload) (uint32, int) {
+// rxHdr is the virtio-net header of a frame with offload o for the
+// guest: zero but for num_buffers (1, when the header has it) for a
+// complete frame; NEEDS_CSUM with csum_start and csum_offset for a
+// partial checksum (only where GUEST_CSUM was negotiated); and for a GSO
+// frame (only where the matching GUEST_TSO was) gso_type, gso_size and
+// hdr_len, the length of its headers (Ethernet, IP, TCP).
+func (q *vring) rxHdr(o *frameio.Offload, hdrLen int) [12]byte {
 	var hdr [12]byte
 	if q.hdrLen == 12 {
 		hdr[10] = 1 // num_buffers
@@ -455,6 +467,17 @@ func (q *vring) writeChain(head uint16, frame []byte, o *frameio.Offload) (uint3
 		le.PutUint16(hdr[6:], o.CsumStart)
 		le.PutUint16(hdr[8:], o.CsumOffset)
 	}
+	if o.GSO != frameio.GSONone {
+		hdr[1] = byte(o.GSO)
+		le.PutUint16(hdr[2:], uint16(hdrLen))
+		le.PutUint16(hdr[4:], o.GSOSize)
+	}
+	return hdr
+}
+
+// writeChain writes the header (rxHdr) and frame into the writable chain
+// at head and returns the bytes written.
+func (q *vring) writeChain(head uint16, frame []byte, hdr *[12]byte) (uint32, int) {
 	h := hdr[:q.hdrLen]
 	written := uint32(0)
 	tbl, size, i, steps, nested := q.desc, uint32(q.num), uint32(head), uint32(0), false
@@ -651,8 +674,8 @@ func (p *Port) writeBatch(frames []frameio.Frame, timeout time.Duration) (int, e
 	if len(frames) == 0 {
 		return 0, nil
 	}
-	sent, bytes := p.push(frames, timeout)
-	p.ctr.AddTx(sent, bytes)
+	sent, chains, bytes := p.push(frames, timeout)
+	p.ctr.AddTx(chains, bytes)
 	p.ctr.AddTxDropped(len(frames) - sent)
 	return sent, nil
 }
@@ -660,7 +683,66 @@ func (p *Port) writeBatch(frames []frameio.Frame, timeout time.Duration) (int, e
 // noOffload is the header of a frame WriteBatch hands over complete.
 var noOffload frameio.Offload
 
-func (p *Port) push(frames []frameio.Frame, timeout time.Duration) (sent, bytes int) {
+// rxWait is push's supply of receive buffers: how many the guest has
+// posted that push has not taken, and its deadline for more.
+type rxWait struct {
+	avail    uint16
+	timeout  time.Duration
+	deadline time.Time
+	killed   bool // the front-end was dropped: stop at once
+}
+
+// take returns the head of the guest's next receive buffer, waiting up
+// to the batch's deadline for one; !ok when none came (or the front-end
+// was dropped for an avail index out of bounds, w.killed).
+func (p *Port) take(q *vring, w *rxWait) (uint16, bool) {
+	if w.avail == 0 {
+		var ok bool
+		if w.avail, ok = q.pending(); !ok {
+			p.kill(q, fmt.Sprintf("avail index moved %d entries, more than the queue's %d", w.avail, q.num))
+			w.avail, w.killed = 0, true
+			return 0, false
+		}
+		for w.avail == 0 && w.timeout >= 0 {
+			if w.deadline.IsZero() {
+				w.deadline = time.Now().Add(w.timeout)
+			}
+			left := time.Until(w.deadline)
+			if left <= 0 {
+				break
+			}
+			w.avail = p.waitBuffers(q, left)
+		}
+		if w.avail == 0 {
+			return 0, false
+		}
+	}
+	w.avail--
+	return q.nextHead(), true
+}
+
+// put writes frame behind hdr into the next receive buffer; filled is
+// false when the chain was bad (returned to the guest unused, logged),
+// stop when there was no buffer.
+func (p *Port) put(q *vring, w *rxWait, frame []byte, hdr *[12]byte) (filled, stop bool) {
+	head, ok := p.take(q, w)
+	if !ok {
+		return false, true
+	}
+	n, why := q.writeChain(head, frame, hdr)
+	if why != chainOK {
+		q.putUsed(head, 0)
+		p.badChain(q, why)
+		return false, false
+	}
+	q.putUsed(head, n)
+	return true, false
+}
+
+// push writes frames into the receive queue and returns how many of them
+// went (whole or in segments, all of them), the chains filled and their
+// frames' bytes.
+func (p *Port) push(frames []frameio.Frame, timeout time.Duration) (sent, chains, bytes int) {
 	q := &p.q[rxQ]
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -668,36 +750,50 @@ func (p *Port) push(frames []frameio.Frame, timeout time.Duration) (sent, bytes 
 	defer debug.SetPanicOnFault(old)
 	defer p.guard(q)
 	if !q.ready() {
-		return 0, 0
+		return 0, 0, 0
 	}
 	if q.usedFlags&vuproto.UsedFNoNotify == 0 {
 		q.setNotify(false)
 	}
-	var deadline time.Time
-	avail := uint16(0)
+	w := rxWait{timeout: timeout}
 	for i := range frames {
 		f := &frames[i]
-		if f.N < frameio.MinFrameLen || f.N > p.frameSize || f.N > len(f.Buf) {
+		if f.N < frameio.MinFrameLen || f.N > len(f.Buf) {
+			continue
+		}
+		if f.Off.GSO != frameio.GSONone {
+			c, b, ok, stop := p.pushGSO(q, &w, f)
+			chains, bytes = chains+c, bytes+b
+			if ok {
+				sent++
+			}
+			if w.killed {
+				return sent, chains, bytes
+			}
+			if stop {
+				break
+			}
+			continue
+		}
+		if f.N > p.frameSize {
 			continue
 		}
 		data, off := f.Bytes(), &noOffload
 		if f.Off != (frameio.Offload{}) {
+			if !f.Off.Partial {
+				continue // an Off that says nothing it could mean
+			}
 			// A partial checksum goes to a guest that negotiated
 			// GUEST_CSUM as it is, behind NEEDS_CSUM; for any other it
-			// is completed in a copy. A segment to cut is dropped (no
-			// GUEST_TSO).
+			// is completed in a copy.
 			switch {
-			case f.Off.GSO != frameio.GSONone || !f.Off.Partial:
-				continue
 			case q.guestCsum:
 				if int(f.Off.CsumStart) < frameio.MinFrameLen || int(f.Off.CsumStart)+int(f.Off.CsumOffset)+2 > f.N {
 					continue // as Finish would refuse it
 				}
 				off = &f.Off
 			default:
-				if q.fin.Buf == nil {
-					q.fin.Buf = make([]byte, p.frameSize)
-				}
+				p.finBuf(q)
 				q.fin.N, q.fin.Off = copy(q.fin.Buf, data), f.Off
 				if !q.fin.Finish() {
 					continue
@@ -705,40 +801,117 @@ func (p *Port) push(frames []frameio.Frame, timeout time.Duration) (sent, bytes 
 				data = q.fin.Bytes()
 			}
 		}
-		if avail == 0 {
-			var ok bool
-			if avail, ok = q.pending(); !ok {
-				p.kill(q, fmt.Sprintf("avail index moved %d entries, more than the queue's %d", avail, q.num))
-				return sent, bytes
-			}
-			for avail == 0 && timeout >= 0 {
-				if deadline.IsZero() {
-					deadline = time.Now().Add(timeout)
-				}
-				left := time.Until(deadline)
-				if left <= 0 {
-					break
-				}
-				avail = p.waitBuffers(q, left)
-			}
-			if avail == 0 {
-				break
-			}
+		hdr := q.rxHdr(off, 0)
+		filled, stop := p.put(q, &w, data, &hdr)
+		if w.killed {
+			return sent, chains, bytes
 		}
-		head := q.nextHead()
-		avail--
-		n, why := q.writeChain(head, data, off)
-		if why != chainOK {
-			q.putUsed(head, 0)
-			p.badChain(q, why)
-			continue
+		if stop {
+			break
 		}
-		q.putUsed(head, n)
-		sent++
-		bytes += f.N
+		if filled {
+			sent++
+			chains++
+			bytes += f.N
+		}
 	}
 	q.flush()
-	return sent, bytes
+	return sent, chains, bytes
+}
+
+// finBuf allocates q.fin's buffer, once.
+func (p *Port) finBuf(q *vring) {
+	if q.fin.Buf == nil {
+		q.fin.Buf = make([]byte, p.frameSize)
+	}
+}
+
+// pushGSO writes the GSO frame f: whole, behind a header that says how
+// to cut it, to a guest that negotiated GUEST_TSO of its kind, else cut
+// into frames of the MTU (in q.fin, one after the other), their
+// checksums partial for a guest with GUEST_CSUM, complete for any other.
+// It returns the chains filled and their bytes, whether all of f went
+// (ok), and whether the batch stops for want of buffers (stop).
+func (p *Port) pushGSO(q *vring, w *rxWait, f *frameio.Frame) (chains, bytes int, ok, stop bool) {
+	data := f.Bytes()
+	hl, why := gsoHeaders(data, f.Off, p.mtu)
+	if why != chainOK {
+		p.badChain(q, why)
+		return 0, 0, false, false
+	}
+	if f.Off.GSO == frameio.GSOTCPv4 && q.guestTSO4 || f.Off.GSO == frameio.GSOTCPv6 && q.guestTSO6 {
+		o := frameio.Offload{Partial: true, CsumStart: f.Off.CsumStart, CsumOffset: 16, GSO: f.Off.GSO, GSOSize: f.Off.GSOSize}
+		hdr := q.rxHdr(&o, hl)
+		filled, stop := p.put(q, w, data, &hdr)
+		if !filled {
+			return 0, 0, false, stop
+		}
+		return 1, f.N, true, false
+	}
+	p.finBuf(q)
+	if q.seg.Load(data, f.Off) != nil {
+		p.badChain(q, chainGSOBad) // gsoHeaders took it: not expected
+		return 0, 0, false, false
+	}
+	for q.seg.Pending() {
+		if !q.seg.Next(&q.fin, q.guestCsum) {
+			p.badChain(q, chainGSOMTU) // gsoHeaders bounded it: not expected
+			return chains, bytes, false, false
+		}
+		hdr := q.rxHdr(&q.fin.Off, 0)
+		filled, stop := p.put(q, w, q.fin.Bytes(), &hdr)
+		if !filled {
+			q.seg = frameio.Segmenter{}
+			return chains, bytes, false, stop
+		}
+		chains++
+		bytes += q.fin.N
+	}
+	return chains, bytes, true, false
+}
+
+// gsoHeaders checks a GSO frame handed to WriteBatch before anything
+// trusts it: untagged or with one VLAN tag, TCP over IPv4 (not a
+// fragment) or IPv6 (no extension header) as its GSO type says, the IP
+// length the frame's, the partial checksum at the TCP header (csum_offset
+// 16), some payload after the headers, a gso_size of at least 48 and
+// segments no larger than the MTU. It returns the length of the headers
+// (hdr_len) or why the frame is dropped.
+func gsoHeaders(b []byte, o frameio.Offload, mtu int) (int, int) {
+	if o.GSO != frameio.GSOTCPv4 && o.GSO != frameio.GSOTCPv6 {
+		return 0, chainGSOType
+	}
+	if len(b) > frameio.MaxGSOLen {
+		return 0, chainOversize
+	}
+	l3, l4, ok := tcpOffset(b)
+	if !ok {
+		return 0, chainGSOBad
+	}
+	v6 := b[l3]>>4 == 6
+	if v6 != (o.GSO == frameio.GSOTCPv6) {
+		return 0, chainGSOVersion
+	}
+	if !o.Partial || int(o.CsumStart) != l4 || o.CsumOffset != 16 {
+		return 0, chainGSOCsum
+	}
+	iplen, want := int(b[l3+2])<<8|int(b[l3+3]), len(b)-l3
+	if v6 {
+		iplen, want = int(b[l3+4])<<8|int(b[l3+5]), len(b)-l3-40
+	}
+	if iplen != want {
+		return 0, chainGSOLength
+	}
+	hl := l4 + int(b[l4+12]>>4)*4
+	switch {
+	case hl < l4+20 || hl >= len(b):
+		return 0, chainGSOBad
+	case o.GSOSize < minGSOSize:
+		return 0, chainGSOSize
+	case hl-l3+min(int(o.GSOSize), len(b)-hl) > mtu:
+		return 0, chainGSOMTU
+	}
+	return hl, chainOK
 }
 
 // waitBuffers shows the guest what it has, asks for a kick and waits up

@@ -12,8 +12,7 @@
 //
 // It serves one connection: it does not reconnect. When the back-end goes
 // away, ReadBatch blocks until Close and WriteBatch drops once the
-// transmit queue is full. Mergeable buffers, EVENT_IDX and GUEST_TSO4/
-// TSO6 (the back-end's frames are never larger than the MTU) are not
+// transmit queue is full. Mergeable buffers and EVENT_IDX are not
 // negotiated.
 // Indirect descriptors are, when the back-end offers them
 // (DriverOptions.NoIndirect turns them off): as in Linux's virtio_ring,
@@ -21,13 +20,21 @@
 // ring descriptor pointing to a table in the driver's memory.
 //
 // With DriverOptions.Offload the driver takes VIRTIO_NET_F_CSUM,
-// HOST_TSO4/TSO6 and GUEST_CSUM when offered, and sends what a guest with
-// checksum offload and TSO sends: each frame's virtio-net header says
-// what its frameio.Frame.Off says (a partial checksum, a TCP segment of
-// up to frameio.MaxGSOLen bytes to cut). It receives as such a guest
-// does: a frame whose header says NEEDS_CSUM comes with Frame.Off
-// partial (csum_start, csum_offset), any other with Off zero
-// (DATA_VALID says the checksum is complete). The transmit queue then keeps its
+// HOST_TSO4/TSO6, GUEST_CSUM and GUEST_TSO4/TSO6 when offered, and sends
+// what a guest with checksum offload and TSO sends: each frame's
+// virtio-net header says what its frameio.Frame.Off says (a partial
+// checksum, a TCP segment of up to frameio.MaxGSOLen bytes to cut). It
+// receives as such a guest does: a frame whose header says NEEDS_CSUM
+// comes with Frame.Off partial (csum_start, csum_offset), one whose
+// header says GSO_TCPV4/TCPV6 also with Off.GSO and GSOSize (a TCP
+// segment of up to frameio.MaxGSOLen bytes: read it into batches made by
+// frameio.NewBatchSize(n, frameio.MaxGSOLen)), any other with Off zero
+// (DATA_VALID says the checksum is complete). With GUEST_TSO negotiated,
+// as Linux does for "big packets" without mergeable buffers, every
+// receive buffer holds a GSO frame: a header, then frameio.MaxGSOLen
+// bytes in pieces of RxChunk (4096, a page, when RxChunk is 0), through
+// an indirect table when indirect descriptors are negotiated (about
+// 17 MiB of buffers for a queue of 256). The transmit queue then keeps its
 // buffers of one frame (FrameSize(MTU)) for everything up to the MTU and
 // adds a few large ones for GSO frames longer than that: 16 at most,
 // using at most half of the queue's descriptors, each holding
@@ -67,7 +74,8 @@ type DriverOptions struct {
 	QueueSize int
 	// RxChunk, when set, posts each receive buffer as a descriptor chain,
 	// the way Linux posts "big packets" without mergeable buffers: the
-	// header in its own descriptor, then pieces of RxChunk bytes.
+	// header in its own descriptor, then pieces of RxChunk bytes. With
+	// GUEST_TSO negotiated (Offload) 0 means 4096.
 	RxChunk int
 	// TxChunk, when set, sends each frame as a chain: the header in its
 	// own descriptor, then pieces of TxChunk bytes.
@@ -92,13 +100,14 @@ type DriverOptions struct {
 	// (unlike the user address, so a back-end that confuses the two
 	// fails).
 	GPABase uint64
-	// Offload acknowledges VIRTIO_NET_F_CSUM, HOST_TSO4, HOST_TSO6 and
-	// GUEST_CSUM when the back-end offers them (Features says which it
-	// did): WriteBatch then sends frames with Frame.Off set (a partial
+	// Offload acknowledges VIRTIO_NET_F_CSUM, HOST_TSO4, HOST_TSO6,
+	// GUEST_CSUM, GUEST_TSO4 and GUEST_TSO6 when the back-end offers them
+	// (Features says which it did; GUEST_TSO only with GUEST_CSUM):
+	// WriteBatch then sends frames with Frame.Off set (a partial
 	// checksum; a TCP segment of up to frameio.MaxGSOLen bytes to cut)
 	// with the virtio-net header that says so, and ReadBatch returns
-	// frames the back-end left partial with Off saying so
-	// (ReadsOffload). Without it, or for an offload the back-end did not
+	// frames the back-end left partial or whole (GSO) with Off saying so
+	// (ReadsOffload; GSO frames need buffers of frameio.MaxGSOLen). Without it, or for an offload the back-end did not
 	// offer, such frames are refused (dropped and counted), never sent
 	// with a header that lies; a received frame whose header says what
 	// was not negotiated is dropped and counted.
@@ -251,6 +260,15 @@ func (d *Driver) layout(num uint16, o DriverOptions) int {
 		q := &d.q[i]
 		q.num = num
 		q.chunk = o.RxChunk
+		room := d.frameSize
+		if i == 0 && d.guestTSO() {
+			// Every receive buffer takes a GSO frame, as Linux's big
+			// packets do: a header and pages.
+			room = frameio.MaxGSOLen
+			if q.chunk == 0 {
+				q.chunk = 4096
+			}
+		}
 		if i == 1 {
 			q.chunk = o.TxChunk
 		}
@@ -263,7 +281,7 @@ func (d *Driver) layout(num uint16, o DriverOptions) int {
 			q.big.n = min(16, max(1, num/2/q.big.k))
 			descs -= q.big.n * q.big.k
 		}
-		d.shape(&q.reg, q.chunk, d.frameSize, descs, ind, o.MixIndirect)
+		d.shape(&q.reg, q.chunk, room, descs, ind, o.MixIndirect)
 		q.reg.n = descs / q.reg.k
 		q.big.first = q.reg.n * q.reg.k
 		q.descOff = alignUp(off, 4096)
@@ -462,8 +480,9 @@ func (d *Driver) handshake(num uint16, o DriverOptions) error {
 		// TSO needs CSUM (virtio 1.x, 5.1.3.1).
 		want |= 1<<vuproto.NetFCsum | 1<<vuproto.NetFHostTSO4 | 1<<vuproto.NetFHostTSO6
 	}
-	if o.Offload {
-		want |= 1 << vuproto.NetFGuestCsum
+	if o.Offload && f&(1<<vuproto.NetFGuestCsum) != 0 {
+		// GUEST_TSO needs GUEST_CSUM (virtio 1.x, 5.1.3.1).
+		want |= 1<<vuproto.NetFGuestCsum | 1<<vuproto.NetFGuestTSO4 | 1<<vuproto.NetFGuestTSO6
 	}
 	d.features = f & want
 	d.hdrLen = 10
@@ -510,7 +529,7 @@ func (d *Driver) handshake(num uint16, o DriverOptions) error {
 	// Receive buffers go in before the device starts, as Linux does.
 	rx := &d.q[0]
 	for s := uint16(0); s < rx.reg.n; s++ {
-		head := d.buildSlot(rx, &rx.reg, s, d.frameSize, true)
+		head := d.buildSlot(rx, &rx.reg, s, rx.reg.room, true)
 		le.PutUint16(rx.avail[4+2*int(rx.availIdx&(num-1)):], head)
 		rx.availIdx++
 	}
@@ -645,17 +664,25 @@ func (d *Driver) Config() (mac net.HardwareAddr, mtu int, err error) {
 }
 
 // Features are the virtio features the driver acknowledged: with
-// Offload, VIRTIO_NET_F_CSUM (bit 0), GUEST_CSUM (1), HOST_TSO4 (11) and
-// HOST_TSO6 (12) when the back-end offered them.
+// Offload, VIRTIO_NET_F_CSUM (bit 0), GUEST_CSUM (1), GUEST_TSO4 (7),
+// GUEST_TSO6 (8), HOST_TSO4 (11) and HOST_TSO6 (12) when the back-end
+// offered them.
 func (d *Driver) Features() uint64 { return d.features }
+
+// guestTSO says whether GUEST_TSO4 or GUEST_TSO6 was negotiated.
+func (d *Driver) guestTSO() bool {
+	return d.features&(1<<vuproto.NetFGuestTSO4|1<<vuproto.NetFGuestTSO6) != 0
+}
 
 // TakesPartial says whether WriteBatch sends frames whose checksum is
 // partial (frameio.PartialWriter): the back-end took VIRTIO_NET_F_CSUM.
 func (d *Driver) TakesPartial() bool { return d.features&(1<<vuproto.NetFCsum) != 0 }
 
 // ReadsOffload says whether ReadBatch may return frames whose checksum
-// is partial (frameio.OffloadReader): GUEST_CSUM was negotiated. They
-// are never GSO frames (no GUEST_TSO): none is larger than the MTU.
+// is partial (frameio.OffloadReader): GUEST_CSUM was negotiated, and
+// with it (Offload) GUEST_TSO4/TSO6 when offered, so they may be GSO
+// frames of up to frameio.MaxGSOLen bytes: read into batches made by
+// frameio.NewBatchSize(n, frameio.MaxGSOLen) (frameio.Relay does).
 func (d *Driver) ReadsOffload() bool { return d.features&(1<<vuproto.NetFGuestCsum) != 0 }
 
 // TakesGSO says whether WriteBatch sends GSO frames whole
@@ -786,12 +813,12 @@ func (d *Driver) readOnce(frames []frameio.Frame) int {
 				d.log.Warn("vhostuserdriver: the back-end returned a bad descriptor id", "id", id)
 				continue
 			}
-			if n < d.hdrLen+frameio.MinFrameLen || n > d.hdrLen+d.frameSize {
-				dropped++
+			f := &frames[got]
+			if n < d.hdrLen+frameio.MinFrameLen || n > d.hdrLen+q.reg.room || n-d.hdrLen > len(f.Buf) {
+				dropped++ // too short, or longer than the buffer or the caller's
 			} else if off, ok := d.rxOffload(q, s, n-d.hdrLen); !ok {
 				dropped++
 			} else {
-				f := &frames[got]
 				f.N, f.Off = d.slotCopyOut(q, &q.reg, s, n, f.Buf), off
 				bytes += f.N
 				got++
@@ -812,18 +839,36 @@ func (d *Driver) readOnce(frames []frameio.Frame) int {
 // rxOffload reads the virtio-net header of receive slot s, holding a
 // frame of n bytes, as a guest's driver does: NEEDS_CSUM (only with
 // GUEST_CSUM negotiated) makes the frame's checksum partial, its place
-// inside the frame; DATA_VALID, or no flag, means complete. A GSO type
-// (GUEST_TSO is not negotiated), NEEDS_CSUM without GUEST_CSUM or a
-// checksum's place outside the frame: !ok, drop it.
+// inside the frame; DATA_VALID, or no flag, means complete; GSO_TCPV4
+// or TCPV6 (only with the matching GUEST_TSO, with NEEDS_CSUM and a
+// gso_size) makes it a GSO frame. Anything else (a GSO type not
+// negotiated, the ECN bit, NEEDS_CSUM without GUEST_CSUM, a checksum's
+// place outside the frame, a frame larger than the MTU that is not GSO):
+// !ok, drop it.
 func (d *Driver) rxOffload(q *queue, s uint16, n int) (frameio.Offload, bool) {
 	h := d.mem[q.reg.bufOff+int(s)*q.reg.size:][:d.hdrLen]
-	if h[1] != vuproto.NetHdrGSONone {
-		return frameio.Offload{}, false
+	var o frameio.Offload
+	switch h[1] {
+	case vuproto.NetHdrGSONone:
+		if n > d.frameSize {
+			return o, false
+		}
+	case vuproto.NetHdrGSOTCPv4, vuproto.NetHdrGSOTCPv6:
+		bit := vuproto.NetFGuestTSO4
+		if h[1] == vuproto.NetHdrGSOTCPv6 {
+			bit = vuproto.NetFGuestTSO6
+		}
+		if d.features&(1<<bit) == 0 || h[0]&vuproto.NetHdrFNeedsCsum == 0 || le.Uint16(h[4:]) == 0 {
+			return o, false
+		}
+		o.GSO, o.GSOSize = frameio.GSOType(h[1]), le.Uint16(h[4:])
+	default:
+		return o, false
 	}
 	if h[0]&vuproto.NetHdrFNeedsCsum == 0 {
-		return frameio.Offload{}, true
+		return o, true
 	}
-	o := frameio.Offload{Partial: true, CsumStart: le.Uint16(h[6:]), CsumOffset: le.Uint16(h[8:])}
+	o.Partial, o.CsumStart, o.CsumOffset = true, le.Uint16(h[6:]), le.Uint16(h[8:])
 	if d.features&(1<<vuproto.NetFGuestCsum) == 0 || int(o.CsumStart) < frameio.MinFrameLen || int(o.CsumStart)+int(o.CsumOffset)+2 > n {
 		return frameio.Offload{}, false
 	}
