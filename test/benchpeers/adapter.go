@@ -50,7 +50,9 @@ type AdapterOptions struct {
 	// for the guest's NIC is opened with PassOffload, so the namespace's
 	// stack hands over TCP segments of up to 64 KiB with their checksums
 	// partial, and they go into the transmit queue with their virtio-net
-	// header, as a guest with TSO puts them there.
+	// header, as a guest with TSO puts them there; the other way the
+	// guest takes GUEST_TSO4/6, so the host's segments arrive whole and
+	// are written to the TAP with their header.
 	VhostUserNoOffload bool
 	// VhostUserQueueSize is the size of both virtqueues (QEMU's
 	// rx_queue_size and tx_queue_size); 0 means 1024, what anka gives
@@ -92,7 +94,8 @@ const DefaultTxQueueLen = 10000
 // have.
 const VhostUserBatch = 64
 
-// The buffers the vhost-user mode posts above MTU 1500, as Linux's
+// The buffers the vhost-user mode posts above MTU 1500 (and, with
+// GUEST_TSO negotiated, at any MTU: vhostuserdriver), as Linux's
 // virtio-net does with a back-end that offers indirect descriptors but no
 // mergeable receive buffers (this one): each receive buffer ("big
 // packets") is a header and a chain of 4 KiB pages behind one indirect
