@@ -19,7 +19,7 @@ type gsoLink struct {
 }
 
 func (l *gsoLink) GSOBuffers() int { return 4 }
-func (l *gsoLink) TakesGSO() bool { return l.takesGSO }
+func (l *gsoLink) TakesGSO() bool  { return l.takesGSO }
 
 var (
 	_ frameio.GSOReader = (*gsoLink)(nil)
