@@ -59,21 +59,24 @@ type GSOWriter interface {
 
 // GSOReader is a Port whose ReadBatch hands GSO frames up whole (Off
 // set, WholeGSO true of each) into frame buffers of MaxGSOLen bytes or
-// more, when ReadsGSO says so, and cuts them to the MTU into smaller
-// ones: a caller that can carry them whole (the switch, to a GSOWriter)
-// gives it some large buffers. A TAP opened with HandGSO.
+// more, and cuts them to the MTU into smaller ones: a caller that can
+// carry them whole (the switch, to a GSOWriter) gives it GSOBuffers
+// large buffers at the start of each batch (0: it hands none up whole).
+// A TAP opened with HandGSO, a vhost-user port whose guest sends TSO.
 type GSOReader interface {
-	ReadsGSO() bool
+	GSOBuffers() int
 }
 
 // WholeGSO says whether GSO frame pkt may travel whole, to be cut by
 // whoever takes no GSO frames: a TCP segment over IPv4 or IPv6 the
 // Segmenter can cut, untagged, its checksum partial at the TCP header's
-// place (what a Linux stack hands a NIC with TSO).
+// place (what a Linux stack hands a NIC with TSO), and without CWR (an
+// Offload cannot say ECN, so that the receiver would put CWR on the
+// first piece only: such a segment is cut where it is read).
 func WholeGSO(pkt []byte, o Offload) bool {
 	plain := o
 	plain.GSO, plain.GSOSize = GSONone, 0
-	if o.GSO == GSONone || !PartialTCP(pkt, plain) {
+	if o.GSO == GSONone || !PartialTCP(pkt, plain) || pkt[o.CsumStart+13]&0x80 != 0 {
 		return false
 	}
 	var s Segmenter

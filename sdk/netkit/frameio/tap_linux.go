@@ -247,12 +247,23 @@ func newTAPPort(fd int, name string, mtu int, o TAPOptions) (*TAPPort, error) {
 // them. Only PassOffload takes GSO segments.
 func (p *TAPPort) TakesPartial() bool { return p.offload || p.pass }
 
-// TakesGSO says whether WriteBatch takes GSO frames whole (PassOffload).
-func (p *TAPPort) TakesGSO() bool { return p.pass }
+// TakesGSO says whether WriteBatch takes GSO frames whole (PassOffload,
+// or Offload with HandGSO: a guest's TSO segments go to the host's
+// stack as they came).
+func (p *TAPPort) TakesGSO() bool { return p.pass || p.whole }
 
-// ReadsGSO says whether ReadBatch hands TCP segments up whole into
-// buffers of MaxGSOLen (HandGSO).
-func (p *TAPPort) ReadsGSO() bool { return p.whole }
+// GSOBuffers is how many large buffers (MaxGSOLen) a batch should start
+// with for ReadBatch to hand TCP segments up whole (HandGSO): 16, a
+// megabyte of the host's TCP per read; 0 without HandGSO.
+func (p *TAPPort) GSOBuffers() int {
+	if p.whole {
+		return tapGSOBuffers
+	}
+	return 0
+}
+
+// tapGSOBuffers: see GSOBuffers. One uplink per network has them.
+const tapGSOBuffers = 16
 
 // ReadsOffload says whether ReadBatch hands up frames with Offload set:
 // with Offload, TCP frames within the MTU whose checksum is partial;
@@ -574,8 +585,12 @@ func (p *TAPPort) write(fd, trap uintptr, buf unsafe.Pointer, n uintptr, frames,
 func (p *TAPPort) doWriteOffload(fd uintptr) bool {
 	for i := 0; i < len(p.wframes); i++ {
 		f := &p.wframes[i]
-		if f.N < MinFrameLen || f.N > len(f.Buf) || !writable(f.Off, f.N, p.fsize, false) {
+		if f.N < MinFrameLen || f.N > len(f.Buf) || !writable(f.Off, f.N, p.fsize, p.whole) {
 			p.wdrop++
+			continue
+		}
+		if f.Off.GSO != GSONone { // HandGSO: merged already
+			p.writeVnet(fd, f)
 			continue
 		}
 		if n, mss := coalesceRun(p.wframes[i:], p.fsize); n > 1 {

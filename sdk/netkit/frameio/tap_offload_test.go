@@ -36,8 +36,8 @@ func tcpSeg(v6 bool, dst net.HardwareAddr, sport, dport uint16, seq, ack uint32,
 	if v6 {
 		l4 = 54
 	}
-	f := make([]byte, frameio.FrameSize(1500))
 	n := l4 + 20 + len(payload)
+	f := make([]byte, max(frameio.FrameSize(1500), n))
 	copy(f[0:], dst)
 	copy(f[6:], guestMAC)
 	var pseudo []byte
@@ -135,11 +135,17 @@ func TestTAPTakesPartial(t *testing.T) {
 // Frames whose TCP checksum a guest left partial, written to an
 // offloading TAP, reach the host's TCP intact: a SYN alone (one write
 // with NEEDS_CSUM), then runs of segments, partial and complete mixed,
-// merged into one write. Over IPv4 and IPv6.
+// merged into one write. Over IPv4 and IPv6. With HandGSO the TAP takes
+// a GSO frame (a guest's TSO segment) whole as well; without, it refuses
+// one.
 func TestTAPOffloadPartialWrite(t *testing.T) {
-	for _, v6 := range []bool{false, true} {
-		t.Run(fmt.Sprintf("v6=%v", v6), func(t *testing.T) {
-			ns, tap, kmac := offloadTAP(t, frameio.TAPOptions{Offload: true})
+	for _, c := range []struct{ v6, hand bool }{{false, false}, {true, false}, {false, true}, {true, true}} {
+		v6, hand := c.v6, c.hand
+		t.Run(fmt.Sprintf("v6=%v,HandGSO=%v", v6, hand), func(t *testing.T) {
+			ns, tap, kmac := offloadTAP(t, frameio.TAPOptions{Offload: true, HandGSO: hand})
+			if tap.TakesGSO() != hand {
+				t.Fatalf("TakesGSO %v with HandGSO %v", tap.TakesGSO(), hand)
+			}
 			network, addr := "tcp4", "10.99.0.1:7777"
 			if v6 {
 				network, addr = "tcp6", "[fd99::1]:7777"
@@ -167,13 +173,25 @@ func TestTAPOffloadPartialWrite(t *testing.T) {
 				want[i] = byte(i*13 + i>>9)
 			}
 			var batch []frameio.Frame
-			for off := 0; off < total; off += size {
+			plain := total
+			if hand {
+				plain = total - 8*size // the last 8 go as one GSO frame
+			}
+			for off := 0; off < plain; off += size {
 				flags := byte(0x10)
-				if off+size == total || off == 20*size {
+				if off+size == plain || off == 20*size {
 					flags = 0x18 // a PSH ends a run
 				}
 				partial := (off/size)%5 != 2 // every fifth complete
 				batch = append(batch, guestSeg(v6, kmac, iss+1+uint32(off), hostSeq, flags, want[off:off+size], partial))
+			}
+			if hand {
+				g := guestSeg(v6, kmac, iss+1+uint32(plain), hostSeq, 0x18, want[plain:], true)
+				g.Off.GSO, g.Off.GSOSize = frameio.GSOTCPv4, size
+				if v6 {
+					g.Off.GSO = frameio.GSOTCPv6
+				}
+				batch = append(batch, g)
 			}
 			if n, err := tap.WriteBatch(batch); n != len(batch) || err != nil {
 				t.Fatalf("wrote %d of %d: %v", n, len(batch), err)
@@ -186,13 +204,17 @@ func TestTAPOffloadPartialWrite(t *testing.T) {
 			}
 
 			// What the kernel cannot complete is dropped and counted,
-			// never written: a checksum's place outside the frame, a
-			// GSO segment (the switch's uplink takes none).
+			// never written: a checksum's place outside the frame, and
+			// without HandGSO a GSO segment.
 			odd := guestSeg(v6, kmac, iss+1+total, hostSeq, 0x18, []byte("x"), true)
 			odd.Off.CsumOffset = 2000
-			gso := guestSeg(v6, kmac, iss+1+total, hostSeq, 0x18, []byte("x"), true)
-			gso.Off.GSO, gso.Off.GSOSize = frameio.GSOTCPv4, 1000
-			if n, _ := tap.WriteBatch([]frameio.Frame{odd, gso}); n != 0 || tap.Stats().TxDropped != 2 {
+			bad := []frameio.Frame{odd}
+			if !hand {
+				gso := guestSeg(v6, kmac, iss+1+total, hostSeq, 0x18, []byte("x"), true)
+				gso.Off.GSO, gso.Off.GSOSize = frameio.GSOTCPv4, 1000
+				bad = append(bad, gso)
+			}
+			if n, _ := tap.WriteBatch(bad); n != 0 || tap.Stats().TxDropped != uint64(len(bad)) {
 				t.Fatalf("wrote %d frames the kernel cannot take; stats %+v", n, tap.Stats())
 			}
 		})
@@ -234,8 +256,8 @@ func TestTAPOffloadReadPartial(t *testing.T) {
 
 func testTAPOffloadRead(t *testing.T, v6, hand bool) {
 	ns, tap, kmac := offloadTAP(t, frameio.TAPOptions{Offload: true, HandGSO: hand})
-	if tap.ReadsGSO() != hand {
-		t.Fatalf("ReadsGSO %v with HandGSO %v", tap.ReadsGSO(), hand)
+	if (tap.GSOBuffers() > 0) != hand {
+		t.Fatalf("GSOBuffers %d with HandGSO %v", tap.GSOBuffers(), hand)
 	}
 	network, addr, l4 := "tcp4", "10.99.0.2:7777", 34
 	if v6 {

@@ -19,11 +19,6 @@ type forwarder struct {
 	segs    []frameio.Frame // a GSO frame's pieces, for a port that takes it cut (allocated once, at the first)
 }
 
-// gsoReadFrames is how many frames of a GSO reader's batch get buffers
-// of frameio.MaxGSOLen (the rest stay MTU-sized, and the reader cuts
-// what lands in them): 1 MiB of TCP per read, without 4 MiB per uplink.
-const gsoReadFrames = 16
-
 // newForwarder allocates a forwarder whose first large read buffers are
 // frameio.MaxGSOLen bytes (for a frameio.GSOReader's reads).
 func (s *Switch) newForwarder(large int) *forwarder {
@@ -40,9 +35,9 @@ func (s *Switch) newForwarder(large int) *forwarder {
 func (p *Port) readLoop() {
 	defer close(p.readDone)
 	s := p.sw
-	large := 0
-	if gr, ok := p.link.(frameio.GSOReader); ok && gr.ReadsGSO() {
-		large = gsoReadFrames
+	large := 0 // frames of frameio.MaxGSOLen: the rest stay MTU-sized, and the reader cuts what lands there
+	if gr, ok := p.link.(frameio.GSOReader); ok {
+		large = max(gr.GSOBuffers(), 0)
 	}
 	f := s.newForwarder(large)
 	log := s.cfg.Logger.With("port", p.cfg.Name)

@@ -18,8 +18,8 @@ type gsoLink struct {
 	takesGSO bool
 }
 
-func (l *gsoLink) ReadsGSO() bool { return true }
-func (l *gsoLink) TakesGSO() bool { return l.takesGSO }
+func (l *gsoLink) GSOBuffers() int { return 4 }
+func (l *gsoLink) TakesGSO() bool  { return l.takesGSO }
 
 var (
 	_ frameio.GSOReader = (*gsoLink)(nil)
@@ -210,7 +210,7 @@ func TestGSOCutAllocatesNothing(t *testing.T) {
 	if _, err := sw.Attach(&discard{*newMemLink()}, PortConfig{Name: "b", MAC: macB}); err != nil {
 		t.Fatal(err)
 	}
-	f := sw.newForwarder(gsoReadFrames)
+	f := sw.newForwarder(8)
 	g := gsoFrame(t, macA, macB)
 	batch := f.in[:8]
 	allocs := testing.AllocsPerRun(100, func() {
