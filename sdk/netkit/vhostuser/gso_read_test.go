@@ -10,6 +10,7 @@ import (
 	"github.com/anka-net/anka/sdk/netkit/frameio"
 	"github.com/anka-net/anka/sdk/netkit/vhostuser"
 	"github.com/anka-net/anka/sdk/netkit/vhostuser/vhostuserdriver"
+	"github.com/anka-net/anka/sdk/netkit/vswitch"
 )
 
 // mixedBatch is a batch as the switch gives a frameio.GSOReader: large
@@ -226,6 +227,55 @@ func TestGSOReadWholeAllocs(t *testing.T) {
 		t.Fatalf("%d frames handed up whole in 50 rounds", vhostuser.WholeFrames(p))
 	}
 	if s := p.Stats(); s.RxDropped != 0 {
+		t.Fatalf("dropped %d", s.RxDropped)
+	}
+}
+
+// Through the switch: a guest's TSO frame reaches a guest with GUEST_TSO
+// as it was sent, never cut (the switch gave the port large buffers and
+// passes a whole frame to a frameio.GSOWriter); one with CWR is cut where
+// it is read and arrives in segments.
+func TestGSOReadThroughSwitch(t *testing.T) {
+	sw := vswitch.New(vswitch.Config{MTU: 1500, Logger: testLog(t)})
+	t.Cleanup(func() { sw.Close() })
+	pa := listen(t, vhostuser.Options{MTU: 1500, WriteTimeout: -1})
+	pb := listen(t, vhostuser.Options{MTU: 1500, WriteTimeout: -1})
+	for _, a := range []struct {
+		p   *vhostuser.Port
+		mac []byte
+	}{{pa, guestMAC}, {pb, peerMAC}} {
+		if _, err := sw.Attach(a.p, vswitch.PortConfig{Name: a.p.Path(), MAC: a.mac}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	da := dial(t, pa, vhostuserdriver.DriverOptions{Offload: true, WriteTimeout: -1})
+	db := dial(t, pb, vhostuserdriver.DriverOptions{Offload: true, WriteTimeout: -1})
+	for _, v6 := range []bool{false, true} {
+		b := buildPkt(t, pktSpec{kind: kindTCP, v6: v6, payload: payloadBytes(40000, 7)})
+		gf, goff := b.gso(uint16(mssFor(b)))
+		cwr := bytes.Clone(gf)
+		cwr[b.l4+13] |= 0x80
+		if writeOff(t, da, [][]byte{gf}, []frameio.Offload{goff}) != 1 {
+			t.Fatal("not sent")
+		}
+		r := readOffSize(t, db, 1, frameio.NewBatchSize(4, frameio.MaxGSOLen))
+		if r[0].off != goff || !bytes.Equal(r[0].b, gf) {
+			t.Fatalf("v6 %v: %d bytes with Off %+v arrived, want the guest's %d bytes with %+v", v6, len(r[0].b), r[0].off, len(gf), goff)
+		}
+		if writeOff(t, da, [][]byte{cwr}, []frameio.Offload{goff}) != 1 {
+			t.Fatal("not sent")
+		}
+		segs := readOffSize(t, db, nSegments(40000, mssFor(b)), frameio.NewBatchSize(4, frameio.MaxGSOLen))
+		bb := b
+		bb.frame = cwr
+		if pl := checkSegments(t, bb, segs, mssFor(b), true); !bytes.Equal(pl, b.frame[b.hdrLen:]) {
+			t.Fatalf("v6 %v: the CWR frame's payload changed", v6)
+		}
+	}
+	if w := vhostuser.WholeFrames(pa); w != 2 {
+		t.Fatalf("%d frames handed up whole, want 2", w)
+	}
+	if s := pa.Stats(); s.RxDropped != 0 {
 		t.Fatalf("dropped %d", s.RxDropped)
 	}
 }
