@@ -375,7 +375,9 @@ const (
 // some as GSO frames of up to 8 segments (the guest took GUEST_TSO6: it
 // gets them whole, behind GSO_TCPV6, in its big receive buffers): the
 // guest, with checksum offload and TSO negotiated, leaves its checksums
-// partial and hands its echo over as GSO frames. Every frame the port returns must complete
+// partial and hands its echo over as GSO frames, which come up whole in
+// the reader's large buffers (the test cuts them, as the switch would)
+// and cut in its others. Every frame the port returns must complete
 // to a valid checksum (Finish where it is partial), the data must come
 // back whole, and the port must drop nothing: the headers a real Linux
 // guest writes pass the port's checks.
