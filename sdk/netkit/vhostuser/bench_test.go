@@ -95,7 +95,9 @@ func benchFlow(b *testing.B, w, r frameio.Port, mtu, size int) {
 // with the frame in 4 KiB pieces through an indirect table, as Linux sends
 // it), as 45 frames of 1514 bytes with their checksums partial
 // ("1514B-partial", a guest with checksum offload only) or complete
-// ("1514B"). Only ReadBatch is timed, on a ring the driver filled before
+// ("1514B"); "tso-whole" reads the GSO frame into large buffers
+// (frameio.MaxGSOLen, as the switch gives a frameio.GSOReader), so the
+// port hands it up whole: one frame an op instead of 45. Only ReadBatch is timed, on a ring the driver filled before
 // (16 ops at a time), so the numbers are the port's own. MB/s counts the
 // 45 frames of 1514 bytes the port returns either way.
 //
@@ -119,11 +121,14 @@ func BenchmarkGSORead(b *testing.B) {
 		frames [][]byte
 		offs   []frameio.Offload
 		chunk  int
+		whole  bool
 	}{
-		{"tso", [][]byte{gf}, []frameio.Offload{goff}, 0},
-		{"tso-indirect4K", [][]byte{gf}, []frameio.Offload{goff}, 4096},
-		{"1514B-partial", partial, poffs, 0},
-		{"1514B", plain, make([]frameio.Offload, segs), 0},
+		{"tso", [][]byte{gf}, []frameio.Offload{goff}, 0, false},
+		{"tso-indirect4K", [][]byte{gf}, []frameio.Offload{goff}, 4096, false},
+		{"tso-whole", [][]byte{gf}, []frameio.Offload{goff}, 0, true},
+		{"tso-whole-indirect4K", [][]byte{gf}, []frameio.Offload{goff}, 4096, true},
+		{"1514B-partial", partial, poffs, 0, false},
+		{"1514B", plain, make([]frameio.Offload, segs), 0, false},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			p := listen(b, vhostuser.Options{MTU: 1500})
@@ -134,7 +139,10 @@ func BenchmarkGSORead(b *testing.B) {
 					src = append(src, frameio.Frame{Buf: f, N: len(f), Off: tc.offs[i]})
 				}
 			}
-			dst := frameio.NewBatch(64, 1500)
+			dst, perOp := frameio.NewBatch(64, 1500), segs
+			if tc.whole {
+				dst, perOp = frameio.NewBatchSize(ops, frameio.MaxGSOLen), 1
+			}
 			b.SetBytes(segs * 1514)
 			b.ReportAllocs()
 			b.ResetTimer()
@@ -148,7 +156,7 @@ func BenchmarkGSORead(b *testing.B) {
 					sent += n
 				}
 				b.StartTimer()
-				for got := 0; got < ops*segs; {
+				for got := 0; got < ops*perOp; {
 					n, err := p.ReadBatch(dst)
 					if err != nil {
 						b.Fatal(err)
@@ -159,6 +167,9 @@ func BenchmarkGSORead(b *testing.B) {
 			b.StopTimer()
 			if s := p.Stats(); s.RxDropped != 0 {
 				b.Fatalf("the port dropped %d frames", s.RxDropped)
+			}
+			if w := vhostuser.WholeFrames(p); tc.whole != (w > 0) || tc.whole && w != vhostuser.GSOFrames(p) {
+				b.Fatalf("%d of %d GSO frames handed up whole", w, vhostuser.GSOFrames(p))
 			}
 		})
 	}

@@ -134,6 +134,27 @@
 //     front-end has gone: they are the port's memory, not the guest's);
 //     the chain itself went back to the guest at once, so GET_VRING_BASE
 //     stays exact.
+//     Whole, into a large buffer: the port is a frameio.GSOReader
+//     (GSOBuffers: 4 unless NoOffload, 0 then), so the switch makes the
+//     first 4 frame buffers of each batch it reads from the port
+//     frameio.MaxGSOLen bytes long. A GSO chain read when the caller's
+//     next buffer is that large is copied straight into it instead of
+//     the scratch (the same single copy, the only read of guest memory),
+//     and every check below is made on that copy. When it passes them
+//     and the switch may carry it whole (frameio.WholeGSO: untagged, no
+//     CWR; and its IP length is the frame's), it is returned as it is,
+//     one frame with Off {Partial, CsumStart at the TCP header,
+//     CsumOffset 16, GSO, GSOSize}: the switch hands it whole to a
+//     frameio.GSOWriter (the uplink TAP with HandGSO, a guest with
+//     GUEST_TSO) and cuts it for any other port, so nothing cuts it
+//     twice and the host's stack gets the guest's segment as it came.
+//     One that does not (a VLAN tag, CWR, an IP length that lies) is
+//     copied from the buffer into the scratch (memory of the port's,
+//     not the guest's) and cut as above, its first segment into that
+//     buffer. Only 4 because every VM port gets that many 64 KiB
+//     buffers from the switch for as long as it is attached (256 KiB a
+//     port), and a batch seldom holds more TSO frames than that: the
+//     rest are cut into its MTU buffers as before.
 //     Dropped: the ECN bit and any other gso_type (UDP, unknown); no
 //     NEEDS_CSUM, or csum_start not at the TCP header or csum_offset not
 //     16 (the spec's MUST for GSO); hdr_len larger than the frame (as
@@ -146,7 +167,8 @@
 //
 // Each dropped frame is counted (RxDropped) and logged at most once a
 // second with its reason; it costs the guest that frame only, never its
-// session. ReadBatch stays free of allocations per frame; the scratch
+// session. Into large buffers or not, the same frames are dropped for
+// the same reasons. ReadBatch stays free of allocations per frame; the scratch
 // (frameio.MaxGSOLen bytes) is allocated once a front-end negotiates
 // TSO.
 //

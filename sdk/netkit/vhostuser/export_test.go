@@ -42,3 +42,12 @@ func GuestTSO(p *Port) (v4, v6 bool) {
 	defer q.mu.Unlock()
 	return q.guestTSO4, q.guestTSO6
 }
+
+// WholeFrames is how many of the GSO frames taken from the guest were
+// handed up whole (into a large buffer, frameio.GSOReader).
+func WholeFrames(p *Port) uint64 {
+	q := &p.q[txQ]
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.wholeFrames
+}

@@ -196,6 +196,25 @@ func (p *Port) TakesPartial() bool { return p.offered&(1<<vuproto.NetFGuestCsum)
 // the answer is the port's, not the front-end's: the switch asks once.
 func (p *Port) TakesGSO() bool { return p.offered&(1<<vuproto.NetFGuestTSO4) != 0 }
 
+// GSOBuffers is how many frame buffers of frameio.MaxGSOLen bytes the
+// port wants at the start of each batch (frameio.GSOReader): 4 unless
+// NoOffload (HOST_TSO4/TSO6 not offered: 0). A guest's TSO frame read
+// into one is handed up whole when the switch may carry it so
+// (frameio.WholeGSO); into any other buffer it is cut to the MTU. Only 4:
+// every VM port gets that many 64 KiB buffers from the switch, for as
+// long as it is attached, and a batch seldom holds more TSO frames than
+// that (the rest are cut as before). Like TakesGSO, the answer is the
+// port's, not the front-end's.
+func (p *Port) GSOBuffers() int {
+	if p.offered&(1<<vuproto.NetFHostTSO4|1<<vuproto.NetFHostTSO6) == 0 {
+		return 0
+	}
+	return gsoBuffers
+}
+
+// gsoBuffers is GSOBuffers unless NoOffload.
+const gsoBuffers = 4
+
 // Close stops serving, drops the front-end, unblocks a pending ReadBatch
 // (which returns frameio.ErrClosed) and removes the socket file.
 func (p *Port) Close() error {
@@ -677,4 +696,5 @@ var (
 	_ frameio.NoWaitWriter  = (*Port)(nil)
 	_ frameio.PartialWriter = (*Port)(nil)
 	_ frameio.GSOWriter     = (*Port)(nil)
+	_ frameio.GSOReader     = (*Port)(nil)
 )

@@ -275,7 +275,10 @@ func TestQEMUGuest(t *testing.T) {
 func readAll(p *vhostuser.Port) <-chan got {
 	ch := make(chan got, 4096)
 	go func() {
+		// As the switch reads it (frameio.GSOReader): the first
+		// GSOBuffers buffers large, so a TSO frame may come up whole.
 		b := frameio.NewBatch(64, p.MTU())
+		copy(b, frameio.NewBatchSize(p.GSOBuffers(), frameio.MaxGSOLen))
 		for {
 			n, err := p.ReadBatch(b)
 			if err != nil {
@@ -372,7 +375,9 @@ const (
 // some as GSO frames of up to 8 segments (the guest took GUEST_TSO6: it
 // gets them whole, behind GSO_TCPV6, in its big receive buffers): the
 // guest, with checksum offload and TSO negotiated, leaves its checksums
-// partial and hands its echo over as GSO frames. Every frame the port returns must complete
+// partial and hands its echo over as GSO frames, which come up whole in
+// the reader's large buffers (the test cuts them, as the switch would)
+// and cut in its others. Every frame the port returns must complete
 // to a valid checksum (Finish where it is partial), the data must come
 // back whole, and the port must drop nothing: the headers a real Linux
 // guest writes pass the port's checks.
@@ -455,84 +460,120 @@ func guestTCP(t *testing.T, p *vhostuser.Port, frames <-chan got, mac net.Hardwa
 	deadline := time.After(3 * time.Minute)
 	tick := time.NewTicker(300 * time.Millisecond)
 	defer tick.Stop()
-	for len(echo) < len(data) {
-		select {
-		case g := <-frames:
-			if solicitsUs(fromGuestICMP6(g.b, mac)) {
-				write(neighborAdvert(mac))
-				continue
-			}
-			f := g.b
-			if len(f) < 74 || f[12] != 0x86 || f[13] != 0xdd || f[20] != 6 || binary.BigEndian.Uint16(f[54:]) != 7 || binary.BigEndian.Uint16(f[56:]) != 40000 {
-				continue
-			}
-			if g.off.Partial {
-				if g.off.CsumStart != 54 || g.off.CsumOffset != 16 {
-					t.Fatalf("a TCP frame from the guest came with Off %+v", g.off)
-				}
-				fr := frameio.Frame{Buf: f, N: len(f), Off: g.off}
-				if !fr.Finish() {
-					t.Fatalf("Finish refused %+v", g.off)
-				}
-				partial++
-			} else {
-				whole++
-			}
-			if g.off.GSO != frameio.GSONone || !l4Valid(f, 14, 54, true) {
-				t.Fatalf("a TCP frame of %d bytes from the guest has a bad checksum (Off %+v)", len(f), g.off)
-			}
-			if len(f)-54-int(f[54+12]>>4)*4 > mss {
-				t.Fatalf("a segment of %d bytes, more than the MSS %d", len(f), mss)
-			}
-			seq, ackn, flags := binary.BigEndian.Uint32(f[58:]), binary.BigEndian.Uint32(f[62:]), f[54+13]
-			if flags&tcpRST != 0 {
-				t.Fatalf("the guest reset the connection (echo %d of %d bytes)", len(echo), len(data))
-			}
-			if flags&tcpSYN != 0 {
-				if !established {
-					irs, established = seq, true
-					wnd = min(wnd, int(binary.BigEndian.Uint16(f[54+14:])))
-				}
-				ack()
-				pump()
-				continue
-			}
-			if !established {
-				continue
-			}
-			if a := int(ackn - iss - 1); a > una && a <= nxt {
-				una, progress = a, true
-			}
-			if pl := f[54+int(f[54+12]>>4)*4:]; len(pl) > 0 {
-				seg++
-				if seq == irs+1+uint32(len(echo)) {
-					echo = append(echo, pl...)
-					progress = true
-				}
-				ack()
-			}
-			pump()
-		case <-tick.C:
-			switch {
-			case !established:
-				write(tcpToGuest(mac, iss, 0, tcpSYN, []byte{2, 4, mss >> 8, mss & 0xff}, nil))
-			case !progress:
-				nxt = una // go back: something was lost
-				ack()
-				pump()
-			}
-			progress = false
-		case <-deadline:
-			t.Fatalf("gave up: %d of %d bytes echoed, %d acknowledged; port stats %+v", len(echo), len(data), una, p.Stats())
+	// A TSO frame handed up whole is cut here, as the switch would for
+	// a port that takes none, and its segments go through the checks
+	// below like any other frame.
+	var cut []got
+	wholeIn := 0
+	takeWhole := func(g got) {
+		want := frameio.Offload{Partial: true, CsumStart: 54, CsumOffset: 16, GSO: frameio.GSOTCPv6, GSOSize: g.off.GSOSize}
+		if g.off != want || g.off.GSOSize > mss || !frameio.WholeGSO(g.b, g.off) || int(binary.BigEndian.Uint16(g.b[18:])) != len(g.b)-54 {
+			t.Fatalf("a GSO frame of %d bytes from the guest came whole with Off %+v", len(g.b), g.off)
 		}
+		var sg frameio.Segmenter
+		if err := sg.Load(g.b, g.off); err != nil {
+			t.Fatal(err)
+		}
+		for sg.Pending() {
+			f := frameio.NewBatch(1, p.MTU())[0]
+			if !sg.Next(&f, false) {
+				t.Fatal("cutting a whole GSO frame failed")
+			}
+			cut = append(cut, got{f.Bytes(), f.Off})
+		}
+		wholeIn++
+	}
+	for len(echo) < len(data) {
+		var g got
+		if len(cut) > 0 {
+			g, cut = cut[0], cut[1:]
+		} else {
+			select {
+			case g = <-frames:
+			case <-tick.C:
+				switch {
+				case !established:
+					write(tcpToGuest(mac, iss, 0, tcpSYN, []byte{2, 4, mss >> 8, mss & 0xff}, nil))
+				case !progress:
+					nxt = una // go back: something was lost
+					ack()
+					pump()
+				}
+				progress = false
+				continue
+			case <-deadline:
+				t.Fatalf("gave up: %d of %d bytes echoed, %d acknowledged; port stats %+v", len(echo), len(data), una, p.Stats())
+			}
+		}
+		if g.off.GSO != frameio.GSONone {
+			takeWhole(g)
+			continue
+		}
+		if solicitsUs(fromGuestICMP6(g.b, mac)) {
+			write(neighborAdvert(mac))
+			continue
+		}
+		f := g.b
+		if len(f) < 74 || f[12] != 0x86 || f[13] != 0xdd || f[20] != 6 || binary.BigEndian.Uint16(f[54:]) != 7 || binary.BigEndian.Uint16(f[56:]) != 40000 {
+			continue
+		}
+		if g.off.Partial {
+			if g.off.CsumStart != 54 || g.off.CsumOffset != 16 {
+				t.Fatalf("a TCP frame from the guest came with Off %+v", g.off)
+			}
+			fr := frameio.Frame{Buf: f, N: len(f), Off: g.off}
+			if !fr.Finish() {
+				t.Fatalf("Finish refused %+v", g.off)
+			}
+			partial++
+		} else {
+			whole++
+		}
+		if g.off.GSO != frameio.GSONone || !l4Valid(f, 14, 54, true) {
+			t.Fatalf("a TCP frame of %d bytes from the guest has a bad checksum (Off %+v)", len(f), g.off)
+		}
+		if len(f)-54-int(f[54+12]>>4)*4 > mss {
+			t.Fatalf("a segment of %d bytes, more than the MSS %d", len(f), mss)
+		}
+		seq, ackn, flags := binary.BigEndian.Uint32(f[58:]), binary.BigEndian.Uint32(f[62:]), f[54+13]
+		if flags&tcpRST != 0 {
+			t.Fatalf("the guest reset the connection (echo %d of %d bytes)", len(echo), len(data))
+		}
+		if flags&tcpSYN != 0 {
+			if !established {
+				irs, established = seq, true
+				wnd = min(wnd, int(binary.BigEndian.Uint16(f[54+14:])))
+			}
+			ack()
+			pump()
+			continue
+		}
+		if !established {
+			continue
+		}
+		if a := int(ackn - iss - 1); a > una && a <= nxt {
+			una, progress = a, true
+		}
+		if pl := f[54+int(f[54+12]>>4)*4:]; len(pl) > 0 {
+			seg++
+			if seq == irs+1+uint32(len(echo)) {
+				echo = append(echo, pl...)
+				progress = true
+			}
+			ack()
+		}
+		pump()
 	}
 	write(tcpToGuest(mac, iss+1+uint32(nxt), 0, tcpRST, nil, nil))
 	if !bytes.Equal(echo, data) {
 		t.Fatal("the echo differs from what was sent")
 	}
 	gso := vhostuser.GSOFrames(p) - gsoBefore
-	t.Logf("TCP echo of %d bytes: %d TCP frames from the guest with partial checksums, %d complete; %d data segments, cut from %d GSO frames; %d segments to the guest partial, %d GSO frames whole",
-		len(data), partial, whole, seg, gso, sentPartial, sentGSO)
+	t.Logf("TCP echo of %d bytes: %d TCP frames from the guest with partial checksums, %d complete; %d data segments, from %d GSO frames (%d handed up whole); %d segments to the guest partial, %d GSO frames whole",
+		len(data), partial, whole, seg, gso, wholeIn, sentPartial, sentGSO)
+	if wholeIn == 0 || uint64(wholeIn) > gso {
+		t.Errorf("%d of the guest's %d GSO frames came up whole: want some (the reader's first buffers are large)", wholeIn, gso)
+	}
 	if sentPartial == 0 || sentGSO == 0 {
 		t.Errorf("%d segments went to the guest with their checksum partial and %d GSO frames whole: want both", sentPartial, sentGSO)
 	}

@@ -67,6 +67,9 @@ type vring struct {
 	seg        frameio.Segmenter
 	segPartial bool   // the segments' checksums stay partial (untagged)
 	gsoFrames  uint64 // GSO frames taken since Listen (tests read it)
+	// wholeFrames: of those, the ones handed up whole (GSOBuffers): copied
+	// straight into a caller's large frame buffer instead of scratch.
+	wholeFrames uint64
 	// fin is where WriteBatch completes a partial checksum or puts the
 	// segments it cuts a GSO frame into (the receive queue's), so the
 	// caller's frame stays as it was.
@@ -370,68 +373,103 @@ func tcpOffset(b []byte) (l3, l4 int, ok bool) {
 }
 
 // takeFrame applies the chain's virtio-net header to the frame readChain
-// copied: n bytes in f.Buf, or in q.scratch when gso. It sets f.N and
-// f.Off for a frame to return; a GSO frame is loaded into q.seg instead
-// (its segments go out through nextSegments). It returns chainOK or why
-// the frame is dropped.
-func (p *Port) takeFrame(q *vring, f *frameio.Frame, n int, gso bool) int {
+// copied: n bytes in f.Buf, or when gso in q.scratch (or in f.Buf, a
+// large one, when inBuf). It sets f.N and f.Off for a frame to return; a
+// GSO frame is loaded into q.seg instead (its segments go out through
+// nextSegments), unless it is handed up whole in f (whole). It returns
+// chainOK or why the frame is dropped.
+func (p *Port) takeFrame(q *vring, f *frameio.Frame, n int, gso, inBuf bool) (why int, whole bool) {
 	h := parseNetHdr(&q.hdr)
 	if gso {
-		return p.takeGSO(q, h, q.scratch[:n])
+		if inBuf {
+			return p.takeGSO(q, h, f.Buf[:n], f)
+		}
+		return p.takeGSO(q, h, q.scratch[:n], nil)
 	}
 	f.N, f.Off = n, frameio.Offload{}
 	if h.gsoType != vuproto.NetHdrGSONone {
-		return chainGSOOff
+		return chainGSOOff, false
 	}
 	if h.flags&vuproto.NetHdrFNeedsCsum == 0 {
-		return chainOK
+		return chainOK, false
 	}
 	if !q.csumOK {
-		return chainCsumOff
+		return chainCsumOff, false
 	}
 	f.Off = frameio.Offload{Partial: true, CsumStart: h.csumStart, CsumOffset: h.csumOffset}
 	// TCP stays partial for whoever sends it on; anything else (UDP,
 	// ICMPv6, a VLAN tag) is completed here, as MAC translation patches
 	// and services read such frames.
 	if frameio.PartialTCP(f.Bytes(), f.Off) {
-		return chainOK
+		return chainOK, false
 	}
 	if !f.Finish() {
-		return chainCsumBad
+		return chainCsumBad, false
 	}
-	return chainOK
+	return chainOK, false
 }
 
-// takeGSO checks a GSO frame (in q.scratch) and loads it to be cut.
-func (p *Port) takeGSO(q *vring, h netHdr, pkt []byte) int {
+// takeGSO checks a GSO frame and loads it to be cut, from q.scratch
+// where readChain copied it. With f (pkt is then f.Buf, a buffer of
+// frameio.MaxGSOLen bytes or more, and readChain's only copy), a frame
+// the switch may carry whole (frameio.WholeGSO, its IP length the
+// frame's) is handed up in f as it is (whole); any other is copied into
+// q.scratch and cut from there, as f's buffer takes the first segment.
+// Either way it decides from the copy only.
+func (p *Port) takeGSO(q *vring, h netHdr, pkt []byte, f *frameio.Frame) (why int, whole bool) {
 	switch {
 	case h.gsoType == vuproto.NetHdrGSOTCPv4 && q.tso4OK, h.gsoType == vuproto.NetHdrGSOTCPv6 && q.tso6OK:
 	case h.gsoType&^vuproto.NetHdrGSOECN == vuproto.NetHdrGSOTCPv4 && !q.tso4OK, h.gsoType&^vuproto.NetHdrGSOECN == vuproto.NetHdrGSOTCPv6 && !q.tso6OK:
-		return chainGSOOff
+		return chainGSOOff, false
 	default:
-		return chainGSOType
+		return chainGSOType, false
 	}
 	l3, l4, ok := tcpOffset(pkt)
 	switch {
 	case !ok:
-		return chainGSOBad
+		return chainGSOBad, false
 	case h.flags&vuproto.NetHdrFNeedsCsum == 0 || int(h.csumStart) != l4 || h.csumOffset != 16:
-		return chainGSOCsum
+		return chainGSOCsum, false
 	case int(h.hdrLen) > len(pkt):
-		return chainGSOHdrLen
+		return chainGSOHdrLen, false
 	case h.gsoSize < minGSOSize:
-		return chainGSOSize
+		return chainGSOSize, false
 	}
-	if err := q.seg.Load(pkt, frameio.Offload{Partial: true, CsumStart: h.csumStart, CsumOffset: 16, GSO: frameio.GSOType(h.gsoType), GSOSize: h.gsoSize}); err != nil {
-		return chainGSOBad
+	off := frameio.Offload{Partial: true, CsumStart: h.csumStart, CsumOffset: 16, GSO: frameio.GSOType(h.gsoType), GSOSize: h.gsoSize}
+	if err := q.seg.Load(pkt, off); err != nil {
+		return chainGSOBad, false
 	}
 	if q.seg.SegmentLen()-l3 > p.mtu {
 		q.seg = frameio.Segmenter{}
-		return chainGSOMTU
+		return chainGSOMTU, false
+	}
+	q.gsoFrames++
+	if f != nil {
+		if ipLenIsFrame(pkt, l3) && frameio.WholeGSO(pkt, off) {
+			q.seg = frameio.Segmenter{}
+			f.N, f.Off = len(pkt), off
+			q.wholeFrames++
+			return chainOK, true
+		}
+		// Cut it, from a copy of the copy: the segments go into f.
+		if q.seg.Load(q.scratch[:copy(q.scratch, pkt)], off) != nil {
+			q.seg = frameio.Segmenter{} // the same bytes: not expected
+			return chainGSOBad, false
+		}
 	}
 	q.segPartial = l3 == frameio.EthHeaderLen
-	q.gsoFrames++
-	return chainOK
+	return chainOK, false
+}
+
+// ipLenIsFrame says whether the IP header at l3 (tcpOffset found it)
+// gives the frame's length: a GSO frame handed up whole keeps the
+// guest's headers, so one whose IP length lies is cut instead (each
+// segment gets its own).
+func ipLenIsFrame(b []byte, l3 int) bool {
+	if b[l3]>>4 == 6 {
+		return int(b[l3+4])<<8|int(b[l3+5]) == len(b)-l3-40
+	}
+	return int(b[l3+2])<<8|int(b[l3+3]) == len(b)-l3
 }
 
 // nextSegments writes pending segments of a GSO frame into frames from
@@ -624,8 +662,15 @@ func (p *Port) readOnce(frames []frameio.Frame, woke bool) (got int, poll bool) 
 			if len(dst) > p.frameSize {
 				dst = dst[:p.frameSize]
 			}
-			n, gso, why := q.readChain(head, dst, big)
+			// A large buffer takes a GSO frame straight from the chain,
+			// to be handed up whole if it may be (takeGSO).
+			into, inBuf := big, big != nil && cap(f.Buf) >= frameio.MaxGSOLen
+			if inBuf {
+				into = f.Buf[:frameio.MaxGSOLen]
+			}
+			n, gso, why := q.readChain(head, dst, into)
 			q.putUsed(head, 0)
+			whole := false
 			if why == chainOK && discard {
 				dropped++
 				continue
@@ -635,14 +680,14 @@ func (p *Port) readOnce(frames []frameio.Frame, woke bool) (got int, poll bool) 
 			case !gso && q.hdr[0]&vuproto.NetHdrFNeedsCsum == 0 && q.hdr[1] == vuproto.NetHdrGSONone:
 				f.N, f.Off = n, frameio.Offload{} // a plain frame
 			default:
-				why = p.takeFrame(q, f, n, gso)
+				why, whole = p.takeFrame(q, f, n, gso, inBuf)
 			}
 			if why != chainOK {
 				dropped++
 				p.badChain(q, why)
 				continue
 			}
-			if gso {
+			if gso && !whole {
 				g, b, d := p.nextSegments(q, frames, got)
 				got, bytes, dropped = g, bytes+b, dropped+d
 				continue
