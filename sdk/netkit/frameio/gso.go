@@ -70,13 +70,21 @@ type GSOReader interface {
 // WholeGSO says whether GSO frame pkt may travel whole, to be cut by
 // whoever takes no GSO frames: a TCP segment over IPv4 or IPv6 the
 // Segmenter can cut, untagged, its checksum partial at the TCP header's
-// place (what a Linux stack hands a NIC with TSO), and without CWR (an
+// place (what a Linux stack hands a NIC with TSO), its IP length the
+// frame's (whoever takes it whole keeps its headers), and without CWR (an
 // Offload cannot say ECN, so that the receiver would put CWR on the
 // first piece only: such a segment is cut where it is read).
 func WholeGSO(pkt []byte, o Offload) bool {
 	plain := o
 	plain.GSO, plain.GSOSize = GSONone, 0
 	if o.GSO == GSONone || !PartialTCP(pkt, plain) || pkt[o.CsumStart+13]&0x80 != 0 {
+		return false
+	}
+	ip := pkt[EthHeaderLen:]
+	if l := int(binary.BigEndian.Uint16(ip[2:])); ip[0]>>4 == 4 && l != len(ip) {
+		return false
+	}
+	if l := int(binary.BigEndian.Uint16(ip[4:])); ip[0]>>4 == 6 && l+40 != len(ip) {
 		return false
 	}
 	var s Segmenter

@@ -171,6 +171,48 @@ func TestSegmenterRefuses(t *testing.T) {
 	}
 }
 
+// WholeGSO takes what a Linux stack hands a NIC with TSO, over IPv4 and
+// IPv6, and nothing the Segmenter would refuse or a receiver could not
+// keep as it is.
+func TestWholeGSO(t *testing.T) {
+	for _, v6 := range []bool{false, true} {
+		good, off := tsoFrame(v6, make([]byte, 5000), 0x18)
+		if !WholeGSO(good, off) {
+			t.Fatalf("v6 %v: a plain TSO segment refused", v6)
+		}
+		lenAt := 16 // the IPv4 total length; IPv6's payload length at 18
+		if v6 {
+			lenAt = 18
+		}
+		for _, c := range []struct {
+			name string
+			mod  func(p []byte, o *Offload) []byte
+		}{
+			{"not GSO", func(p []byte, o *Offload) []byte { o.GSO, o.GSOSize = GSONone, 0; return p }},
+			{"checksum complete", func(p []byte, o *Offload) []byte { o.Partial = false; return p }},
+			{"checksum elsewhere", func(p []byte, o *Offload) []byte { o.CsumOffset = 6; return p }},
+			{"CWR", func(p []byte, o *Offload) []byte { p[o.CsumStart+13] |= 0x80; return p }},
+			{"IP length short", func(p []byte, o *Offload) []byte { p[lenAt+1]--; return p }},
+			{"IP length long", func(p []byte, o *Offload) []byte { return p[:len(p)-1] }},
+			{"size under MinGSOSize", func(p []byte, o *Offload) []byte { o.GSOSize = MinGSOSize - 1; return p }},
+			{"type of the other version", func(p []byte, o *Offload) []byte {
+				o.GSO = map[bool]GSOType{false: GSOTCPv6, true: GSOTCPv4}[v6]
+				return p
+			}},
+			{"VLAN tag", func(p []byte, o *Offload) []byte {
+				o.CsumStart += 4
+				return append(append(bytes.Clone(p[:12]), 0x81, 0, 0, 5), p[12:]...)
+			}},
+		} {
+			p, o := bytes.Clone(good), off
+			p = c.mod(p, &o)
+			if WholeGSO(p, o) {
+				t.Errorf("v6 %v, %s: taken whole", v6, c.name)
+			}
+		}
+	}
+}
+
 func TestFinish(t *testing.T) {
 	pkt, off := tsoFrame(false, []byte("hello, partial"), 0x80|0x18|0x01)
 	// A partial checksum holds the pseudo-header's sum.
