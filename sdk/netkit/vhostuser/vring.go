@@ -342,11 +342,6 @@ func parseNetHdr(b *[12]byte) netHdr {
 		csumStart: le.Uint16(b[6:]), csumOffset: le.Uint16(b[8:])}
 }
 
-// minGSOSize is the smallest gso_size taken: Linux sends no smaller MSS
-// (tcp_min_snd_mss), and it bounds what one chain can become (about 1400
-// segments, twice its bytes at most).
-const minGSOSize = 48
-
 // tcpOffset finds the TCP header behind an Ethernet header and at most
 // one VLAN tag: IPv4 that is not a fragment, any header length, or IPv6
 // whose next header is TCP. ok is false for anything else.
@@ -432,7 +427,7 @@ func (p *Port) takeGSO(q *vring, h netHdr, pkt []byte, f *frameio.Frame) (why in
 		return chainGSOCsum, false
 	case int(h.hdrLen) > len(pkt):
 		return chainGSOHdrLen, false
-	case h.gsoSize < minGSOSize:
+	case h.gsoSize < frameio.MinGSOSize:
 		return chainGSOSize, false
 	}
 	off := frameio.Offload{Partial: true, CsumStart: h.csumStart, CsumOffset: 16, GSO: frameio.GSOType(h.gsoType), GSOSize: h.gsoSize}
@@ -445,7 +440,7 @@ func (p *Port) takeGSO(q *vring, h netHdr, pkt []byte, f *frameio.Frame) (why in
 	}
 	q.gsoFrames++
 	if f != nil {
-		if ipLenIsFrame(pkt, l3) && frameio.WholeGSO(pkt, off) {
+		if frameio.WholeGSO(pkt, off) { // its IP length the frame's, among others
 			q.seg = frameio.Segmenter{}
 			f.N, f.Off = len(pkt), off
 			q.wholeFrames++
@@ -459,17 +454,6 @@ func (p *Port) takeGSO(q *vring, h netHdr, pkt []byte, f *frameio.Frame) (why in
 	}
 	q.segPartial = l3 == frameio.EthHeaderLen
 	return chainOK, false
-}
-
-// ipLenIsFrame says whether the IP header at l3 (tcpOffset found it)
-// gives the frame's length: a GSO frame handed up whole keeps the
-// guest's headers, so one whose IP length lies is cut instead (each
-// segment gets its own).
-func ipLenIsFrame(b []byte, l3 int) bool {
-	if b[l3]>>4 == 6 {
-		return int(b[l3+4])<<8|int(b[l3+5]) == len(b)-l3-40
-	}
-	return int(b[l3+2])<<8|int(b[l3+3]) == len(b)-l3
 }
 
 // nextSegments writes pending segments of a GSO frame into frames from
@@ -951,7 +935,7 @@ func gsoHeaders(b []byte, o frameio.Offload, mtu int) (int, int) {
 	switch {
 	case hl < l4+20 || hl >= len(b):
 		return 0, chainGSOBad
-	case o.GSOSize < minGSOSize:
+	case o.GSOSize < frameio.MinGSOSize:
 		return 0, chainGSOSize
 	case hl-l3+min(int(o.GSOSize), len(b)-hl) > mtu:
 		return 0, chainGSOMTU
