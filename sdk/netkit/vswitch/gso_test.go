@@ -2,7 +2,6 @@ package vswitch
 
 import (
 	"bytes"
-	"encoding/binary"
 	"net"
 	"testing"
 
@@ -31,15 +30,9 @@ var (
 func gsoFrame(t testing.TB, src, dst net.HardwareAddr) frameio.Frame {
 	payload := bytes.Repeat([]byte("0123456789abcdef"), 250)
 	complete, _ := tcpSegment(t, src, dst, "10.0.0.1", "10.0.0.2", 40000, 5201, 1000, 9, false, payload)
-	p := bytes.Clone(complete)
-	sum := uint32(binary.BigEndian.Uint16(p[26:])) + uint32(binary.BigEndian.Uint16(p[28:])) +
-		uint32(binary.BigEndian.Uint16(p[30:])) + uint32(binary.BigEndian.Uint16(p[32:])) + 6 + uint32(len(p)-34)
-	for sum > 0xffff {
-		sum = sum>>16 + sum&0xffff
-	}
-	binary.BigEndian.PutUint16(p[50:], uint16(sum))
-	buf := make([]byte, frameio.MaxGSOLen)
-	return frameio.Frame{Buf: buf, N: copy(buf, p), Off: frameio.Offload{Partial: true, CsumStart: 34, CsumOffset: 16, GSO: frameio.GSOTCPv4, GSOSize: 1448}}
+	f := partialOf(complete, frameio.MaxGSOLen)
+	f.Off.GSO, f.Off.GSOSize = frameio.GSOTCPv4, 1448
+	return f
 }
 
 // tagged is f behind a VLAN tag (its checksum's start moved along).
@@ -88,21 +81,10 @@ func newGSORig(t *testing.T) *gsoRig {
 	r := &gsoRig{sw: New(Config{}), src: &gsoLink{offLink: newOffLink(false)}, gso: &gsoLink{offLink: newOffLink(true), takesGSO: true},
 		up: newOffLink(true), plain: newMemLink(), macG: net.HardwareAddr{0x02, 0, 0, 0, 0, 0x6}, macP: macC}
 	t.Cleanup(func() { r.sw.Close() })
-	var err error
-	attach := func(l frameio.Port, name string, mac net.HardwareAddr) *Port {
-		p, e := r.sw.Attach(l, PortConfig{Name: name, MAC: mac})
-		if e != nil {
-			err = e
-		}
-		return p
-	}
-	r.srcPort = attach(r.src, "src", macA)
-	attach(r.gso, "gso", r.macG)
-	attach(r.up, "up", macU)
-	attach(r.plain, "plain", r.macP)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r.srcPort = attach(t, r.sw, r.src, "src", macA)
+	attach(t, r.sw, r.gso, "gso", r.macG)
+	attach(t, r.sw, r.up, "up", macU)
+	attach(t, r.sw, r.plain, "plain", r.macP)
 	return r
 }
 

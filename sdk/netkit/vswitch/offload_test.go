@@ -68,6 +68,14 @@ func tcpSegment(t testing.TB, src, dst net.HardwareAddr, sip, dip string, sport,
 	tcp := &layers.TCP{SrcPort: layers.TCPPort(sport), DstPort: layers.TCPPort(dport), Seq: seq, Ack: ack, SYN: syn, ACK: !syn, PSH: len(payload) > 0, Window: 65535}
 	tcp.SetNetworkLayerForChecksum(ip)
 	complete = serialize(t, eth, ip, tcp, gopacket.Payload(payload))
+	return complete, partialOf(complete, frameio.FrameSize(frameio.DefaultMTU))
+}
+
+// partialOf is complete (a TCP/IPv4 frame without IP options), copied
+// into a buffer of size bytes, as a stack with checksum offload hands it
+// over: the TCP checksum left as the pseudo-header's sum, Off saying
+// where to complete it.
+func partialOf(complete []byte, size int) frameio.Frame {
 	p := bytes.Clone(complete)
 	sum := uint32(binary.BigEndian.Uint16(p[26:])) + uint32(binary.BigEndian.Uint16(p[28:])) +
 		uint32(binary.BigEndian.Uint16(p[30:])) + uint32(binary.BigEndian.Uint16(p[32:])) + 6 + uint32(len(p)-34)
@@ -75,8 +83,18 @@ func tcpSegment(t testing.TB, src, dst net.HardwareAddr, sip, dip string, sport,
 		sum = sum>>16 + sum&0xffff
 	}
 	binary.BigEndian.PutUint16(p[50:], uint16(sum))
-	buf := make([]byte, frameio.FrameSize(frameio.DefaultMTU))
-	return complete, frameio.Frame{Buf: buf, N: copy(buf, p), Off: frameio.Offload{Partial: true, CsumStart: 34, CsumOffset: 16}}
+	buf := make([]byte, size)
+	return frameio.Frame{Buf: buf, N: copy(buf, p), Off: frameio.Offload{Partial: true, CsumStart: 34, CsumOffset: 16}}
+}
+
+// attach joins link to sw as port name with mac, failing t if it cannot.
+func attach(t testing.TB, sw *Switch, link frameio.Port, name string, mac net.HardwareAddr) *Port {
+	t.Helper()
+	p, err := sw.Attach(link, PortConfig{Name: name, MAC: mac})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
 
 const dropOffloadName = "offload the switch cannot complete"
@@ -95,21 +113,10 @@ type offRig struct {
 func newOffRig(t *testing.T) *offRig {
 	r := &offRig{sw: New(Config{}), vm: newOffLink(false), up: newOffLink(true), off: newOffLink(false), plain: newMemLink()}
 	t.Cleanup(func() { r.sw.Close() })
-	var err error
-	attach := func(l frameio.Port, name string, mac net.HardwareAddr) *Port {
-		p, e := r.sw.Attach(l, PortConfig{Name: name, MAC: mac})
-		if e != nil {
-			err = e
-		}
-		return p
-	}
-	r.vmPort = attach(r.vm, "vm", macA)
-	r.upPort = attach(r.up, "up", macU)
-	r.offPort = attach(r.off, "off", macB)
-	r.plainP = attach(r.plain, "plain", macC)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r.vmPort = attach(t, r.sw, r.vm, "vm", macA)
+	r.upPort = attach(t, r.sw, r.up, "up", macU)
+	r.offPort = attach(t, r.sw, r.off, "off", macB)
+	r.plainP = attach(t, r.sw, r.plain, "plain", macC)
 	return r
 }
 
