@@ -85,23 +85,18 @@ func tcpSeg(v6 bool, dst net.HardwareAddr, sport, dport uint16, seq, ack uint32,
 func offloadTAP(t *testing.T, o frameio.TAPOptions) (*frameiotest.Netns, *frameio.TAPPort, net.HardwareAddr) {
 	t.Helper()
 	ns := frameiotest.NewNetns(t)
-	var tap *frameio.TAPPort
+	o.MTU = 1500
+	tap := openTAP(t, ns, o)
 	var kmac net.HardwareAddr
-	o.MTU, o.Up, o.Logger = 1500, true, testLogger(t)
-	if err := ns.Run(func() (err error) {
-		if tap, err = frameio.OpenTAP("anka0", o); err != nil {
-			return err
-		}
+	if err := ns.Run(func() error {
 		ifc, err := net.InterfaceByName("anka0")
-		if err != nil {
-			return err
+		if err == nil {
+			kmac = ifc.HardwareAddr
 		}
-		kmac = ifc.HardwareAddr
-		return nil
+		return err
 	}); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { tap.Close() })
 	ns.IP(t, "addr", "add", "10.99.0.1/24", "dev", "anka0")
 	ns.IP(t, "addr", "add", "fd99::1/64", "dev", "anka0", "nodad")
 	ns.IP(t, "neigh", "replace", "10.99.0.2", "lladdr", guestMAC.String(), "dev", "anka0")
@@ -449,13 +444,7 @@ func (r *relay) run(from, to *frameio.TAPPort, wg *sync.WaitGroup) {
 func TestTAPPassOffload(t *testing.T) {
 	nsA, nsB := frameiotest.NewNetns(t), frameiotest.NewNetns(t)
 	open := func(ns *frameiotest.Netns, addr string) *frameio.TAPPort {
-		var tap *frameio.TAPPort
-		if err := ns.Run(func() (err error) {
-			tap, err = frameio.OpenTAP("anka0", frameio.TAPOptions{MTU: 1500, Up: true, PassOffload: true, Logger: testLogger(t)})
-			return err
-		}); err != nil {
-			t.Fatal(err)
-		}
+		tap := openTAP(t, ns, frameio.TAPOptions{MTU: 1500, PassOffload: true})
 		ns.IP(t, "addr", "add", addr, "dev", "anka0")
 		return tap
 	}

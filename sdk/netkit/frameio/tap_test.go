@@ -123,16 +123,25 @@ func echoRequest(dstMAC net.HardwareAddr, src, dst net.IP, id uint16, payload []
 	return f
 }
 
-func TestTAPTalksToTheKernel(t *testing.T) {
-	ns := frameiotest.NewNetns(t)
+// openTAP opens TAP anka0 in ns with o, up and logging to t, and closes
+// it when the test ends.
+func openTAP(t *testing.T, ns *frameiotest.Netns, o frameio.TAPOptions) *frameio.TAPPort {
+	t.Helper()
+	o.Up, o.Logger = true, testLogger(t)
 	var tap *frameio.TAPPort
 	if err := ns.Run(func() (err error) {
-		tap, err = frameio.OpenTAP("anka0", frameio.TAPOptions{MTU: 1400, Up: true, Logger: testLogger(t)})
+		tap, err = frameio.OpenTAP("anka0", o)
 		return err
 	}); err != nil {
 		t.Fatal(err)
 	}
-	defer tap.Close()
+	t.Cleanup(func() { tap.Close() })
+	return tap
+}
+
+func TestTAPTalksToTheKernel(t *testing.T) {
+	ns := frameiotest.NewNetns(t)
+	tap := openTAP(t, ns, frameio.TAPOptions{MTU: 1400})
 	link := ns.IP(t, "link", "show", "anka0")
 	if !strings.Contains(link, "mtu 1400") || !strings.Contains(link, ",UP") {
 		t.Fatalf("TAP not set up: %s", link)
@@ -260,14 +269,7 @@ func TestTAPPersistAndAttach(t *testing.T) {
 // handed up partial and finishes to a valid checksum.
 func TestTAPOffload(t *testing.T) {
 	ns := frameiotest.NewNetns(t)
-	var tap *frameio.TAPPort
-	if err := ns.Run(func() (err error) {
-		tap, err = frameio.OpenTAP("anka0", frameio.TAPOptions{MTU: 1500, Up: true, Offload: true, Logger: testLogger(t)})
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer tap.Close()
+	tap := openTAP(t, ns, frameio.TAPOptions{MTU: 1500, Offload: true})
 	ns.IP(t, "addr", "add", "10.99.0.1/24", "dev", "anka0")
 	if n, err := tap.WriteBatch([]frameio.Frame{{Buf: arpRequest(guestMAC, guestIP, hostIP), N: 60}}); n != 1 || err != nil {
 		t.Fatalf("write ARP request = %d, %v", n, err)
@@ -356,14 +358,7 @@ func tcpGuestFrame(dst net.HardwareAddr, seq, ack uint32, flags byte, payload []
 // must read every byte, in order.
 func TestTAPOffloadMergedWrite(t *testing.T) {
 	ns := frameiotest.NewNetns(t)
-	var tap *frameio.TAPPort
-	if err := ns.Run(func() (err error) {
-		tap, err = frameio.OpenTAP("anka0", frameio.TAPOptions{MTU: 1500, Up: true, Offload: true, Logger: testLogger(t)})
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer tap.Close()
+	tap := openTAP(t, ns, frameio.TAPOptions{MTU: 1500, Offload: true})
 	ns.IP(t, "addr", "add", "10.99.0.1/24", "dev", "anka0")
 	const total = 40 * 1448
 	got := ns.Receive(t, "tcp4", "10.99.0.1:7777", total, 5*time.Second)
@@ -416,14 +411,7 @@ func TestTAPOffloadMergedWrite(t *testing.T) {
 // read returns at most the buffer's length.
 func TestTAPDropsWhatTheBufferCannotHold(t *testing.T) {
 	ns := frameiotest.NewNetns(t)
-	var tap *frameio.TAPPort
-	if err := ns.Run(func() (err error) {
-		tap, err = frameio.OpenTAP("anka0", frameio.TAPOptions{MTU: 1400, Up: true, Logger: testLogger(t)})
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer tap.Close()
+	tap := openTAP(t, ns, frameio.TAPOptions{MTU: 1400})
 	ns.IP(t, "link", "set", "anka0", "mtu", "1500")
 	ns.IP(t, "addr", "add", "10.99.0.1/24", "dev", "anka0")
 	ns.IP(t, "neigh", "replace", "10.99.0.2", "lladdr", guestMAC.String(), "dev", "anka0")
