@@ -206,20 +206,9 @@ func TestGSOReadWholeAllocs(t *testing.T) {
 	w := []frameio.Frame{{Buf: gf, N: len(gf), Off: goff}, {Buf: frame(1514, 1), N: 1514}, {Buf: gf, N: len(gf), Off: goff},
 		{Buf: cwr, N: len(cwr), Off: goff}, {Buf: gf, N: len(gf), Off: goff}}
 	r := mixedBatch(4, 64, 1500)
-	allocs := testing.AllocsPerRun(50, func() {
-		if n, _ := d.WriteBatch(w); n != len(w) {
-			t.Fatalf("sent %d", n)
-		}
-		// Whole, plain, whole, 45 cut (into the fourth large buffer and
-		// MTU ones), 45 cut.
-		for got := 0; got < 3+90; {
-			n, err := p.ReadBatch(r)
-			if err != nil {
-				t.Fatal(err)
-			}
-			got += n
-		}
-	})
+	// Whole, plain, whole, 45 cut (into the fourth large buffer and MTU
+	// ones), 45 cut.
+	allocs := testing.AllocsPerRun(50, func() { roundTrip(t, d, p, w, r, 3+90) })
 	if allocs != 0 {
 		t.Fatalf("%.1f allocations per round", allocs)
 	}

@@ -431,7 +431,7 @@ func TestGSOWriteAllocs(t *testing.T) {
 	for _, offload := range []bool{true, false} {
 		t.Run(fmt.Sprintf("GUEST_TSO=%v", offload), func(t *testing.T) {
 			p, d, w, r, want := gsoWriteSetup(t, offload)
-			allocs := testing.AllocsPerRun(50, func() { gsoWriteRound(t, p, d, w, r, want) })
+			allocs := testing.AllocsPerRun(50, func() { roundTrip(t, p, d, w, r, want) })
 			if allocs != 0 {
 				t.Fatalf("%.1f allocations per GSO frame", allocs)
 			}
@@ -453,19 +453,6 @@ func gsoWriteSetup(tb testing.TB, offload bool) (*vhostuser.Port, *vhostuserdriv
 	return p, d, w, frameio.NewBatch(64, 1500), 45
 }
 
-func gsoWriteRound(tb testing.TB, p *vhostuser.Port, d *vhostuserdriver.Driver, w, r []frameio.Frame, want int) {
-	if n, _ := p.WriteBatch(w); n != 1 {
-		tb.Fatalf("sent %d; stats %+v", n, p.Stats())
-	}
-	for got := 0; got < want; {
-		n, err := d.ReadBatch(r)
-		if err != nil {
-			tb.Fatal(err)
-		}
-		got += n
-	}
-}
-
 // BenchmarkGSOWrite: a 64 KiB TCP segment to the guest, written whole
 // (GUEST_TSO) or cut into 45 frames (without), and read by the driver.
 func BenchmarkGSOWrite(b *testing.B) {
@@ -478,7 +465,7 @@ func BenchmarkGSOWrite(b *testing.B) {
 			b.SetBytes(int64(w[0].N))
 			b.ReportAllocs()
 			for b.Loop() {
-				gsoWriteRound(b, p, d, w, r, want)
+				roundTrip(b, p, d, w, r, want)
 			}
 		})
 	}

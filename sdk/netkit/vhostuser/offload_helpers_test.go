@@ -178,6 +178,22 @@ type got struct {
 	off frameio.Offload
 }
 
+// roundTrip writes all of w to from in one WriteBatch, then reads at
+// least want frames from to into the batch r: one round of the
+// allocation tests and benchmarks (no copies, no goroutine).
+func roundTrip(tb testing.TB, from, to frameio.Port, w, r []frameio.Frame, want int) {
+	if n, _ := from.WriteBatch(w); n != len(w) {
+		tb.Fatalf("sent %d of %d; stats %+v", n, len(w), from.Stats())
+	}
+	for got := 0; got < want; {
+		n, err := to.ReadBatch(r)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		got += n
+	}
+}
+
 // readOff reads want frames from r in batches of batch.
 func readOff(t testing.TB, r frameio.Port, want, batch int) []got {
 	t.Helper()

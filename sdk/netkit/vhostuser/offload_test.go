@@ -336,18 +336,7 @@ func TestWriteAllocs(t *testing.T) {
 				w = append(w, frameio.Frame{Buf: pf, N: len(pf), Off: poff}, frameio.Frame{Buf: frame(1514, i), N: 1514})
 			}
 			r := frameio.NewBatch(32, 1500)
-			allocs := testing.AllocsPerRun(50, func() {
-				if n, _ := p.WriteBatch(w); n != len(w) {
-					t.Fatalf("sent %d", n)
-				}
-				for got := 0; got < len(w); {
-					n, err := d.ReadBatch(r)
-					if err != nil {
-						t.Fatal(err)
-					}
-					got += n
-				}
-			})
+			allocs := testing.AllocsPerRun(50, func() { roundTrip(t, p, d, w, r, len(w)) })
 			if allocs != 0 {
 				t.Fatalf("%.1f allocations per round of %d frames", allocs, len(w))
 			}
@@ -364,18 +353,7 @@ func TestReadAllocs(t *testing.T) {
 	pf, poff := buildPkt(t, pktSpec{kind: kindTCP, payload: payloadBytes(1000, 8)}).partial()
 	w := []frameio.Frame{{Buf: gf, N: len(gf), Off: goff}, {Buf: pf, N: len(pf), Off: poff}, {Buf: frame(1514, 1), N: 1514}}
 	r := frameio.NewBatch(16, 1500)
-	allocs := testing.AllocsPerRun(50, func() {
-		if n, _ := d.WriteBatch(w); n != len(w) {
-			t.Fatalf("sent %d", n)
-		}
-		for got := 0; got < 47; {
-			n, err := p.ReadBatch(r)
-			if err != nil {
-				t.Fatal(err)
-			}
-			got += n
-		}
-	})
+	allocs := testing.AllocsPerRun(50, func() { roundTrip(t, d, p, w, r, 47) })
 	if allocs != 0 {
 		t.Fatalf("%.1f allocations per round (a GSO frame, a partial and a plain one)", allocs)
 	}
