@@ -186,25 +186,5 @@ func TestGSOTaggedAndOversized(t *testing.T) {
 
 // Cutting allocates nothing once the forwarder's pieces are allocated.
 func TestGSOCutAllocatesNothing(t *testing.T) {
-	sw := New(Config{})
-	defer sw.Close()
-	a, _ := sw.AttachService(PortConfig{Name: "a", MAC: macA}, func([]frameio.Frame) {})
-	if _, err := sw.Attach(&discard{*newMemLink()}, PortConfig{Name: "b", MAC: macB}); err != nil {
-		t.Fatal(err)
-	}
-	f := sw.newForwarder(8)
-	g := gsoFrame(t, macA, macB)
-	batch := f.in[:8]
-	allocs := testing.AllocsPerRun(100, func() {
-		for i := range batch {
-			batch[i].N, batch[i].Off = copy(batch[i].Buf, g.Bytes()), g.Off
-		}
-		sw.forward(a, f, batch)
-	})
-	if allocs != 0 {
-		t.Fatalf("%v allocations per batch", allocs)
-	}
-	if st := sw.Ports()[1].Stats(); st.TxFrames < 8*100*3 || len(st.Drops) != 0 {
-		t.Fatalf("port b: %+v", st)
-	}
+	forwardsWithoutAllocs(t, gsoFrame(t, macA, macB), 8, 8, 3)
 }

@@ -270,26 +270,34 @@ func TestPartialToServiceAndPipe(t *testing.T) {
 
 // Completing partial checksums allocates nothing.
 func TestPartialForwardingAllocatesNothing(t *testing.T) {
+	_, partial := tcpFrames(t, macA, macB, "partial")
+	forwardsWithoutAllocs(t, partial, 32, 0, 1)
+}
+
+// forwardsWithoutAllocs forwards batches of n copies of fr (from macA,
+// 10.0.0.1, to macB) from an anti-spoofed service port to a discarding
+// one, 100 times, with a forwarder of large GSO buffers: no batch may
+// allocate, nothing may be dropped, and the discarding port must get
+// pieces frames for each copy.
+func forwardsWithoutAllocs(t *testing.T, fr frameio.Frame, n, large, pieces int) {
+	t.Helper()
 	sw := New(Config{})
 	defer sw.Close()
 	a, _ := sw.AttachService(PortConfig{Name: "a", MAC: macA, AntiSpoof: true}, func([]frameio.Frame) {})
 	a.SetIP(netip.MustParseAddr("10.0.0.1"))
-	if _, err := sw.Attach(&discard{*newMemLink()}, PortConfig{Name: "b", MAC: macB}); err != nil {
-		t.Fatal(err)
-	}
-	f := sw.newForwarder(0)
-	_, partial := tcpFrames(t, macA, macB, "partial")
-	batch := f.in[:32]
+	attach(t, sw, &discard{*newMemLink()}, "b", macB)
+	f := sw.newForwarder(large)
+	batch := f.in[:n]
 	allocs := testing.AllocsPerRun(100, func() {
 		for i := range batch {
-			batch[i].N, batch[i].Off = copy(batch[i].Buf, partial.Bytes()), partial.Off
+			batch[i].N, batch[i].Off = copy(batch[i].Buf, fr.Bytes()), fr.Off
 		}
 		sw.forward(a, f, batch)
 	})
 	if allocs != 0 {
 		t.Fatalf("%v allocations per batch", allocs)
 	}
-	if st := sw.Ports()[1].Stats(); st.TxFrames < 32*100 || len(st.Drops) != 0 {
+	if st := sw.Ports()[1].Stats(); st.TxFrames < uint64(n*100*pieces) || len(st.Drops) != 0 {
 		t.Fatalf("port b: %+v", st)
 	}
 }
