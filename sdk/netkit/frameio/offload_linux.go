@@ -204,7 +204,15 @@ func (r *gsoReader) next(f *Frame, max int) bool {
 		return false
 	}
 	f.N, f.Off = copy(f.Buf[:lim], pkt), r.off
-	if r.keep {
+	return settlePlain(f, r.keep)
+}
+
+// settlePlain applies the read path's rule to a plain frame in f, its Off as
+// the kernel handed it: a partial checksum stays partial when keep (a
+// TCP one that may travel so: PartialTCP) and is completed otherwise.
+// False (f.Off cleared) when it cannot be completed: drop the frame.
+func settlePlain(f *Frame, keep bool) bool {
+	if keep {
 		return true
 	}
 	if !f.Finish() {

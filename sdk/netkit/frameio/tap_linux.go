@@ -452,8 +452,10 @@ func (p *TAPPort) doReadOffload(fd uintptr) bool {
 
 // readWhole reads one packet with its virtio header straight into the
 // next frame, a large one (HandGSO): a TCP segment the switch may carry
-// whole stays whole; anything else is handed out as the cutting path
-// would (through p.gr, from a copy). ok false ends the batch, as readv's.
+// whole stays whole, a plain frame is settled in place as the cutting
+// path settles one, and a segment that may not travel whole (tagged,
+// CWR) is cut through p.gr, from a copy. ok false ends the batch, as
+// readv's.
 func (p *TAPPort) readWhole(fd uintptr) (ok, ret bool) {
 	f := &p.rframes[p.rn]
 	b := f.Buf[:MaxGSOLen]
@@ -462,17 +464,17 @@ func (p *TAPPort) readWhole(fd uintptr) (ok, ret bool) {
 		return false, ret
 	}
 	m := n - vnetHdrLen
-	o, ok := passRead(p.rhdr[:], m, len(b), MaxGSOLen)
+	o, ok := passRead(p.rhdr[:], m, len(b), p.fsize)
+	f.N, f.Off = m, o
 	switch {
 	case !ok:
 		p.rdrop++
-	case o.GSO != GSONone && WholeGSO(b[:m], o):
-		f.N, f.Off = m, o
+	case o.GSO == GSONone && !settlePlain(f, PartialTCP(b[:m], o)):
+		p.rdrop++
+	case o.GSO == GSONone || WholeGSO(b[:m], o):
 		p.rbytes += m
 		p.rn++
 	default:
-		// A plain frame, or a segment to cut (tagged, say): the
-		// cutting path's rules, from its buffer.
 		copy(p.gr.buf, p.rhdr[:])
 		if !p.gr.load(vnetHdrLen + copy(p.gr.buf[vnetHdrLen:], b[:m])) {
 			p.rdrop++
