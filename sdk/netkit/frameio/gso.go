@@ -245,6 +245,12 @@ func (s *Segmenter) Load(pkt []byte, o Offload) error {
 // Pending says whether segments are left to take with Next.
 func (s *Segmenter) Pending() bool { return s.pkt != nil }
 
+// PartialTravels says whether the segments Next cuts with partial may go
+// on with their checksums partial past the switch (PartialTCP holds of
+// them): the frame has no VLAN tag. Behind one, cut them complete, as
+// MAC translation and the services want.
+func (s *Segmenter) PartialTravels() bool { return s.l3 == EthHeaderLen }
+
 // SegmentLen is the length of the next segment Next writes.
 func (s *Segmenter) SegmentLen() int {
 	return s.hlen + min(s.mss, len(s.pkt)-s.off)

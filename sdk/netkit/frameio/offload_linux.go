@@ -148,12 +148,11 @@ func enableOffload(fd int, ecn bool) error {
 // partial checksum is completed (Finish). A segment may need more frames
 // than a ReadBatch has: the rest stays pending for the next call.
 type gsoReader struct {
-	buf        []byte  // the last read: virtio header, then the packet
-	pkt        []byte  // a plain packet left to hand out; nil when none
-	off        Offload // its offload
-	keep       bool    // pkt's checksum stays partial (PartialTCP)
-	seg        Segmenter
-	segPartial bool // the segments' checksums stay partial (untagged)
+	buf  []byte  // the last read: virtio header, then the packet
+	pkt  []byte  // a plain packet left to hand out; nil when none
+	off  Offload // its offload
+	keep bool    // pkt's checksum stays partial (PartialTCP)
+	seg  Segmenter
 }
 
 // load takes the packet just read (n bytes of buf with its header) and
@@ -169,9 +168,6 @@ func (r *gsoReader) load(n int) bool {
 		return false
 	}
 	if o.GSO != GSONone {
-		// The Segmenter puts a partial checksum at the TCP header's
-		// place: kept partial but behind a VLAN tag.
-		r.segPartial = binary.BigEndian.Uint16(pkt[12:14]) != etherTypeVLAN
 		return r.seg.Load(pkt, o) == nil
 	}
 	r.pkt, r.off, r.keep = pkt, o, PartialTCP(pkt, o)
@@ -190,7 +186,7 @@ func (r *gsoReader) next(f *Frame, max int) bool {
 	lim := min(cap(f.Buf), max)
 	if r.seg.Pending() {
 		g := Frame{Buf: f.Buf[:0:lim]}
-		if !r.seg.Next(&g, r.segPartial) {
+		if !r.seg.Next(&g, r.seg.PartialTravels()) {
 			f.Off = Offload{}
 			return false
 		}

@@ -63,10 +63,9 @@ type vring struct {
 	// batch had no room for wait in seg for the next ReadBatch, which
 	// returns them before it takes another chain. scratch holds
 	// frameio.MaxGSOLen bytes once a front-end negotiated TSO.
-	scratch    []byte
-	seg        frameio.Segmenter
-	segPartial bool   // the segments' checksums stay partial (untagged)
-	gsoFrames  uint64 // GSO frames taken since Listen (tests read it)
+	scratch   []byte
+	seg       frameio.Segmenter
+	gsoFrames uint64 // GSO frames taken since Listen (tests read it)
 	// wholeFrames: of those, the ones handed up whole (GSOBuffers): copied
 	// straight into a caller's large frame buffer instead of scratch.
 	wholeFrames uint64
@@ -452,7 +451,6 @@ func (p *Port) takeGSO(q *vring, h netHdr, pkt []byte, f *frameio.Frame) (why in
 			return chainGSOBad, false
 		}
 	}
-	q.segPartial = l3 == frameio.EthHeaderLen
 	return chainOK, false
 }
 
@@ -463,7 +461,7 @@ func (p *Port) nextSegments(q *vring, frames []frameio.Frame, got int) (int, int
 	bytes := 0
 	for ; got < len(frames) && q.seg.Pending(); got++ {
 		f := &frames[got]
-		if q.seg.SegmentLen() > min(cap(f.Buf), p.frameSize) || !q.seg.Next(f, q.segPartial) {
+		if q.seg.SegmentLen() > min(cap(f.Buf), p.frameSize) || !q.seg.Next(f, q.seg.PartialTravels()) {
 			q.seg = frameio.Segmenter{}
 			p.badChain(q, chainOversize)
 			return got, bytes, 1

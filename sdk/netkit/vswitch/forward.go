@@ -167,7 +167,7 @@ func (s *Switch) cut(from *Port, f *forwarder, fr *frameio.Frame, to *Port) {
 		from.stats.drops[dropOffload].Add(1)
 		return
 	}
-	partial := to != nil && to.partial && !(b[12] == 0x81 && b[13] == 0x00)
+	partial := to != nil && to.partial && f.seg.PartialTravels()
 	for f.seg.Pending() {
 		n := 0
 		for n < len(f.segs) && f.seg.Pending() {
