@@ -26,9 +26,6 @@ func (s *Switch) newForwarder(large int) *forwarder {
 	copy(f.in, frameio.NewBatchSize(min(large, s.cfg.Batch), frameio.MaxGSOLen))
 	f.scratch = frameio.NewBatch(1, s.cfg.MTU)[0]
 	f.one = make([]frameio.Frame, 1)
-	if large > 0 {
-		f.segs = frameio.NewBatch(s.cfg.Batch, s.cfg.MTU)
-	}
 	return f
 }
 
