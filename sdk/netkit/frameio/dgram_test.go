@@ -437,3 +437,44 @@ func TestDgramNoWaitOnFullPeer(t *testing.T) {
 		t.Fatalf("%d frames counted dropped, want 10", got)
 	}
 }
+
+// A writer waiting for room in a full peer's queue returns when the port
+// is closed, long before its timeout.
+func TestDgramCloseUnblocksWrite(t *testing.T) {
+	dir := frameiotest.TempDir(t)
+	pp, gp := filepath.Join(dir, "p.sock"), filepath.Join(dir, "g.sock")
+	guest, err := frameio.ListenDgram(gp, frameio.DgramOptions{Peer: pp, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer guest.Close()
+	plugin, err := frameio.ListenDgram(pp, frameio.DgramOptions{Peer: gp, WriteTimeout: time.Hour, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "connected", plugin.Connected)
+	fs := frames(64, 1514, 0)
+	for i := 0; ; i++ { // fill the guest's queue
+		if n, _ := plugin.WriteBatchNoWait(fs); n < len(fs) {
+			break
+		}
+		if i > 10000 {
+			t.Fatal("the peer's queue never filled")
+		}
+	}
+	done := make(chan error)
+	go func() {
+		_, err := plugin.WriteBatch(fs[:1])
+		done <- err
+	}()
+	time.Sleep(20 * time.Millisecond) // let the writer wait; not synchronisation
+	plugin.Close()
+	select {
+	case err := <-done:
+		if !errors.Is(err, frameio.ErrClosed) {
+			t.Fatalf("write interrupted by close = %v, want ErrClosed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not wake the writer")
+	}
+}

@@ -3,13 +3,10 @@
 package frameio
 
 import (
-	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 	"unsafe"
 
@@ -32,16 +29,17 @@ func sendmmsg(fd uintptr, hs []unix.Mmsghdr, flags int) (int, unix.Errno) {
 	return int(n), e
 }
 
-// mmsgSock is a non-blocking socket on the Go runtime poller, read and
-// written in batches through headers allocated once. A blocked read parks
-// a goroutine, not a thread, and Close wakes it.
+// mmsgSock is a non-blocking socket, read and written in batches through
+// headers allocated once. It waits for the socket in poll(2) (see parker),
+// not on the Go runtime poller, so a blocked read holds a thread; Close
+// wakes it.
 //
 // The read and write callbacks are method values made once, and take
 // their arguments from fields guarded by rmu and wmu, so a call allocates
 // nothing.
 type mmsgSock struct {
-	f            *os.File
-	rc           syscall.RawConn
+	pk           parker
+	name         string
 	frameSize    int
 	writeTimeout time.Duration
 	log          *slog.Logger
@@ -75,13 +73,11 @@ type mmsgSock struct {
 
 // init takes ownership of a non-blocking socket fd.
 func (s *mmsgSock) init(fd int, name string, mtu int, writeTimeout time.Duration, log *slog.Logger) error {
-	s.f = os.NewFile(uintptr(fd), name)
-	rc, err := s.f.SyscallConn()
-	if err != nil {
-		s.f.Close()
+	s.name = name
+	if err := s.pk.init(fd); err != nil {
+		unix.Close(fd)
 		return fmt.Errorf("frameio: %s: %w", name, err)
 	}
-	s.rc = rc
 	s.frameSize = FrameSize(mtu)
 	s.writeTimeout = timeoutOrDefault(writeTimeout)
 	s.log = log
@@ -149,8 +145,8 @@ func (s *mmsgSock) recv(frames []Frame, limit int) (int, error) {
 		}
 	}
 	s.rreq, s.rgot, s.rerr = n, 0, 0
-	if err := s.rc.Read(s.readFn); err != nil {
-		return 0, s.mapErr(err)
+	if err := s.pk.read(s.readFn, &s.closed); err != nil {
+		return 0, err
 	}
 	if s.rerr != 0 {
 		return 0, s.rerr
@@ -211,25 +207,19 @@ func (s *mmsgSock) sendWait(frames []Frame, name *byte, namelen uint32, timeout 
 	if bad > 0 {
 		s.ctr.AddTxDropped(bad)
 		s.limit.warn(s.log, "frameio: dropping frames to send that are shorter than an Ethernet header or longer than the MTU allows",
-			"port", s.f.Name(), "frames", bad)
+			"port", s.name, "frames", bad)
 	}
 	if k == 0 {
 		return 0, nil
 	}
 	s.wn, s.widx, s.wbytes, s.wdropped, s.werr = k, 0, 0, 0, 0
 	s.wwait, s.wagain = false, false
-	err := s.rc.Write(s.writeFn)
-	if err == nil && s.wagain && timeout > 0 {
-		s.wwait = true
-		s.f.SetWriteDeadline(time.Now().Add(timeout))
-		err = s.rc.Write(s.writeFn)
-		s.f.SetWriteDeadline(time.Time{})
-	}
+	err := s.pk.write(s.writeFn, &s.wagain, &s.wwait, timeout, &s.closed)
 	sent := s.widx - s.wdropped
 	s.ctr.AddTx(sent, s.wbytes)
 	s.ctr.AddTxDropped(s.wdropped + k - s.widx)
-	if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
-		return sent, s.mapErr(err)
+	if err != nil {
+		return sent, err
 	}
 	if s.werr != 0 {
 		return sent, s.werr
@@ -267,28 +257,16 @@ func (s *mmsgSock) doSend(fd uintptr) bool {
 	return true
 }
 
-// mapErr turns the poller's "file already closed" into ErrClosed.
-func (s *mmsgSock) mapErr(err error) error {
-	if s.closed.Load() || errors.Is(err, os.ErrClosed) {
-		return ErrClosed
-	}
-	return err
-}
-
 // control runs f on the file descriptor, kept open meanwhile.
 func (s *mmsgSock) control(f func(fd int) error) error {
-	var ferr error
-	if err := s.rc.Control(func(fd uintptr) { ferr = f(int(fd)) }); err != nil {
-		return s.mapErr(err)
-	}
-	return ferr
+	return s.pk.control(f, &s.closed)
 }
 
 func (s *mmsgSock) close() error {
 	if s.closed.Swap(true) {
 		return nil
 	}
-	return s.f.Close()
+	return s.pk.close()
 }
 
 // setSocketBuffers sizes SO_SNDBUF and SO_RCVBUF, past the sysctl
