@@ -4,8 +4,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // A datagram port's socket must not sit on an epoll instance (the Go
@@ -19,7 +23,34 @@ func TestDgramSocketNotOnAnyPoller(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p.Close()
-	fd := p.s.pk.fd
+	assertNotOnAnyPoller(t, "datagram port", p.s.pk.fd)
+}
+
+// The same for both ends of a stream connection.
+func TestStreamSocketsNotOnAnyPoller(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "s.sock")
+	l, err := ListenStream(path, StreamOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	d, err := DialStream(path, StreamOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	for i := 0; l.cur.Load() == nil; i++ {
+		if i > 5000 {
+			t.Fatal("the listener never took the connection")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	assertNotOnAnyPoller(t, "accepted stream connection", l.cur.Load().pk.fd)
+	assertNotOnAnyPoller(t, "dialled stream connection", d.c.pk.fd)
+}
+
+func assertNotOnAnyPoller(t *testing.T, what string, fd int) {
+	t.Helper()
 	// Make sure the runtime's poller exists, as it does in any plugin.
 	r, w, err := os.Pipe()
 	if err != nil {
@@ -27,6 +58,10 @@ func TestDgramSocketNotOnAnyPoller(t *testing.T) {
 	}
 	defer r.Close()
 	defer w.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		t.Fatal(err)
+	}
 	ents, err := os.ReadDir("/proc/self/fd")
 	if err != nil {
 		t.Fatal(err)
@@ -42,10 +77,17 @@ func TestDgramSocketNotOnAnyPoller(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, line := range strings.Split(string(info), "\n") {
+			// "tfd: 7 events: 8000201d data: ... pos:0 ino:1c2f sdev:8":
+			// the inode names the socket whatever descriptor registered it.
 			var tfd int
 			var events uint32
-			if n, _ := fmt.Sscanf(line, "tfd: %d events: %x", &tfd, &events); n == 2 && tfd == fd {
-				t.Fatalf("the port's socket (fd %d) is registered with epoll fd %s for events %#x", fd, e.Name(), events)
+			if n, _ := fmt.Sscanf(line, "tfd: %d events: %x", &tfd, &events); n != 2 {
+				continue
+			}
+			for _, f := range strings.Fields(line) {
+				if ino, ok := strings.CutPrefix(f, "ino:"); ok && ino == strconv.FormatUint(st.Ino, 16) {
+					t.Fatalf("the %s's socket (fd %d, inode %s) is registered with epoll fd %s through fd %d for events %#x", what, fd, ino, e.Name(), tfd, events)
+				}
 			}
 		}
 	}

@@ -13,7 +13,6 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 	"unsafe"
 
@@ -42,10 +41,10 @@ type StreamOptions struct {
 const iovMax = 1024
 
 // streamConn is one stream connection: a reassembling reader and a writer
-// gathering a batch into writev calls.
+// gathering a batch into writev calls. Like mmsgSock it waits for its
+// socket in poll(2) (parker), not on the Go runtime poller.
 type streamConn struct {
-	c         *net.UnixConn
-	rc        syscall.RawConn
+	pk        parker
 	rd        frameReader
 	name      string
 	frameSize int
@@ -68,31 +67,100 @@ type streamConn struct {
 	wagain  bool
 	werr    unix.Errno
 	writeFn func(uintptr) bool
+
+	// Read's arguments and results, for readFn (the frame reader reads
+	// serially).
+	rb     []byte
+	rn     int
+	rerr   unix.Errno
+	readFn func(uintptr) bool
 }
 
+// newStreamConn takes c over: its socket leaves the runtime poller (c is
+// closed, a duplicate of its descriptor kept), whatever the outcome.
 func newStreamConn(c *net.UnixConn, name string, mtu int, o StreamOptions, log *slog.Logger, ctr *Counters, limit *logLimiter) (*streamConn, error) {
-	rc, err := c.SyscallConn()
+	fd, err := detach(c)
 	if err != nil {
 		return nil, err
 	}
-	var serr error
-	if err := rc.Control(func(fd uintptr) { serr = setSocketBuffers(int(fd), o.SocketBuffer) }); err != nil {
+	if err := setSocketBuffers(fd, o.SocketBuffer); err != nil {
+		unix.Close(fd)
 		return nil, err
-	}
-	if serr != nil {
-		return nil, serr
 	}
 	bufSize := o.ReadBuffer
 	if bufSize <= 0 {
 		bufSize = DefaultStreamReadBuffer
 	}
 	sc := &streamConn{
-		c: c, rc: rc, name: name, frameSize: FrameSize(mtu), timeout: timeoutOrDefault(o.WriteTimeout),
+		name: name, frameSize: FrameSize(mtu), timeout: timeoutOrDefault(o.WriteTimeout),
 		log: log, ctr: ctr, limit: limit,
 	}
-	sc.rd = newFrameReader(c, mtu, bufSize)
+	if err := sc.pk.init(fd); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	sc.rd = newFrameReader(sc, mtu, bufSize)
 	sc.writeFn = sc.doWrite
+	sc.readFn = sc.doRead
 	return sc, nil
+}
+
+// detach takes c's socket off the runtime poller: a duplicate of its
+// descriptor, non-blocking, and c closed.
+func detach(c *net.UnixConn) (int, error) {
+	defer c.Close()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd, derr := -1, error(nil)
+	if err := rc.Control(func(f uintptr) { fd, derr = unix.FcntlInt(f, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return -1, err
+	}
+	if derr != nil {
+		return -1, os.NewSyscallError("fcntl", derr)
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return -1, os.NewSyscallError("fcntl", err)
+	}
+	return fd, nil
+}
+
+// Read is the frame reader's source: one read(2), waiting for input. It
+// returns io.EOF when the peer has closed, ErrClosed after close.
+func (c *streamConn) Read(b []byte) (int, error) {
+	if len(b) == 0 {
+		return 0, nil
+	}
+	c.rb, c.rn, c.rerr = b, 0, 0
+	if err := c.pk.read(c.readFn, &c.closed); err != nil {
+		return 0, err
+	}
+	switch {
+	case c.rerr != 0:
+		return 0, os.NewSyscallError("read", c.rerr)
+	case c.rn == 0:
+		return 0, io.EOF
+	}
+	return c.rn, nil
+}
+
+func (c *streamConn) doRead(fd uintptr) bool {
+	for {
+		n, _, e := unix.Syscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&c.rb[0])), uintptr(len(c.rb)))
+		switch e {
+		case 0:
+			c.rn = int(n)
+			return true
+		case unix.EINTR:
+		case unix.EAGAIN:
+			return false
+		default:
+			c.rerr = e
+			return true
+		}
+	}
 }
 
 // read is one ReadBatch on the connection; the caller serialises reads.
@@ -159,17 +227,7 @@ func (c *streamConn) write(frames []Frame) (int, error) {
 	}
 	c.off, c.n, c.pos, c.partial, c.werr, c.wbytes = off, off+2*k, 0, false, 0, 0
 	c.wwait, c.wagain = false, false
-	err := c.rc.Write(c.writeFn)
-	if err == nil && c.wagain && c.timeout > 0 {
-		c.wwait = true
-		c.c.SetWriteDeadline(time.Now().Add(c.timeout))
-		err = c.rc.Write(c.writeFn)
-		c.c.SetWriteDeadline(time.Time{})
-	}
-	if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
-		if c.closed.Load() {
-			err = ErrClosed
-		}
+	if err := c.pk.write(c.writeFn, &c.wagain, &c.wwait, c.timeout, &c.closed); err != nil {
 		return c.account(k, false), err
 	}
 	if c.werr != 0 {
@@ -261,7 +319,7 @@ func (c *streamConn) advance(w int) {
 
 func (c *streamConn) close() {
 	if !c.closed.Swap(true) {
-		c.c.Close()
+		c.pk.close()
 	}
 }
 
@@ -352,7 +410,6 @@ func (l *StreamListener) accept() {
 		sc, err := newStreamConn(c, "unix:"+l.path, l.mtu, l.opt, l.log, &l.ctr, &l.limit)
 		if err != nil {
 			l.log.Warn("frameio: setting up a stream connection failed", "port", l.path, "err", err)
-			c.Close()
 			continue
 		}
 		old := l.cur.Swap(sc)
@@ -499,7 +556,6 @@ func DialStream(path string, o StreamOptions) (*StreamPort, error) {
 	p := &StreamPort{mtu: mtu, log: loggerOrDefault(o.Logger)}
 	p.c, err = newStreamConn(c, "unix:"+path, mtu, o, p.log, &p.ctr, &p.limit)
 	if err != nil {
-		c.Close()
 		return nil, fmt.Errorf("frameio: %s: %w", path, err)
 	}
 	return p, nil

@@ -309,3 +309,64 @@ func TestStreamAllocs(t *testing.T) {
 		})
 	}
 }
+
+// Close wakes a reader waiting for frames and a writer waiting for room
+// on a connection whose peer neither sends nor reads.
+func TestStreamCloseUnblocksReadAndWrite(t *testing.T) {
+	path := filepath.Join(frameiotest.TempDir(t), "peer.sock")
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	p, err := frameio.DialStream(path, frameio.StreamOptions{WriteTimeout: time.Hour, SocketBuffer: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer, err := ln.AcceptUnix()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	for i := 0; ; i++ { // fill the socket: the last batch waits for room
+		if i > 10000 {
+			t.Fatal("the socket never filled")
+		}
+		done := make(chan struct{})
+		go func() {
+			p.WriteBatch(frames(64, 1514, 0))
+			close(done)
+		}()
+		select {
+		case <-done:
+			continue
+		case <-time.After(200 * time.Millisecond):
+		}
+		read := make(chan error)
+		go func() {
+			_, err := p.ReadBatch(frameio.NewBatch(8, 1500))
+			read <- err
+		}()
+		time.Sleep(20 * time.Millisecond) // let the reader wait; not synchronisation
+		p.Close()
+		for _, c := range []struct {
+			what string
+			done func() error
+		}{
+			{"writer", func() error { <-done; return nil }},
+			{"reader", func() error { return <-read }},
+		} {
+			got := make(chan error)
+			go func() { got <- c.done() }()
+			select {
+			case err := <-got:
+				if err != nil && !errors.Is(err, frameio.ErrClosed) {
+					t.Fatalf("%s woken by Close: %v, want ErrClosed", c.what, err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatalf("Close did not wake the %s", c.what)
+			}
+		}
+		return
+	}
+}
