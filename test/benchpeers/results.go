@@ -45,6 +45,13 @@ type Machine struct {
 	Load     string            `json:"loadavg_at_start"`
 	LoadEnd  string            `json:"loadavg_at_end"`
 	Versions map[string]string `json:"versions"`
+	// TCPCongestion and Qdisc are the kernel's defaults every peer's TCP
+	// ran with (net.ipv4.tcp_congestion_control, net.core.default_qdisc;
+	// a network namespace inherits the first from the host's). BBR and
+	// cubic weigh a receiver slowed per frame differently
+	// (docs/profiles.md, "Wake-ups a peer pays for").
+	TCPCongestion string `json:"tcp_congestion_control,omitempty"`
+	Qdisc         string `json:"default_qdisc,omitempty"`
 }
 
 // PeerResult is one peer's figures, medians over the rounds.
@@ -282,9 +289,13 @@ func DescribeMachine(cfg Config) Machine {
 		f.Close()
 	}
 	m.Load = loadavg()
-	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
-		m.Kernel = strings.TrimSpace(string(b))
+	sysctl := func(path string) string {
+		b, _ := os.ReadFile(path)
+		return strings.TrimSpace(string(b))
 	}
+	m.Kernel = sysctl("/proc/sys/kernel/osrelease")
+	m.TCPCongestion = sysctl("/proc/sys/net/ipv4/tcp_congestion_control")
+	m.Qdisc = sysctl("/proc/sys/net/core/default_qdisc")
 	first := func(name string, args ...string) string {
 		out, _ := exec.Command(name, args...).CombinedOutput()
 		line, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
@@ -445,6 +456,9 @@ func (r *Results) WriteMarkdown(w io.Writer, chart string) {
 	fmt.Fprintf(w, "Run of %s: %s. Each iperf3 run %s (the first %d s left out), request/response %s, the adapter writing %d frame(s) per write; the vhost-user guest's NIC %s.\n\n",
 		r.Date, rounds, r.Settings.Duration, r.Settings.Omit, r.Settings.RRDuration, r.Settings.AdapterBatch, offload)
 	fmt.Fprintf(w, "Machine: %d CPUs (`nproc`), %s, Linux %s, %s; load average %s before the run, %s after it.", m.CPUs, m.CPU, m.Kernel, m.Go, m.Load, m.LoadEnd)
+	if m.TCPCongestion != "" {
+		fmt.Fprintf(w, " TCP congestion control `%s`, default qdisc `%s`, the same for every peer.", m.TCPCongestion, m.Qdisc)
+	}
 	var vs []string
 	for _, k := range []string{"iperf3", "gvproxy", "passt", "anka"} {
 		if v := m.Versions[k]; v != "" {

@@ -3,6 +3,7 @@ package benchpeers
 import (
 	"encoding/json"
 	"math"
+	"os"
 	"strings"
 	"testing"
 )
@@ -97,5 +98,24 @@ func TestVhostUserRatios(t *testing.T) {
 		case x.Target > 0 && (x.Met == nil || *x.Met != tc.met):
 			t.Errorf("%s: met %v, want %v", tc.name, x.Met, tc.met)
 		}
+	}
+}
+
+// The machine's TCP congestion control and qdisc are recorded and printed:
+// BBR and cubic weigh the same path differently.
+func TestMachineRecordsCongestionControl(t *testing.T) {
+	m := DescribeMachine(Config{})
+	want, err := os.ReadFile("/proc/sys/net/ipv4/tcp_congestion_control")
+	if err != nil {
+		t.Skip("no /proc/sys/net/ipv4/tcp_congestion_control:", err)
+	}
+	if m.TCPCongestion == "" || m.TCPCongestion != strings.TrimSpace(string(want)) {
+		t.Fatalf("TCPCongestion = %q, want %q", m.TCPCongestion, strings.TrimSpace(string(want)))
+	}
+	r := &Results{Machine: m, Settings: Settings{MTUs: []int{1500}}}
+	var b strings.Builder
+	r.WriteMarkdown(&b, "")
+	if !strings.Contains(b.String(), "TCP congestion control `"+m.TCPCongestion+"`") {
+		t.Fatalf("the page does not name the congestion control:\n%s", b.String())
 	}
 }

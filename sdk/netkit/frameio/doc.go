@@ -30,8 +30,14 @@
 //     put back; frames coalesced by GRO beyond the MTU are dropped.
 //   - PipePort (Pipe): in process, for services and tests.
 //
-// Socket ports sit on the Go runtime poller: a blocked ReadBatch parks a
-// goroutine, not a thread, and Close wakes it with ErrClosed. Steady-state
+// Datagram, packet and stream sockets wait in poll(2), asking for POLLOUT
+// only while a writer waits for room, not on the Go runtime poller: that
+// poller registers a socket for EPOLLOUT for its whole life, and then
+// every frame the peer (a VM's hypervisor) reads wakes the poller's
+// thread from the peer's read, on the peer's CPU. A blocked ReadBatch
+// holds a thread; Close wakes it with ErrClosed. TAP ports stay on the
+// runtime poller (the tun driver wakes writers only after one found no
+// room). Steady-state
 // ReadBatch and WriteBatch allocate nothing (the tests check it with
 // testing.AllocsPerRun, the benchmarks with -benchmem).
 //
