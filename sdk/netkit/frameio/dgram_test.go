@@ -291,14 +291,7 @@ func TestDgramCloseUnblocksRead(t *testing.T) {
 	}()
 	time.Sleep(20 * time.Millisecond) // let the reader park; not synchronisation
 	p.Close()
-	select {
-	case err := <-done:
-		if !errors.Is(err, frameio.ErrClosed) {
-			t.Fatalf("read after close = %v, want ErrClosed", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Close did not wake the reader")
-	}
+	woken(t, "reader", done, frameio.ErrClosed)
 	if _, err := p.WriteBatch(frames(1, 60, 0)); !errors.Is(err, frameio.ErrClosed) {
 		t.Fatalf("write after close = %v", err)
 	}
@@ -401,28 +394,8 @@ func TestDgramAllocs(t *testing.T) {
 // then waits WriteTimeout for room, WriteBatchNoWait (the switch's
 // floods) drops at once.
 func TestDgramNoWaitOnFullPeer(t *testing.T) {
-	dir := frameiotest.TempDir(t)
-	pp, gp := filepath.Join(dir, "p.sock"), filepath.Join(dir, "g.sock")
-	guest, err := frameio.ListenDgram(gp, frameio.DgramOptions{Peer: pp, Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer guest.Close()
-	plugin, err := frameio.ListenDgram(pp, frameio.DgramOptions{Peer: gp, WriteTimeout: 3 * time.Second, Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer plugin.Close()
-	waitFor(t, "connected", plugin.Connected)
-	fs := frames(64, 1514, 0)
-	for i := 0; ; i++ { // fill the guest's queue
-		if n, _ := plugin.WriteBatchNoWait(fs); n < len(fs) {
-			break
-		}
-		if i > 10000 {
-			t.Fatal("the peer's queue never filled")
-		}
-	}
+	plugin := fullPeer(t, 3*time.Second)
+	fs := frames(1, 1514, 0)
 	dropped := plugin.Stats().TxDropped
 	start := time.Now()
 	for range 10 {
@@ -441,40 +414,13 @@ func TestDgramNoWaitOnFullPeer(t *testing.T) {
 // A writer waiting for room in a full peer's queue returns when the port
 // is closed, long before its timeout.
 func TestDgramCloseUnblocksWrite(t *testing.T) {
-	dir := frameiotest.TempDir(t)
-	pp, gp := filepath.Join(dir, "p.sock"), filepath.Join(dir, "g.sock")
-	guest, err := frameio.ListenDgram(gp, frameio.DgramOptions{Peer: pp, Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer guest.Close()
-	plugin, err := frameio.ListenDgram(pp, frameio.DgramOptions{Peer: gp, WriteTimeout: time.Hour, Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, "connected", plugin.Connected)
-	fs := frames(64, 1514, 0)
-	for i := 0; ; i++ { // fill the guest's queue
-		if n, _ := plugin.WriteBatchNoWait(fs); n < len(fs) {
-			break
-		}
-		if i > 10000 {
-			t.Fatal("the peer's queue never filled")
-		}
-	}
+	plugin := fullPeer(t, time.Hour)
 	done := make(chan error)
 	go func() {
-		_, err := plugin.WriteBatch(fs[:1])
+		_, err := plugin.WriteBatch(frames(1, 1514, 0))
 		done <- err
 	}()
 	time.Sleep(20 * time.Millisecond) // let the writer wait; not synchronisation
 	plugin.Close()
-	select {
-	case err := <-done:
-		if !errors.Is(err, frameio.ErrClosed) {
-			t.Fatalf("write interrupted by close = %v, want ErrClosed", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Close did not wake the writer")
-	}
+	woken(t, "writer", done, frameio.ErrClosed)
 }

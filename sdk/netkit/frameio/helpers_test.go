@@ -2,7 +2,9 @@ package frameio_test
 
 import (
 	"bytes"
+	"errors"
 	"log/slog"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -77,5 +79,47 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// woken waits up to five seconds for a call that Close (or the peer's)
+// should wake, and checks it ended with want (nil: any error).
+func woken(t testing.TB, what string, done <-chan error, want error) {
+	t.Helper()
+	select {
+	case err := <-done:
+		if want != nil && !errors.Is(err, want) {
+			t.Fatalf("%s woken with %v, want %v", what, err, want)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("nothing woke the %s", what)
+	}
+}
+
+// fullPeer makes a plugin-side datagram port connected to a guest-side one
+// that never reads, and fills the guest's queue with 1514-byte frames.
+func fullPeer(t testing.TB, writeTimeout time.Duration) (plugin *frameio.DgramPort) {
+	t.Helper()
+	dir := frameiotest.TempDir(t)
+	pp, gp := filepath.Join(dir, "p.sock"), filepath.Join(dir, "g.sock")
+	guest, err := frameio.ListenDgram(gp, frameio.DgramOptions{Peer: pp, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { guest.Close() })
+	plugin, err = frameio.ListenDgram(pp, frameio.DgramOptions{Peer: gp, WriteTimeout: writeTimeout, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { plugin.Close() })
+	waitFor(t, "connected", plugin.Connected)
+	fs := frames(64, 1514, 0)
+	for i := 0; ; i++ {
+		if n, _ := plugin.WriteBatchNoWait(fs); n < len(fs) {
+			return plugin
+		}
+		if i > 10000 {
+			t.Fatal("the peer's queue never filled")
+		}
 	}
 }

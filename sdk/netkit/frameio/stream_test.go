@@ -207,14 +207,7 @@ func TestStreamListenerWithoutConnection(t *testing.T) {
 	}()
 	time.Sleep(10 * time.Millisecond) // let the reader wait; not synchronisation
 	l.Close()
-	select {
-	case err := <-done:
-		if !errors.Is(err, frameio.ErrClosed) {
-			t.Fatalf("read = %v, want ErrClosed", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Close did not wake the reader")
-	}
+	woken(t, "reader", done, frameio.ErrClosed)
 }
 
 // A peer that stops reading makes writes wait WriteTimeout, then drop
@@ -349,24 +342,10 @@ func TestStreamCloseUnblocksReadAndWrite(t *testing.T) {
 		}()
 		time.Sleep(20 * time.Millisecond) // let the reader wait; not synchronisation
 		p.Close()
-		for _, c := range []struct {
-			what string
-			done func() error
-		}{
-			{"writer", func() error { <-done; return nil }},
-			{"reader", func() error { return <-read }},
-		} {
-			got := make(chan error)
-			go func() { got <- c.done() }()
-			select {
-			case err := <-got:
-				if err != nil && !errors.Is(err, frameio.ErrClosed) {
-					t.Fatalf("%s woken by Close: %v, want ErrClosed", c.what, err)
-				}
-			case <-time.After(5 * time.Second):
-				t.Fatalf("Close did not wake the %s", c.what)
-			}
-		}
+		wrote := make(chan error, 1)
+		go func() { <-done; wrote <- nil }()
+		woken(t, "writer", wrote, nil)
+		woken(t, "reader", read, frameio.ErrClosed)
 		return
 	}
 }
