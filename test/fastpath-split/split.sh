@@ -9,6 +9,10 @@
 #   br-nat       the bridge with the NAT table (the shared plugin's layout)
 #   br-nat-brf   plus a bridge-family anti-spoofing table (what the
 #                plugin adds per VM TAP)
+#   br-nonf      the bridge with br_netfilter's calls into the IP hooks
+#                off in the host side's namespace (net.bridge.bridge-nf-
+#                call-*tables=0; only when br_netfilter is loaded, which
+#                turns them on in every namespace)
 #
 # Each run reports Gbit/s and CPU cost (both iperf3 processes' CPU time,
 # from their rusage, which leaves out steal, per KiB received). Nothing
@@ -43,6 +47,11 @@ setup() { # config mtu
 	h ip link del fp0 2>/dev/null
 	h ip link del br0 2>/dev/null
 	h nft flush ruleset
+	if [ -e /proc/sys/net/bridge/bridge-nf-call-iptables ]; then
+		local nf=1
+		case $1 in *nonf*) nf=0 ;; esac
+		h sysctl -qw net.bridge.bridge-nf-call-iptables=$nf net.bridge.bridge-nf-call-ip6tables=$nf net.bridge.bridge-nf-call-arptables=$nf
+	fi
 	h ip link add fp0 mtu $2 type veth peer name eth0 mtu $2 netns $G
 	case $1 in
 	veth*) h ip addr add 10.66.0.1/24 dev fp0 ;;
