@@ -5,6 +5,7 @@ package frameio_test
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -394,7 +395,7 @@ func TestDgramAllocs(t *testing.T) {
 // then waits WriteTimeout for room, WriteBatchNoWait (the switch's
 // floods) drops at once.
 func TestDgramNoWaitOnFullPeer(t *testing.T) {
-	plugin := fullPeer(t, 3*time.Second)
+	plugin, _ := fullPeer(t, 3*time.Second)
 	fs := frames(1, 1514, 0)
 	dropped := plugin.Stats().TxDropped
 	start := time.Now()
@@ -414,7 +415,7 @@ func TestDgramNoWaitOnFullPeer(t *testing.T) {
 // A writer waiting for room in a full peer's queue returns when the port
 // is closed, long before its timeout.
 func TestDgramCloseUnblocksWrite(t *testing.T) {
-	plugin := fullPeer(t, time.Hour)
+	plugin, _ := fullPeer(t, time.Hour)
 	done := make(chan error)
 	go func() {
 		_, err := plugin.WriteBatch(frames(1, 1514, 0))
@@ -423,4 +424,25 @@ func TestDgramCloseUnblocksWrite(t *testing.T) {
 	time.Sleep(20 * time.Millisecond) // let the writer wait; not synchronisation
 	plugin.Close()
 	woken(t, "writer", done, frameio.ErrClosed)
+}
+
+// A writer waiting for room goes on as soon as the peer reads: the port
+// watches for send space while it waits (and only then).
+func TestDgramWriterWokenByRoom(t *testing.T) {
+	plugin, guest := fullPeer(t, time.Hour)
+	done := make(chan error, 1)
+	go func() {
+		n, err := plugin.WriteBatch(frames(1, 1514, 1<<20))
+		if err == nil && n != 1 {
+			err = fmt.Errorf("sent %d frames, want 1", n)
+		}
+		done <- err
+	}()
+	time.Sleep(20 * time.Millisecond) // let the writer wait; not synchronisation
+	if _, err := guest.ReadBatch(frameio.NewBatch(64, 1514)); err != nil {
+		t.Fatal(err)
+	}
+	if err := woken(t, "writer", done, nil); err != nil {
+		t.Fatal(err)
+	}
 }

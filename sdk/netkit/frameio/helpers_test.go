@@ -83,22 +83,25 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 }
 
 // woken waits up to five seconds for a call that Close (or the peer's)
-// should wake, and checks it ended with want (nil: any error).
-func woken(t testing.TB, what string, done <-chan error, want error) {
+// should wake, checks it ended with want (nil: anything) and returns what
+// it ended with.
+func woken(t testing.TB, what string, done <-chan error, want error) error {
 	t.Helper()
 	select {
 	case err := <-done:
 		if want != nil && !errors.Is(err, want) {
 			t.Fatalf("%s woken with %v, want %v", what, err, want)
 		}
+		return err
 	case <-time.After(5 * time.Second):
 		t.Fatalf("nothing woke the %s", what)
+		return nil
 	}
 }
 
 // fullPeer makes a plugin-side datagram port connected to a guest-side one
-// that never reads, and fills the guest's queue with 1514-byte frames.
-func fullPeer(t testing.TB, writeTimeout time.Duration) (plugin *frameio.DgramPort) {
+// that does not read, and fills the guest's queue with 1514-byte frames.
+func fullPeer(t testing.TB, writeTimeout time.Duration) (plugin, guest *frameio.DgramPort) {
 	t.Helper()
 	dir := frameiotest.TempDir(t)
 	pp, gp := filepath.Join(dir, "p.sock"), filepath.Join(dir, "g.sock")
@@ -116,7 +119,7 @@ func fullPeer(t testing.TB, writeTimeout time.Duration) (plugin *frameio.DgramPo
 	fs := frames(64, 1514, 0)
 	for i := 0; ; i++ {
 		if n, _ := plugin.WriteBatchNoWait(fs); n < len(fs) {
-			return plugin
+			return plugin, guest
 		}
 		if i > 10000 {
 			t.Fatal("the peer's queue never filled")
