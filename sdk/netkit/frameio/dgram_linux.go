@@ -239,7 +239,7 @@ func (p *DgramPort) WriteBatchNoWait(frames []Frame) (int, error) {
 }
 
 func (p *DgramPort) writeBatch(frames []Frame, timeout time.Duration) (int, error) {
-	if p.s.closed.Load() {
+	if p.s.pk.closed.Load() {
 		return 0, ErrClosed
 	}
 	if len(frames) == 0 {
@@ -321,7 +321,7 @@ func (p *DgramPort) setPeerLocked(path string) {
 // tryConnectLocked connects to peerPath unless an attempt failed less
 // than reconnectEvery ago.
 func (p *DgramPort) tryConnectLocked() bool {
-	if p.peerPath == "" || p.s.closed.Load() {
+	if p.peerPath == "" || p.s.pk.closed.Load() {
 		return false
 	}
 	now := time.Now()

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
-	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -45,7 +44,6 @@ type mmsgSock struct {
 	log          *slog.Logger
 	ctr          Counters
 	limit        logLimiter
-	closed       atomic.Bool
 
 	rmu     sync.Mutex
 	rhdr    []unix.Mmsghdr
@@ -145,7 +143,7 @@ func (s *mmsgSock) recv(frames []Frame, limit int) (int, error) {
 		}
 	}
 	s.rreq, s.rgot, s.rerr = n, 0, 0
-	if err := s.pk.read(s.readFn, &s.closed); err != nil {
+	if err := s.pk.read(s.readFn); err != nil {
 		return 0, err
 	}
 	if s.rerr != 0 {
@@ -214,7 +212,7 @@ func (s *mmsgSock) sendWait(frames []Frame, name *byte, namelen uint32, timeout 
 	}
 	s.wn, s.widx, s.wbytes, s.wdropped, s.werr = k, 0, 0, 0, 0
 	s.wwait, s.wagain = false, false
-	err := s.pk.write(s.writeFn, &s.wagain, &s.wwait, timeout, &s.closed)
+	err := s.pk.write(s.writeFn, &s.wagain, &s.wwait, timeout)
 	sent := s.widx - s.wdropped
 	s.ctr.AddTx(sent, s.wbytes)
 	s.ctr.AddTxDropped(s.wdropped + k - s.widx)
@@ -259,15 +257,10 @@ func (s *mmsgSock) doSend(fd uintptr) bool {
 
 // control runs f on the file descriptor, kept open meanwhile.
 func (s *mmsgSock) control(f func(fd int) error) error {
-	return s.pk.control(f, &s.closed)
+	return s.pk.control(f)
 }
 
-func (s *mmsgSock) close() error {
-	if s.closed.Swap(true) {
-		return nil
-	}
-	return s.pk.close()
-}
+func (s *mmsgSock) close() error { return s.pk.close() }
 
 // setSocketBuffers sizes SO_SNDBUF and SO_RCVBUF, past the sysctl
 // maximum (net.core.wmem_max) when we have CAP_NET_ADMIN.

@@ -208,7 +208,7 @@ func vlanTag(ctl []byte, n int) (tci, tpid uint16, ok bool) {
 // WriteBatch sends frames out of the interface with one sendmmsg (more
 // when the socket fills), waiting up to WriteTimeout for room.
 func (p *PacketPort) WriteBatch(frames []Frame) (int, error) {
-	if p.s.closed.Load() {
+	if p.s.pk.closed.Load() {
 		return 0, ErrClosed
 	}
 	if len(frames) == 0 {

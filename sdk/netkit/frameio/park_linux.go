@@ -18,9 +18,10 @@ import (
 // poller thread (unix_write_space -> ep_poll_callback), a cost paid by the
 // peer, usually a VM's hypervisor, on every frame.
 type parker struct {
-	fd   int
-	wake int          // eventfd: Close writes it to end every wait
-	mu   sync.RWMutex // read-held around every use of fd; Close takes it
+	fd     int
+	wake   int          // eventfd: close writes it to end every wait
+	mu     sync.RWMutex // read-held around every use of fd; close takes it
+	closed atomic.Bool  // set by the first close; every use checks it
 }
 
 // init takes fd, a non-blocking socket.
@@ -44,11 +45,11 @@ func (p *parker) wait(events int16, timeout time.Duration) {
 }
 
 // read calls f until it reports done, waiting for input between calls.
-func (p *parker) read(f func(uintptr) bool, closed *atomic.Bool) error {
+func (p *parker) read(f func(uintptr) bool) error {
 	p.mu.RLock()
 	defer p.mu.RUnlock()
 	for {
-		if closed.Load() {
+		if p.closed.Load() {
 			return ErrClosed
 		}
 		if f(uintptr(p.fd)) {
@@ -60,10 +61,10 @@ func (p *parker) read(f func(uintptr) bool, closed *atomic.Bool) error {
 
 // write calls f once; when f reports EAGAIN (again) and timeout > 0 it sets
 // waiting and calls f again whenever there is room, until done or timeout.
-func (p *parker) write(f func(uintptr) bool, again, waiting *bool, timeout time.Duration, closed *atomic.Bool) error {
+func (p *parker) write(f func(uintptr) bool, again, waiting *bool, timeout time.Duration) error {
 	p.mu.RLock()
 	defer p.mu.RUnlock()
-	if closed.Load() {
+	if p.closed.Load() {
 		return ErrClosed
 	}
 	f(uintptr(p.fd))
@@ -78,7 +79,7 @@ func (p *parker) write(f func(uintptr) bool, again, waiting *bool, timeout time.
 			return nil
 		}
 		p.wait(unix.POLLOUT, left)
-		if closed.Load() {
+		if p.closed.Load() {
 			return ErrClosed
 		}
 		if f(uintptr(p.fd)) {
@@ -87,16 +88,21 @@ func (p *parker) write(f func(uintptr) bool, again, waiting *bool, timeout time.
 	}
 }
 
-func (p *parker) control(f func(fd int) error, closed *atomic.Bool) error {
+func (p *parker) control(f func(fd int) error) error {
 	p.mu.RLock()
 	defer p.mu.RUnlock()
-	if closed.Load() {
+	if p.closed.Load() {
 		return ErrClosed
 	}
 	return f(p.fd)
 }
 
+// close ends every wait and closes the socket once nobody uses it; only
+// the first call does anything.
 func (p *parker) close() error {
+	if p.closed.Swap(true) {
+		return nil
+	}
 	var one = [8]byte{1}
 	unix.Write(p.wake, one[:])
 	p.mu.Lock()

@@ -52,7 +52,6 @@ type streamConn struct {
 	log       *slog.Logger
 	ctr       *Counters
 	limit     *logLimiter
-	closed    atomic.Bool
 
 	wmu     sync.Mutex
 	hdr     []byte
@@ -134,7 +133,7 @@ func (c *streamConn) Read(b []byte) (int, error) {
 		return 0, nil
 	}
 	c.rb, c.rn, c.rerr = b, 0, 0
-	if err := c.pk.read(c.readFn, &c.closed); err != nil {
+	if err := c.pk.read(c.readFn); err != nil {
 		return 0, err
 	}
 	switch {
@@ -227,7 +226,7 @@ func (c *streamConn) write(frames []Frame) (int, error) {
 	}
 	c.off, c.n, c.pos, c.partial, c.werr, c.wbytes = off, off+2*k, 0, false, 0, 0
 	c.wwait, c.wagain = false, false
-	if err := c.pk.write(c.writeFn, &c.wagain, &c.wwait, c.timeout, &c.closed); err != nil {
+	if err := c.pk.write(c.writeFn, &c.wagain, &c.wwait, c.timeout); err != nil {
 		return c.account(k, false), err
 	}
 	if c.werr != 0 {
@@ -318,9 +317,7 @@ func (c *streamConn) advance(w int) {
 }
 
 func (c *streamConn) close() {
-	if !c.closed.Swap(true) {
-		c.pk.close()
-	}
+	c.pk.close()
 }
 
 // endReason is the log line for a connection that ended with err.
@@ -483,7 +480,7 @@ func (l *StreamListener) end(c *streamConn, err error) {
 	if !l.cur.CompareAndSwap(c, nil) {
 		return
 	}
-	if !c.closed.Load() {
+	if !c.pk.closed.Load() {
 		msg, level := endReason(err)
 		l.log.Log(context.Background(), level, msg, "port", l.path, "err", err)
 	}
@@ -578,7 +575,7 @@ func (p *StreamPort) ReadBatch(frames []Frame) (int, error) {
 	if p.done.Load() {
 		return 0, ErrClosed
 	}
-	if !p.c.closed.Load() {
+	if !p.c.pk.closed.Load() {
 		msg, level := endReason(err)
 		p.log.Log(context.Background(), level, msg, "port", p.c.name, "err", err)
 		p.c.close()
