@@ -25,7 +25,7 @@ const (
 	feGuestTSO  = feGuestTSO4 | 1<<vuproto.NetFGuestTSO6
 )
 
-// rxUsedLen is the length the port gave used entry k of the receive
+// rxUsed is the descriptor id and length of used entry k of the receive
 // queue.
 func (f *hostileFE) rxUsed(k uint16) (id, n uint32) {
 	off := f.usedOff(0) + 4 + 8*int(k%f.num)
