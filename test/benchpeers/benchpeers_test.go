@@ -109,6 +109,9 @@ func TestSmoke(t *testing.T) {
 		Count:      1,
 		Idle:       2, // the idle run's code path, small
 		FastPath:   true,
+		// One pair of runs beside the fast path: the veth, its namespace
+		// and its server are made and reached.
+		FastPathPairs: 1,
 		// WorkDir: $TMPDIR, not t.TempDir(): passt runs as nobody and
 		// must reach its socket's folder.
 		Logf: t.Logf,
@@ -149,6 +152,11 @@ func TestSmoke(t *testing.T) {
 		want := keys
 		if p.Name == PeerAnka {
 			want = append(want, IdleKey(1500, 0), IdleKey(1500, cfg.Idle))
+		}
+		if p.Name == PeerAnkaFastPath {
+			for _, d := range []string{"g2h", "h2g"} {
+				want = append(want, BesideKey(TCPKey(d, 1500)), BesideRatioKey(TCPKey(d, 1500)))
+			}
 		}
 		for _, k := range want {
 			if p.Get(k) <= 0 {

@@ -42,6 +42,13 @@ func TCPKey(dir string, mtu int) string { return fmt.Sprintf("tcp_%s_%d", dir, m
 // IdleKey is the metric key of the guest->host run with n idle VMs.
 func IdleKey(mtu, n int) string { return fmt.Sprintf("%s%s%d", TCPKey("g2h", mtu), metricIdleFx, n) }
 
+// BesideKey is the metric key of the fast-path session's runs through
+// the veth beside the bridge (the kernel limit, alternated with the fast
+// path's runs); BesideRatioKey that of the quotient of each pair, the
+// fast path's figure over the veth's.
+func BesideKey(tcpKey string) string      { return tcpKey + "_veth_beside" }
+func BesideRatioKey(tcpKey string) string { return tcpKey + "_x_veth_beside" }
+
 // Config is one harness run.
 type Config struct {
 	Anka    string // bin/anka; the plugins sit beside it
@@ -59,7 +66,13 @@ type Config struct {
 	Peers      []string // nil: AllPeers
 	Idle       int      // extra idle VMs for the idle run on anka; 0 skips it
 	FastPath   bool     // try the fast-path peer when the plugin has a bridge
-	Batch      int      // frames per adapter write; 1 is QEMU's
+	// FastPathPairs: in the fast-path session, pairs of TCP runs per
+	// direction, one through the bridge and one through a veth beside it
+	// to a namespace of its own (the kernel limit), the order swapped
+	// every pair. 0: one run through the bridge, compared with the veth
+	// peer's session only.
+	FastPathPairs int
+	Batch         int // frames per adapter write; 1 is QEMU's
 	// VhostUserNoOffload takes checksum offload and TSO off the
 	// vhost-user guest's NIC (adapter -vhost-user-no-offload).
 	VhostUserNoOffload bool
@@ -129,7 +142,7 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	res.Settings = Settings{
 		Duration: cfg.Duration.String(), RRDuration: cfg.RRDuration.String(), Omit: cfg.Omit,
 		MTUs: cfg.MTUs, Count: cfg.Count, Idle: cfg.Idle, AdapterBatch: cfg.Batch,
-		VhostUserOffload: !cfg.VhostUserNoOffload,
+		VhostUserOffload: !cfg.VhostUserNoOffload, FastPathPairs: cfg.FastPathPairs,
 	}
 	for _, name := range peers {
 		pr := &PeerResult{Name: name, Label: peerLabels[name], Metrics: map[string]*Metric{}}
@@ -238,6 +251,7 @@ type session struct {
 	host     *netns // the host side: where the servers run
 	hostAddr string // the address the guest reaches the servers at
 	adapter  *proc  // the guest's adapter, if it has one
+	beside   *netns // the fast path's reference: the far end of a veth from the guest
 	note     string
 }
 
@@ -301,12 +315,13 @@ func (h *harness) session(ctx context.Context, pr *PeerResult, round, mtu int, k
 // side and waits until the guest gets round trips through.
 func (s *session) startServers(ctx context.Context) error {
 	cfg := &s.h.cfg
-	if cfg.Iperf3 != "" {
-		if _, err := startProc(&s.cl, s.host, s.dir, "iperf3-server", nil, cfg.Iperf3, "-s", "-p", "5201", "--forceflush"); err != nil {
+	if err := s.startBulkServer(ctx, s.host, ""); err != nil {
+		return err
+	}
+	if s.beside != nil {
+		if err := s.startBulkServer(ctx, s.beside, "beside-"); err != nil {
 			return err
 		}
-	} else if _, err := startProc(&s.cl, s.host, s.dir, "bulk-server", nil, cfg.Tool, "bulk-server", "-l", ":5201"); err != nil {
-		return err
 	}
 	if _, err := startProc(&s.cl, s.host, s.dir, "rr-server", nil, cfg.Tool, "rr-server", "-l", ":7777"); err != nil {
 		return err
@@ -322,11 +337,24 @@ func (s *session) startServers(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
+	return nil
+}
+
+// startBulkServer runs the TCP server in ns on port 5201, iperf3's or,
+// without iperf3, the tool's own; label prefixes its log's name. It
+// returns once iperf3 says it listens (the tool's own listens before it
+// logs anything, and a client retries its connection).
+func (s *session) startBulkServer(ctx context.Context, ns *netns, label string) error {
+	cfg := &s.h.cfg
 	if cfg.Iperf3 == "" {
-		return nil
+		_, err := startProc(&s.cl, ns, s.dir, label+"bulk-server", nil, cfg.Tool, "bulk-server", "-l", ":5201")
+		return err
 	}
-	return waitFor(ctx, 10*time.Second, "iperf3 -s", func() (bool, error) {
-		b, _ := os.ReadFile(filepath.Join(s.dir, "iperf3-server.log"))
+	if _, err := startProc(&s.cl, ns, s.dir, label+"iperf3-server", nil, cfg.Iperf3, "-s", "-p", "5201", "--forceflush"); err != nil {
+		return err
+	}
+	return waitFor(ctx, 10*time.Second, "iperf3 -s in "+ns.name, func() (bool, error) {
+		b, _ := os.ReadFile(filepath.Join(s.dir, label+"iperf3-server.log"))
 		return strings.Contains(string(b), "listening"), nil
 	})
 }
@@ -334,13 +362,47 @@ func (s *session) startServers(ctx context.Context) error {
 func (s *session) rrAddr() string { return netJoin(s.hostAddr, 7777) }
 
 func (s *session) tcp(ctx context.Context, pr *PeerResult, key, what string, reverse bool) error {
-	r, err := s.iperfTCP(ctx, reverse)
+	_, err := s.tcpTo(ctx, pr, s.hostAddr, key, what, reverse)
+	return err
+}
+
+// tcpTo is one TCP run to the server at addr, recorded under key; it
+// returns the rate in Gbit/s.
+func (s *session) tcpTo(ctx context.Context, pr *PeerResult, addr, key, what string, reverse bool) (float64, error) {
+	r, err := s.iperfTCP(ctx, addr, reverse)
 	if err != nil {
-		return fmt.Errorf("iperf3 TCP %s: %w", what, err)
+		return 0, fmt.Errorf("iperf3 TCP %s: %w", what, err)
 	}
 	pr.add(s.round, key, "Gbit/s", r.bps/1e9)
 	pr.add(s.round, key+"_retransmits", "segments", float64(r.retransmits))
 	s.h.cfg.logf("  %s TCP %s: %s", pr.Name, what, r)
+	return r.bps / 1e9, nil
+}
+
+// tcpBeside is the fast-path session's TCP in one direction: pairs of
+// runs, one through the plugin's bridge and one through the veth beside
+// it, the order swapped every pair so that neither always goes first,
+// and the quotient of each pair recorded. Runs seconds apart meet the
+// same machine; sessions minutes apart do not (single runs here spread
+// over 2x).
+func (s *session) tcpBeside(ctx context.Context, pr *PeerResult, mtu int, dir string) error {
+	key := TCPKey(dir, mtu)
+	for i := 0; i < s.h.cfg.FastPathPairs; i++ {
+		var got [2]float64 // the fast path, the veth
+		for j := range 2 {
+			which := (i + j) % 2
+			addr, k, what := s.hostAddr, key, fmt.Sprintf("%s, MTU %d, pair %d", dir, mtu, i+1)
+			if which == 1 {
+				addr, k, what = besideHost, BesideKey(key), what+", veth beside"
+			}
+			v, err := s.tcpTo(ctx, pr, addr, k, what, dir == "h2g")
+			if err != nil {
+				return err
+			}
+			got[which] = v
+		}
+		pr.add(s.round, BesideRatioKey(key), "x", got[0]/got[1])
+	}
 	return nil
 }
 
@@ -352,7 +414,13 @@ func (s *session) measure(ctx context.Context, pr *PeerResult, mtu int) error {
 	cfg := &s.h.cfg
 	var errs []error
 	for _, dir := range []string{"g2h", "h2g"} {
-		if err := s.tcp(ctx, pr, TCPKey(dir, mtu), fmt.Sprintf("%s, MTU %d", dir, mtu), dir == "h2g"); err != nil {
+		var err error
+		if s.beside != nil {
+			err = s.tcpBeside(ctx, pr, mtu, dir)
+		} else {
+			err = s.tcp(ctx, pr, TCPKey(dir, mtu), fmt.Sprintf("%s, MTU %d", dir, mtu), dir == "h2g")
+		}
+		if err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -15,11 +15,11 @@ import (
 
 // iperfTCP runs one iperf3 TCP test from the guest and returns what the
 // receiver got, in bit/s. reverse makes the host side send (-R).
-func (s *session) iperfTCP(ctx context.Context, reverse bool) (tcpRun, error) {
+func (s *session) iperfTCP(ctx context.Context, addr string, reverse bool) (tcpRun, error) {
 	if s.h.cfg.Iperf3 == "" {
-		return s.bulkTCP(ctx, reverse)
+		return s.bulkTCP(ctx, addr, reverse)
 	}
-	args := s.iperfArgs()
+	args := s.iperfArgs(addr)
 	if reverse {
 		args = append(args, "-R")
 	}
@@ -95,10 +95,10 @@ func (s *session) udp(ctx context.Context) (UDPResult, error) {
 	return r, nil
 }
 
-func (s *session) iperfArgs() []string {
+func (s *session) iperfArgs(addr string) []string {
 	cfg := &s.h.cfg
 	secs := max(1, int((cfg.Duration+time.Second/2)/time.Second))
-	args := []string{"-c", s.hostAddr, "-p", "5201", "-t", strconv.Itoa(secs), "-J", "--connect-timeout", "5000"}
+	args := []string{"-c", addr, "-p", "5201", "-t", strconv.Itoa(secs), "-J", "--connect-timeout", "5000"}
 	if cfg.Omit > 0 && secs > cfg.Omit {
 		args = append(args, "-O", strconv.Itoa(cfg.Omit))
 	}
@@ -225,9 +225,9 @@ func (h *harness) writeScripts() error {
 }
 
 // bulkTCP is the tool's own transfer, when iperf3 is not installed.
-func (s *session) bulkTCP(ctx context.Context, reverse bool) (tcpRun, error) {
+func (s *session) bulkTCP(ctx context.Context, addr string, reverse bool) (tcpRun, error) {
 	cfg := &s.h.cfg
-	args := []string{"bulk-client", "-c", netJoin(s.hostAddr, 5201), "-t", cfg.Duration.String()}
+	args := []string{"bulk-client", "-c", netJoin(addr, 5201), "-t", cfg.Duration.String()}
 	if reverse {
 		args = append(args, "-R")
 	}

@@ -458,6 +458,50 @@ func (s *session) setupFastPath(ctx context.Context, mtu int) error {
 		}
 	}
 	s.note = "veth on bridge " + br
+	if s.h.cfg.FastPathPairs > 0 {
+		if err := s.setupBeside(mtu); err != nil {
+			return fmt.Errorf("the veth beside the fast path: %w", err)
+		}
+		s.note += fmt.Sprintf("; beside it a veth from the guest to a namespace of its own (the kernel limit), %d pair(s) of runs alternated per direction", s.h.cfg.FastPathPairs)
+	}
+	return nil
+}
+
+// The veth beside the fast path: its far end, in a namespace of its own,
+// and the guest's end. A subnet of its own, so the guest reaches the
+// plugin's network by the bridge and this one by the veth.
+const (
+	besideHost  = "10.66.0.1"
+	besideGuest = "10.66.0.2"
+)
+
+// setupBeside gives the fast-path guest a second link, a veth straight
+// to a third namespace, what the veth peer measures, so that the kernel
+// limit can be measured in the same session, runs alternated.
+func (s *session) setupBeside(mtu int) error {
+	ns, err := newNetns(&s.cl, "k")
+	if err != nil {
+		return err
+	}
+	m := strconv.Itoa(mtu)
+	for _, st := range [][]string{
+		{"link", "add", "kv0", "mtu", m, "type", "veth", "peer", "name", "eth1", "mtu", m, "netns", s.guest.name},
+		{"addr", "add", besideHost + "/24", "dev", "kv0"},
+		{"link", "set", "kv0", "up"},
+	} {
+		if err := ns.ip(st...); err != nil {
+			return err
+		}
+	}
+	for _, st := range [][]string{
+		{"addr", "add", besideGuest + "/24", "dev", "eth1"},
+		{"link", "set", "eth1", "up"},
+	} {
+		if err := s.guest.ip(st...); err != nil {
+			return err
+		}
+	}
+	s.beside = ns
 	return nil
 }
 

@@ -284,6 +284,7 @@ func run(args []string) error {
 	peers := fs.String("peers", "", "peers to run, comma-separated (default all: "+strings.Join(benchpeers.AllPeers, ",")+")")
 	fs.IntVar(&cfg.Idle, "idle", 16, "idle VMs for the idle run (0 skips it)")
 	fastPath := fs.String("fastpath", "auto", "auto: measure the kernel fast path when the shared plugin has a bridge; off")
+	fs.IntVar(&cfg.FastPathPairs, "fastpath-pairs", 2, "pairs of TCP runs per direction in the fast-path session, through the bridge and through a veth beside it (the kernel limit), alternated; 0: none")
 	fs.IntVar(&cfg.Batch, "batch", 1, "frames per adapter write (1: QEMU's)")
 	fs.BoolVar(&cfg.VhostUserNoOffload, "vhost-user-no-offload", false, "the vhost-user guest's NIC without checksum offload and TSO")
 	jsonOut := fs.String("json", "", "write the results as JSON here")
@@ -317,6 +318,9 @@ func run(args []string) error {
 		cfg.Peers = strings.Split(*peers, ",")
 	}
 	cfg.FastPath = *fastPath != "off"
+	if cfg.FastPathPairs < 0 {
+		return fmt.Errorf("-fastpath-pairs %d: give the number of pairs of runs, 0 or more", cfg.FastPathPairs)
+	}
 	self, err := os.Executable()
 	if err != nil {
 		return err
