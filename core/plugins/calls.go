@@ -83,7 +83,7 @@ func (h *Host) timed(ctx context.Context, fd Found, call string, fn func(context
 	if ctx.Err() != nil {
 		return ctx.Err() // the caller gave up: not the plugin's fault
 	}
-	if errors.Is(cctx.Err(), context.DeadlineExceeded) {
+	if timedOut(cctx, err) {
 		return &errs.Error{Kind: errs.Unavailable, Err: err, Msg: fmt.Sprintf(
 			"network type %s: plugin %s did not answer %s within %s: it may hang; its log %s may say why, `anka plugin restart %s` starts it again, and plugin_timeout (ANKA_PLUGIN_TIMEOUT) sets the limit",
 			fd.Type, fd.Path, call, d, LogFile(h.StateDir, fd.Path), fd.Type)}
@@ -100,6 +100,20 @@ func (h *Host) timed(ctx context.Context, fd Found, call string, fn func(context
 		return err // already a core error (a bad endpoint, forwards)
 	}
 	return pluginError(fd.Type, err)
+}
+
+// timedOut reports whether a call under cctx ran out of its time. The
+// deadline travels to the plugin too, and its gRPC server resets the
+// stream (RST_STREAM CANCEL) when the deadline passes there; on a loaded
+// machine that reset can arrive before this process's own timer has
+// marked cctx done. So a cancel once the deadline has passed by the
+// clock is the deadline's doing as well, not the plugin's answer.
+func timedOut(cctx context.Context, err error) bool {
+	if errors.Is(cctx.Err(), context.DeadlineExceeded) {
+		return true
+	}
+	dl, ok := cctx.Deadline()
+	return ok && !time.Now().Before(dl) && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded))
 }
 
 // pid is the process serving fd now, as its reattach file names it; 0

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"slices"
@@ -86,6 +87,47 @@ func TestTimedGivesUpOnAHungCall(t *testing.T) {
 	err = h.timed(context.Background(), fd, "Validate", func(context.Context) error { return sdk.Errorf(sdk.CodeInvalid, "no option x") })
 	if !errs.Is(err, errs.Invalid) || !strings.Contains(err.Error(), "no option x") {
 		t.Fatalf("plugin refusal: %v", err)
+	}
+}
+
+// lateTimer is a call's context whose deadline has passed by the clock
+// while its timer has not yet fired: Err is still nil.
+type lateTimer struct {
+	context.Context
+	deadline time.Time
+}
+
+func (c lateTimer) Deadline() (time.Time, bool) { return c.deadline, true }
+
+// The plugin's gRPC server resets the stream when the deadline it was
+// sent passes; when that reset arrives before this process's timer
+// fires, the call still ran out of time. A cancel before the deadline,
+// or another error after it, is not a timeout.
+func TestTimedOutWhenThePluginsResetComesFirst(t *testing.T) {
+	bg := context.Background()
+	past := lateTimer{bg, time.Now().Add(-time.Millisecond)}
+	future := lateTimer{bg, time.Now().Add(time.Hour)}
+	reset := fmt.Errorf("plugin bad did not finish Validate: stream terminated by RST_STREAM with error code: CANCEL: %w", context.Canceled)
+	for _, c := range []struct {
+		name string
+		ctx  context.Context
+		err  error
+		want bool
+	}{
+		{"reset after the deadline, timer not fired", past, reset, true},
+		{"deadline error after the deadline", past, fmt.Errorf("x: %w", context.DeadlineExceeded), true},
+		{"reset before the deadline", future, reset, false},
+		{"a refusal after the deadline", past, sdk.Errorf(sdk.CodeInvalid, "no option x"), false},
+		{"no deadline", bg, reset, false},
+	} {
+		if got := timedOut(c.ctx, c.err); got != c.want {
+			t.Errorf("%s: timedOut = %v, want %v", c.name, got, c.want)
+		}
+	}
+	expired, cancel := context.WithTimeout(bg, -time.Second)
+	defer cancel()
+	if !timedOut(expired, errors.New("anything")) {
+		t.Error("a context done by its deadline is a timeout whatever the error")
 	}
 }
 
