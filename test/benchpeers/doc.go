@@ -9,7 +9,9 @@
 // (anka and its plugin in a namespace of their own), once on the
 // datagram socket it hands out by default and once on a vhost-user
 // endpoint (the adapter then plays QEMU's vhost-user front-end and the
-// guest's virtio-net driver, vhostuserdriver), gvproxy
+// guest's virtio-net driver, vhostuserdriver), the kernel fast path
+// (a veth on the plugin's bridge, measured in pairs of runs alternated
+// with a veth beside it to a namespace of its own), gvproxy
 // (-listen-qemu), passt (its default stream socket), the kernel limit (a
 // veth straight to the host side), and the adapter's own ceiling (two
 // adapters joined by one socket, no network behind it). For each:
