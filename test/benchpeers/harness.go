@@ -393,7 +393,7 @@ func (s *session) tcpBeside(ctx context.Context, pr *PeerResult, mtu int, dir st
 			which := (i + j) % 2
 			addr, k, what := s.hostAddr, key, fmt.Sprintf("%s, MTU %d, pair %d", dir, mtu, i+1)
 			if which == 1 {
-				addr, k, what = besideHost, BesideKey(key), what+", veth beside"
+				addr, k, what = vethFar, BesideKey(key), what+", veth beside"
 			}
 			v, err := s.tcpTo(ctx, pr, addr, k, what, dir == "h2g")
 			if err != nil {

@@ -53,24 +53,40 @@ func (s *session) waitSocket(ctx context.Context, p *proc, path string) error {
 // setupVeth is the kernel limit: a veth pair from the guest straight to
 // the host side, offloads as the kernel sets them.
 func (s *session) setupVeth(mtu int) error {
-	m := strconv.Itoa(mtu)
-	steps := [][]string{
-		{"link", "add", "hv0", "mtu", m, "type", "veth", "peer", "name", "eth0", "mtu", m, "netns", s.guest.name},
-		{"addr", "add", "10.66.0.1/24", "dev", "hv0"},
-		{"link", "set", "hv0", "up"},
+	if err := s.vethTo(s.host, "hv0", "eth0", mtu); err != nil {
+		return err
 	}
-	for _, st := range steps {
-		if err := s.host.ip(st...); err != nil {
+	s.hostAddr = vethFar
+	return nil
+}
+
+// The kernel limit's addresses: the far end of the veth, and the guest's.
+const (
+	vethFar   = "10.66.0.1"
+	vethGuest = "10.66.0.2"
+)
+
+// vethTo links the guest to far by a veth pair (farIf there, guestIf in
+// the guest), vethFar and vethGuest on its ends, both up.
+func (s *session) vethTo(far *netns, farIf, guestIf string, mtu int) error {
+	m := strconv.Itoa(mtu)
+	for _, st := range [][]string{
+		{"link", "add", farIf, "mtu", m, "type", "veth", "peer", "name", guestIf, "mtu", m, "netns", s.guest.name},
+		{"addr", "add", vethFar + "/24", "dev", farIf},
+		{"link", "set", farIf, "up"},
+	} {
+		if err := far.ip(st...); err != nil {
 			return err
 		}
 	}
-	if err := s.guest.ip("addr", "add", "10.66.0.2/24", "dev", "eth0"); err != nil {
-		return err
+	for _, st := range [][]string{
+		{"addr", "add", vethGuest + "/24", "dev", guestIf},
+		{"link", "set", guestIf, "up"},
+	} {
+		if err := s.guest.ip(st...); err != nil {
+			return err
+		}
 	}
-	if err := s.guest.ip("link", "set", "eth0", "up"); err != nil {
-		return err
-	}
-	s.hostAddr = "10.66.0.1"
 	return nil
 }
 
@@ -467,39 +483,18 @@ func (s *session) setupFastPath(ctx context.Context, mtu int) error {
 	return nil
 }
 
-// The veth beside the fast path: its far end, in a namespace of its own,
-// and the guest's end. A subnet of its own, so the guest reaches the
-// plugin's network by the bridge and this one by the veth.
-const (
-	besideHost  = "10.66.0.1"
-	besideGuest = "10.66.0.2"
-)
-
-// setupBeside gives the fast-path guest a second link, a veth straight
-// to a third namespace, what the veth peer measures, so that the kernel
-// limit can be measured in the same session, runs alternated.
+// setupBeside gives the fast-path guest a second link, the veth peer's
+// veth to a third namespace (its subnet apart from the plugin's, so the
+// guest reaches the plugin's network by the bridge and this one by the
+// veth), so that the kernel limit can be measured in the same session,
+// runs alternated.
 func (s *session) setupBeside(mtu int) error {
 	ns, err := newNetns(&s.cl, "k")
 	if err != nil {
 		return err
 	}
-	m := strconv.Itoa(mtu)
-	for _, st := range [][]string{
-		{"link", "add", "kv0", "mtu", m, "type", "veth", "peer", "name", "eth1", "mtu", m, "netns", s.guest.name},
-		{"addr", "add", besideHost + "/24", "dev", "kv0"},
-		{"link", "set", "kv0", "up"},
-	} {
-		if err := ns.ip(st...); err != nil {
-			return err
-		}
-	}
-	for _, st := range [][]string{
-		{"addr", "add", besideGuest + "/24", "dev", "eth1"},
-		{"link", "set", "eth1", "up"},
-	} {
-		if err := s.guest.ip(st...); err != nil {
-			return err
-		}
+	if err := s.vethTo(ns, "kv0", "eth1", mtu); err != nil {
+		return err
 	}
 	s.beside = ns
 	return nil
